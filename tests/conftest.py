@@ -1,0 +1,83 @@
+"""Shared pytest fixtures: small real things, no downloads.
+
+`tiny_model_dir` is a 2-layer Llama built from a config with a BPE tokenizer trained in-process on
+fixture-like text, saved as a normal HF model directory with the SimMe training chat template.
+Run: .venv/bin/python -m pytest -q tests
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+FIXTURES = ROOT.parent / "shared" / "fixtures" / "messenger"
+if not FIXTURES.exists():  # CI clones main with shared/ beside it; a checkout may also carry its own copy
+    FIXTURES = ROOT / "shared" / "fixtures" / "messenger"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+TINY_CORPUS = [
+    "hey how are you doing today", "im good thanks wbu", "lol that is so funny 😂", "ok see you tomorrow",
+    "anh ơi mai đi cà phê không", "ừ được đó, mấy giờ", "haha ok em", "where are we going tonight?",
+    "I don't know... maybe the usual place", "sounds good!!", "can't wait 🎉", "Write a realistic text message chat.",
+    "This is a one-on-one chat between", "This is a group chat with", "You are", "Reply <silent> to stay silent.",
+]
+
+
+def build_tiny_model(out_dir: Path, vocab_size: int = 512, hidden: int = 32, layers: int = 2) -> Path:
+    """Train a byte-level BPE tokenizer on TINY_CORPUS and save it with a random tiny Llama to `out_dir`."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    import simme_common as sc
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(TINY_CORPUS * 4, trainer=trainer)
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>", unk_token="<|endoftext|>",
+        pad_token="<|im_end|>", additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+    )
+    sc.ensure_training_template(hf_tok)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(hf_tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        bos_token_id=hf_tok.bos_token_id, eos_token_id=hf_tok.eos_token_id, pad_token_id=hf_tok.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = hf_tok.eos_token_id
+    model.generation_config.pad_token_id = hf_tok.pad_token_id
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    hf_tok.save_pretrained(out_dir)
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """Path of a tiny random Llama + in-process tokenizer with the training chat template."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_model"))
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    """The shared Messenger export fixtures (../shared/fixtures/messenger)."""
+    assert FIXTURES.exists(), f"fixtures not found at {FIXTURES}"
+    return FIXTURES
