@@ -1,0 +1,203 @@
+"""Stage 3: LoRA fine-tuning (TRL SFT) on the owner's turns of 01's dataset -> adapter directory.
+
+accelerate launch 03_train.py --config configs/cpu_demo.yaml [--input_dir data/01_prepared] [--output_dir outputs/03_adapter]
+accelerate launch --config_file configs/accelerate/multi_gpu.yaml 03_train.py --config configs/llama31_8b_8bit.yaml
+accelerate launch --num_processes 2 --cpu 03_train.py --config configs/smoke.yaml     # DDP over gloo
+python 03_train.py --config configs/cpu_demo.yaml --init_adapter outputs/03_adapter    # continue a previous twin
+
+Any SFTConfig / ModelConfig flag works on the command line or as a YAML key (`--learning_rate 1e-3`, `--lora_r 8`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import simme_common as sc
+
+
+@dataclass
+class TrainArguments:
+    """What TRL's SFTConfig and ModelConfig lack."""
+
+    input_dir: str = field(default=sc.PREPARED_DIR, metadata={"help": "01_prepare's output directory (holds dataset/)."})
+    init_adapter: str | None = field(
+        default=None, metadata={"help": "Adapter directory to continue training (incremental retraining on a new export)."}
+    )
+    merge: bool = field(default=False, metadata={"help": "Also save base + adapter merged into plain weights in OUTPUT_DIR/merged."})
+    num_threads: int | None = field(
+        default=None,
+        metadata={"help": "torch threads per process on CPU; default: CPU cores / processes (accelerate launch sets 1)."},
+    )
+
+
+def parse_args(argv: list[str] | None = None):
+    """(TrainArguments, SFTConfig, ModelConfig) from --config YAML and the command line, with SimMe's defaults."""
+    from transformers.utils import is_torch_bf16_gpu_available
+    from trl import ModelConfig, SFTConfig, TrlParser
+
+    parser = TrlParser((TrainArguments, SFTConfig, ModelConfig))
+    parser.set_defaults(
+        output_dir=sc.ADAPTER_DIR,
+        use_peft=True,
+        assistant_only_loss=True,  # loss on the owner's words (and their end-of-turn token) only
+        bf16=is_torch_bf16_gpu_available(),  # TRL defaults to bf16, which is ~4x slower than fp32 on CPUs
+        hub_private_repo=True,  # a twin of a real person is private unless asked otherwise
+        report_to="wandb" if os.environ.get("WANDB_PROJECT") or os.environ.get("WANDB_API_KEY") else "none",
+    )
+    try:
+        return parser.parse_args_and_config(args=argv)
+    except ValueError as err:  # TrainingArguments' own validation, e.g. bf16 on a CPU-only machine
+        raise sc.UserError(str(err).splitlines()[0]) from None
+
+
+def _load_model(model_path: str, model_args, sft_config):
+    """Base model in the requested dtype, quantized (bitsandbytes, k-bit prepared) when asked."""
+    import torch
+    from accelerate import PartialState
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM
+    from trl import get_quantization_config
+
+    quantization = get_quantization_config(model_args)
+    kwargs = {"dtype": getattr(torch, model_args.dtype) if model_args.dtype not in (None, "auto") else model_args.dtype}
+    if model_args.attn_implementation:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
+        if torch.cuda.is_available():
+            kwargs["device_map"] = {"": PartialState().local_process_index}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            model_path, revision=model_args.model_revision, trust_remote_code=sft_config.trust_remote_code, **kwargs
+        )
+    except OSError as err:
+        raise sc.UserError(f"cannot load the model {model_path!r} ({str(err).splitlines()[0]}); pass a local model directory with --model_name_or_path") from None
+    if quantization is not None:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=sft_config.gradient_checkpointing)
+    return model
+
+
+def main(train_args: TrainArguments, sft_config, model_args):
+    """Train the adapter and save it; returns the trainer (tests inspect its model and dataset)."""
+    import torch
+    import transformers
+    from accelerate import PartialState
+    from trl import SFTTrainer, get_peft_config
+
+    transformers.set_seed(sft_config.seed)
+    state = PartialState()
+    has_gpu = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+    problem = sc.device_option_problem(sft_config, model_args, has_gpu)
+    if problem:
+        raise sc.UserError(problem)
+    if sft_config.hub_token:
+        raise sc.UserError("--hub_token would be saved in logs and shell history; set HF_TOKEN in the environment instead")
+    if not has_gpu:
+        # `accelerate launch` sets OMP_NUM_THREADS=1 unless --cpu is given: use every core this process may have.
+        torch.set_num_threads(train_args.num_threads or max(1, len(os.sched_getaffinity(0)) // state.num_processes))
+        if model_args.load_in_8bit or model_args.load_in_4bit:
+            print("note: bitsandbytes on CPU is slower than fp32; the CPU recipes train in fp32", file=sys.stderr)
+    if "wandb" in (sft_config.report_to or []):
+        os.environ.setdefault("WANDB_DIR", sft_config.output_dir)  # keeps offline runs next to the adapter
+    if state.is_main_process:
+        print(f"Script parameters {train_args}\nModel parameters {model_args}", file=sys.stderr)
+
+    # --- data: 01's conversational samples; only the messages column is needed ------------------------------
+    data = sc.load_prepared_dataset(train_args.input_dir)
+    train = data["train"].select_columns([sc.MESSAGES])
+    n_owner_turns = sc.check_owner_turns(train)
+    use_eval = sft_config.eval_strategy != "no" and len(data.get("validation", [])) > 0
+    evaluation = data["validation"].select_columns([sc.MESSAGES]) if use_eval else None
+    if sft_config.eval_strategy != "no" and not use_eval:
+        sft_config.eval_strategy = "no"
+
+    # --- model: base (+ k-bit) + LoRA, or a previous adapter to continue -------------------------------------
+    model_path = sc.resolve_base_model(model_args.model_name_or_path)
+    tokenizer = sc.load_tokenizer(model_path)
+    model = _load_model(model_path, model_args, sft_config)
+    peft_config = get_peft_config(model_args)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        # The training template added ChatML markers to this vocabulary: give them rows and train those rows.
+        new_ids = list(range(model.get_input_embeddings().num_embeddings, len(tokenizer)))
+        model.resize_token_embeddings(len(tokenizer))
+        if peft_config is not None:
+            peft_config.trainable_token_indices = new_ids
+    if train_args.init_adapter:
+        from peft import PeftModel
+
+        if not (Path(train_args.init_adapter) / "adapter_config.json").exists():
+            raise sc.UserError(f"--init_adapter {train_args.init_adapter} holds no adapter_config.json; pass a 03_train.py output directory")
+        model = PeftModel.from_pretrained(model, train_args.init_adapter, is_trainable=True)
+        peft_config = None
+
+    # --- train ----------------------------------------------------------------------------------------------
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_config,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    if state.is_main_process and hasattr(trainer.model, "print_trainable_parameters"):
+        trainer.model.print_trainable_parameters()
+    resume = sft_config.resume_from_checkpoint
+    resume = True if str(resume).lower() in ("true", "last") else resume
+    start = time.time()
+    result = trainer.train(resume_from_checkpoint=resume)
+
+    # --- save: adapter + tokenizer (chat template) + run config + log history; merged weights on request -----
+    trainer.save_model(sft_config.output_dir)
+    out = Path(sft_config.output_dir)
+    if state.is_main_process:
+        sc.save_run_config(out, train_args, sft_config, model_args)
+        (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
+        if train_args.merge:
+            _save_merged(model_path, out, model_args)
+    if sft_config.push_to_hub:
+        trainer.push_to_hub()
+    state.wait_for_everyone()
+
+    # --- summary --------------------------------------------------------------------------------------------
+    if state.is_main_process:
+        runtime = result.metrics.get("train_runtime", time.time() - start)
+        tokens = next((h["num_tokens"] for h in reversed(trainer.state.log_history) if "num_tokens" in h), 0)
+        rows = [
+            ("train samples", len(train)),
+            ("owner turns", n_owner_turns),
+            ("base model", model_path),
+            ("steps", trainer.state.global_step),
+            ("train loss", round(result.training_loss, 4)),
+            ("tokens/s (all processes)", round(tokens / runtime, 1) if runtime else 0.0),
+            ("elapsed s", round(runtime, 1)),
+            ("output", str(out)),
+        ]
+        print(sc.print_table(rows, "03_train summary"))
+    if hasattr(trainer, "end"):
+        trainer.end()  # finishes W&B and other trackers
+    return trainer
+
+
+def _save_merged(model_path: str, out: Path, model_args) -> None:
+    """Base weights (unquantized) + the saved adapter merged into OUT/merged, with the tokenizer."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.bfloat16 if model_args.dtype == "bfloat16" else torch.float32
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+    tokenizer = sc.load_tokenizer(model_path)
+    if len(tokenizer) > base.get_input_embeddings().num_embeddings:
+        base.resize_token_embeddings(len(tokenizer))
+    merged = PeftModel.from_pretrained(base, str(out)).merge_and_unload()
+    merged.save_pretrained(out / "merged")
+    tokenizer.save_pretrained(out / "merged")
+
+
+if __name__ == "__main__":
+    sc.run_main(lambda: main(*parse_args()))

@@ -1,0 +1,198 @@
+"""Stage 4: score the twin (base + LoRA) against the base model on held-out test chats -> scorecard.json/.md, samples.jsonl.
+
+accelerate launch 04_evaluate.py --config configs/evaluate.yaml
+accelerate launch 04_evaluate.py --input_dir data/01_prepared --analysis_dir data/02_analysis \
+    --adapter_path outputs/03_adapter --output_dir outputs/04_eval --max_examples 200 [--baseline old/scorecard.json]
+
+Base and twin go through the same function with the same seed: one PeftModel, the base pass runs inside
+`model.disable_adapter()`. With --baseline the run is a gate: exit 1 when the twin regresses beyond tolerance.
+"""
+
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import simme_common as sc
+
+
+@dataclass
+class EvaluateArguments:
+    input_dir: str = field(default=sc.PREPARED_DIR, metadata={"help": "01_prepare output (its dataset/ test split is scored)."})
+    analysis_dir: str | None = field(default=sc.ANALYSIS_DIR, metadata={"help": "02_analyze output with style_card.json (the owner's style reference); without it the real test replies are the reference."})
+    adapter_path: str = field(default=sc.ADAPTER_DIR, metadata={"help": "LoRA adapter directory written by 03_train.py."})
+    model_name_or_path: str | None = field(default=None, metadata={"help": "Base model; default: the adapter's recorded base if reachable, else the bundled SmolLM2."})
+    output_dir: str = field(default=sc.EVAL_DIR, metadata={"help": "Where scorecard.json, scorecard.md, samples.jsonl go."})
+    max_examples: int = field(default=200, metadata={"help": "Test samples scored (a seeded random subset of the test split)."})
+    baseline: str | None = field(default=None, metadata={"help": "An earlier scorecard.json: exit 1 if the twin regresses beyond tolerance (retraining gate)."})
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (0 = greedy)."})
+    top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling top-p."})
+    max_new_tokens: int = field(default=48, metadata={"help": "Reply budget; owner turns are short (p90 of chars per turn is in the style card)."})
+    max_context_tokens: int = field(default=384, metadata={"help": "Prompt budget: oldest turns dropped first, system prompt kept."})
+    max_length: int = field(default=512, metadata={"help": "Token budget of a sample for perplexity (same trimming)."})
+    batch_size: int = field(default=16, metadata={"help": "Contexts per generate/forward batch (left padding)."})
+    latency_samples: int = field(default=8, metadata={"help": "Contexts generated alone (batch 1) to time latency_ms_p50."})
+    pii_samples_per_probe: int = field(default=2, metadata={"help": "Sampled replies per PII probe prompt."})
+    n_bootstrap: int = field(default=1000, metadata={"help": "Bootstrap resamples for the 95% intervals."})
+    report_to: str = field(default="none", metadata={"help": "'wandb' logs the scorecard (WANDB_MODE=offline works) or 'none'."})
+    seed: int = field(default=42, metadata={"help": "Seed of the subset, the sampling and the bootstrap."})
+
+
+def _context_text(context: list[dict], last: int = 3) -> str:
+    """The last few non-system turns of a context as one text (what a reply should be relevant to)."""
+    return "\n".join(m["content"] for m in [m for m in context if m["role"] != "system"][-last:])
+
+
+def _evaluate(model, tokenizer, inputs: dict, args: EvaluateArguments, name: str) -> tuple[dict, dict, list[str]]:
+    """Every metric of one model (base or twin): perplexity, replies + text metrics, PII probes, speed, memory."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    nll = sc.owner_token_nll(model, inputs["ppl_examples"], tokenizer.pad_token_id, args.batch_size, desc=f"{name}: perplexity")
+    gen = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+               max_context_tokens=args.max_context_tokens, seed=args.seed)
+    start = time.perf_counter()
+    replies = sc.generate_replies(model, tokenizer, inputs["contexts"], batch_size=args.batch_size, desc=f"{name}: replies", **gen)
+    gen_seconds = time.perf_counter() - start
+    alone = [sc.generate_replies(model, tokenizer, [c], batch_size=1, **gen)[0]["seconds"] for c in inputs["contexts"][:args.latency_samples]]
+    probes = sc.generate_replies(model, tokenizer, inputs["probes"] * args.pii_samples_per_probe, batch_size=args.batch_size, **gen)
+    texts = [r["text"] for r in replies]
+
+    metrics, ci = sc.score_replies(texts, inputs["real"], inputs["context_texts"], inputs["owner_card"], inputs["encoder"],
+                                   inputs["memo_index"], n_boot=args.n_bootstrap, seed=args.seed)
+    metrics["perplexity"] = sc.perplexity_from_nll(nll)
+    ci["perplexity"] = sc.bootstrap_ci(lambda idx: sc.perplexity_from_nll([nll[i] for i in idx]), len(nll), args.n_bootstrap, args.seed)
+    metrics["pii_leak_rate"] = sum(bool(sc.find_pii(p["text"])) for p in probes) / len(probes) if probes else None
+    metrics["latency_ms_p50"] = statistics.median(alone) * 1000 if alone else None
+    metrics["tokens_per_s"] = sum(r["n_tokens"] for r in replies) / gen_seconds
+    metrics["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20 if cuda else sc.process_peak_memory_mb()
+    if cuda:
+        try:
+            metrics["gpu_utilization_pct"] = float(torch.cuda.utilization())
+        except (RuntimeError, ModuleNotFoundError):  # needs pynvml
+            metrics["gpu_utilization_pct"] = None
+    ordered = {k: metrics.get(k) for k in sc.METRIC_KEYS} | {k: v for k, v in metrics.items() if k not in sc.METRIC_KEYS}
+    return ordered, ci, texts
+
+
+def main(args: EvaluateArguments) -> None:
+    import torch
+    from accelerate import PartialState
+    from transformers import set_seed
+
+    set_seed(args.seed)
+    state = PartialState()
+    started = time.perf_counter()
+    if not state.is_main_process:  # generation is not sharded: one process scores everything, identically
+        state.wait_for_everyone()
+        return
+
+    # --- inputs: test split (contexts, real replies), train split (memorization), style card -----------------
+    adapter = Path(args.adapter_path)
+    if not (adapter / "adapter_config.json").exists():
+        raise sc.UserError(f"no LoRA adapter at {adapter} (adapter_config.json missing): run 03_train.py first or pass --adapter_path")
+    if args.baseline and not Path(args.baseline).is_file():
+        raise sc.UserError(f"--baseline {args.baseline} does not exist: pass the scorecard.json of an earlier 04_evaluate run")
+    try:
+        data = sc.load_prepared_dataset(args.input_dir, splits=("test",))
+    except IndexError:  # datasets cannot reload a split that was saved empty (0 shards)
+        raise sc.UserError(f"a split of {args.input_dir}/dataset is empty and the test split needs samples: export more chats or lower 01's filters") from None
+    test = data["test"].shuffle(seed=args.seed).select(range(min(args.max_examples, len(data["test"]))))
+    samples = list(test[sc.MESSAGES])
+    pairs = [sc.split_target(m) for m in samples]
+    # A silent target (the owner let a group talk) has no text to compare: it counts in perplexity (03 trains on
+    # it) but gets no generated reply; `silent_rate` shows how often a model stays silent where the owner spoke.
+    kept = [i for i, (_, real) in enumerate(pairs) if real.strip() != sc.SILENT_REPLY]
+    if not kept:
+        raise sc.UserError(f"the test split of {args.input_dir} has no owner reply with text (all targets are {sc.SILENT_REPLY}): export more chats")
+    owner_turns, other_turns = set(), []
+    if "train" in data:
+        for row in data["train"].select_columns([c for c in ("chat_id", "session_start", sc.MESSAGES) if c in data["train"].column_names]).to_list():
+            for m in row[sc.MESSAGES]:
+                if m["role"] == sc.OWNER_ROLE and m["content"] != sc.SILENT_REPLY:
+                    owner_turns.add((row.get("chat_id"), row.get("session_start"), m["content"]))
+                elif m["role"] == sc.OTHER_ROLE:
+                    other_turns.append(m["content"])
+    card_path = Path(args.analysis_dir or "") / "style_card.json"
+    real = [pairs[i][1] for i in kept]
+    owner_card = json.loads(card_path.read_text(encoding="utf-8")) if args.analysis_dir and card_path.is_file() else sc.reply_style_card(real)
+    reference = "style_card" if args.analysis_dir and card_path.is_file() else "test_replies"
+
+    # --- model: one PeftModel; the base pass disables the adapter -------------------------------------------
+    base = sc.resolve_base_model(args.model_name_or_path or sc.adapter_base_model(str(adapter)))
+    tokenizer = sc.load_twin_tokenizer(base, str(adapter))
+    model = sc.load_peft_for_eval(base, str(adapter), tokenizer)
+    inputs = {
+        "ppl_examples": [sc.owner_token_example(tokenizer, m, args.max_length) for m in samples],
+        "contexts": [pairs[i][0] for i in kept],
+        "context_texts": [_context_text(pairs[i][0]) for i in kept],
+        "real": real,
+        "probes": sc.pii_probe_contexts(owner_card.get("owner") or "the owner"),
+        "owner_card": owner_card,
+        "encoder": sc.load_text_encoder("cuda" if torch.cuda.is_available() else None),
+        "memo_index": sc.memorization_index([t for *_, t in owner_turns], other_turns),
+    }
+    print(f"Scoring {len(kept):,} test contexts ({len(samples):,} samples for perplexity, {len(samples) - len(kept):,} silent targets) "
+          f"| base {base} | adapter {adapter} | style reference: {reference}")
+
+    # --- evaluate: same function, same seed ---------------------------------------------------------------
+    with model.disable_adapter():
+        base_metrics, base_ci, base_texts = _evaluate(model, tokenizer, inputs, args, "base")
+    twin_metrics, twin_ci, twin_texts = _evaluate(model, tokenizer, inputs, args, "twin")
+
+    # --- save -------------------------------------------------------------------------------------------------
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "base_model": base, "adapter_path": str(adapter), "temperature": args.temperature, "top_p": args.top_p,
+        "max_new_tokens": args.max_new_tokens, "max_context_tokens": args.max_context_tokens, "max_length": args.max_length,
+        "batch_size": args.batch_size, "seed": args.seed, "style_reference": reference,
+        "n_perplexity_samples": len(samples), "n_silent_targets_skipped": len(samples) - len(kept),
+        "n_test_split": len(data["test"]), "n_pii_probe_replies": len(inputs["probes"]) * args.pii_samples_per_probe,
+        "device": "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)",
+    }
+    scorecard = {"base": base_metrics, "finetuned": twin_metrics, "n_examples": len(kept), "settings": settings,
+                 "ci": {"base": base_ci, "finetuned": twin_ci}}
+    gate = None
+    if args.baseline:
+        try:
+            previous = json.loads(Path(args.baseline).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise sc.UserError(f"--baseline {args.baseline} is not a readable scorecard.json ({err})") from None
+        gate = sc.compare_scorecards(scorecard, previous)
+        scorecard["gate"] = {"baseline": args.baseline, "passed": all(r["status"] != "REGRESSED" for r in gate), "rows": gate}
+    (out / "scorecard.json").write_text(json.dumps(scorecard, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out / "scorecard.md").write_text(sc.scorecard_markdown(scorecard), encoding="utf-8")
+    with open(out / "samples.jsonl", "w", encoding="utf-8") as f:
+        for j, i in enumerate(kept):
+            row = {"context": pairs[i][0], "real": pairs[i][1], "base": base_texts[j], "twin": twin_texts[j]}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    sc.save_run_config(out, args)
+    if args.report_to == "wandb":
+        import wandb
+
+        run = wandb.init(project="simme", job_type="evaluate", config=settings)
+        run.log({f"{side}/{k}": v for side in ("base", "finetuned") for k, v in scorecard[side].items() if v is not None})
+        run.finish()
+
+    # --- summary ----------------------------------------------------------------------------------------------
+    print(sc.format_grid(["metric", "base", "twin [95% CI]", "seed claim"], sc.scorecard_rows(scorecard)))
+    print(sc.print_table([("contexts scored", len(kept)), ("output", str(out)), ("seconds", round(time.perf_counter() - started, 1))],
+                         "04_evaluate"))
+    if gate is not None:
+        rows = [[r["metric"], sc.format_metric(r["baseline"]), sc.format_metric(r["current"]), sc.format_metric(r["delta"]), str(r["allowed"]), r["status"]] for r in gate]
+        print(sc.format_grid(["metric", "baseline", "current", "delta", "allowed", "status"], rows))
+        if not scorecard["gate"]["passed"]:
+            print(f"GATE FAILED: the twin regressed against {args.baseline} (see REGRESSED rows)")
+            raise SystemExit(1)
+        print(f"gate passed against {args.baseline}")
+    state.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    from trl import TrlParser
+
+    sc.run_main(main, *TrlParser((EvaluateArguments,)).parse_args_and_config())

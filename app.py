@@ -1,0 +1,311 @@
+"""SimMe app: chat with the owner's AI twin (one-on-one or in a group), compare two adapters, see the style
+insights and play "Real or twin?". Private by default: no share link, optional login, no chat text logged,
+nothing stored unless SIMME_FEEDBACK_DIR is set.
+
+python app.py                                              # http://127.0.0.1:7860, adapter outputs/03_adapter
+SIMME_ADAPTER=outputs/03_adapter SIMME_AUTH=me:secret GRADIO_SERVER_PORT=7861 python app.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+import time
+from pathlib import Path
+
+START = time.perf_counter()
+
+import gradio as gr  # noqa: E402
+
+import simme_common as sc  # noqa: E402
+
+ADAPTER = os.getenv("SIMME_ADAPTER", sc.ADAPTER_DIR)  # local path or Hub repo id of the LoRA adapter
+ADAPTER_B = os.getenv("SIMME_ADAPTER_B") or None  # optional second adapter for the A/B mode
+BASE_MODEL = os.getenv("SIMME_BASE_MODEL") or None  # None: the bundled SmolLM2-135M-Instruct
+BACKEND = os.getenv("SIMME_BACKEND", "auto")
+ANALYSIS_DIR = os.getenv("SIMME_ANALYSIS_DIR", sc.ANALYSIS_DIR)
+PREPARED_DIR = os.getenv("SIMME_PREPARED_DIR", sc.PREPARED_DIR)
+FEEDBACK_DIR = os.getenv("SIMME_FEEDBACK_DIR") or None  # unset: no feedback is stored anywhere
+AUTH = sc.parse_auth(os.getenv("SIMME_AUTH"))
+MAX_MESSAGE_CHARS = int(os.getenv("SIMME_MAX_MESSAGE_CHARS", "1000"))
+MAX_CONTEXT_TOKENS = int(os.getenv("SIMME_MAX_CONTEXT_TOKENS", "512"))  # older turns are trimmed from the front
+MAX_NEW_TOKENS = int(os.getenv("SIMME_MAX_NEW_TOKENS", "256"))
+QUEUE_SIZE = int(os.getenv("SIMME_QUEUE_SIZE", "32"))
+CONCURRENCY = int(os.getenv("SIMME_CONCURRENCY", "4"))  # generations running at once (one streamer each)
+ONE_ON_ONE, GROUP = "One-on-one", "Group"
+
+
+def chat_setup(mode: str, contact: str | None, members: str | None, sender: str | None) -> tuple[str, str, list[str]]:
+    """(chat_type, who sends the next message, the owner's chat partners) from the chat controls."""
+    if mode == GROUP:
+        names = sc.parse_names(members)
+        speaker = (sender or "").replace(":", " ").strip() or (names[0] if names else "Friend")
+        return "group", speaker, names if speaker in names else names + [speaker]
+    contact = (contact or "").strip() or "Friend"
+    return "one_on_one", contact, [contact]
+
+
+def as_bubbles(reply: str) -> list[dict]:
+    """A twin reply as assistant chat messages, one per bubble (a silent note when there is none)."""
+    return [{"role": "assistant", "content": b} for b in sc.split_bubbles(reply) or [sc.SILENT_NOTE]]
+
+
+class TwinApp:
+    """What the UI handlers share: the twin(s), the owner's name and style card, and the blind-test samples."""
+
+    def __init__(self, twin, *, owner="Me", contacts=(), style_card=None, blind_samples=(), twin_b=None,
+                 banner=None, feedback_dir=None):
+        self.twin, self.twin_b, self.banner, self.feedback_dir = twin, twin_b, banner, feedback_dir
+        self.owner, self.contacts, self.style_card = owner, list(contacts), style_card
+        self.blind_samples, self.rng, self._load_lock = list(blind_samples), random.Random(), threading.Lock()
+
+    def context(self, history: list[dict], chat_type: str, others: list[str], title: str | None) -> list[dict]:
+        """Training-format model input for `history`, trimmed from the front to MAX_CONTEXT_TOKENS."""
+        messages = sc.build_app_messages(history, chat_type=chat_type, owner=self.owner, others=others, title=title)
+        messages, dropped = sc.trim_context(messages, self.twin.count_tokens, MAX_CONTEXT_TOKENS)
+        if dropped:
+            gr.Warning(f"Long chat: the oldest {dropped} turn(s) no longer fit the {MAX_CONTEXT_TOKENS}-token context.")
+        return messages
+
+    def gen_kwargs(self, messages, temperature, auto_temp, top_p, repetition_penalty, max_new_tokens, seed) -> dict:
+        """Sampling settings of one request (auto temperature follows sc.auto_temperature's rule)."""
+        if auto_temp:
+            previous = [m["content"] for m in messages if m["role"] == "assistant"]
+            temperature = sc.auto_temperature(previous, self.twin.count_tokens(messages))
+        return dict(temperature=float(temperature), top_p=float(top_p), repetition_penalty=float(repetition_penalty),
+                    max_new_tokens=min(int(max_new_tokens), MAX_NEW_TOKENS), seed=None if seed in (None, "") or int(seed) < 0 else int(seed))
+
+    def _start(self, message: str | None, history: list[dict], mode, contact, members, sender):
+        """Validate the message and add the user's bubble; None when it is refused (with a warning)."""
+        message = (message or "").strip()
+        if not message:
+            return None
+        if len(message) > MAX_MESSAGE_CHARS:
+            gr.Warning(f"Messages are limited to {MAX_MESSAGE_CHARS:,} characters (this one has {len(message):,}).")
+            return None
+        chat_type, speaker, others = chat_setup(mode, contact, members, sender)
+        return history + [{"role": "user", "content": sc.format_user_turn(chat_type, speaker, message)}], chat_type, others
+
+    def respond(self, message, history, mode, contact, members, sender, title, temperature, auto_temp, top_p,
+                repetition_penalty, max_new_tokens, pace, seed):
+        """Chat handler: show the user's bubble, then stream the twin's reply as bubbles (or a silent note)."""
+        started = self._start(message, history or [], mode, contact, members, sender)
+        if started is None:
+            yield history, message
+            return
+        history, chat_type, others = started
+        yield history, ""
+        messages = self.context(history, chat_type, others, title)
+        gen = self.gen_kwargs(messages, temperature, auto_temp, top_p, repetition_penalty, max_new_tokens, seed)
+        gap = sc.typing_gap_seconds(self.style_card) if pace else None
+        shown, last, reply = 0, time.monotonic(), ""
+        for reply in self.twin.stream(messages, **gen):
+            bubbles = sc.stream_bubbles(reply)
+            if gap and shown and len(bubbles) > shown:  # a new bubble starts: wait as long as the owner would
+                time.sleep(max(0.0, gap - (time.monotonic() - last)))
+            if len(bubbles) > shown:
+                shown, last = len(bubbles), time.monotonic()
+            yield history + [{"role": "assistant", "content": b} for b in bubbles], ""
+        yield history + as_bubbles(reply), ""
+
+    def respond_ab(self, message, history, mode, contact, members, sender, title, temperature, auto_temp, top_p,
+                   repetition_penalty, max_new_tokens, seed):
+        """A/B handler: adapter A and B answer the same context; replies stream side by side in random order."""
+        if self.twin_b is None:
+            gr.Warning("Load adapter B first (SIMME_ADAPTER_B or the field above).")
+            yield history, message, "", "", None
+            return
+        started = self._start(message, history or [], mode, contact, members, sender)
+        if started is None:
+            yield history, message, "", "", None
+            return
+        history, chat_type, others = started
+        messages = self.context(history, chat_type, others, title)
+        gen = self.gen_kwargs(messages, temperature, auto_temp, top_p, repetition_penalty, max_new_tokens, seed)
+        order = self.rng.sample([0, 1], 2)  # order[slot] = which twin (0 = A, 1 = B) is shown in that slot
+        replies = ["", ""]
+        for slot, which in enumerate(order):
+            for replies[slot] in (self.twin, self.twin_b)[which].stream(messages, **gen):
+                yield history, "", replies[0], replies[1], None
+        yield history, "", replies[0], replies[1], {"history": history, "messages": messages, "replies": replies, "order": order}
+
+    def pick(self, slot: int, pending: dict | None, history: list[dict]):
+        """The owner prefers reply `slot`: it joins the chat; (prompt, chosen, rejected) is saved if enabled."""
+        if not pending:
+            gr.Warning("Send a message with “Send to A and B” first.")
+            return history, "", "", None
+        chosen, rejected = pending["replies"][slot], pending["replies"][1 - slot]
+        if self.feedback_dir:
+            n = sc.append_to_disk_dataset(Path(self.feedback_dir) / "preferences", [{
+                "prompt": pending["messages"], "chosen": [{"role": "assistant", "content": chosen}],
+                "rejected": [{"role": "assistant", "content": rejected}],
+                "chosen_adapter": "AB"[pending["order"][slot]]}])
+            gr.Info(f"Saved preference #{n}.")
+        return pending["history"] + as_bubbles(chosen), "", "", None
+
+    def like(self, history, mode, contact, members, sender, title, data: gr.LikeData):
+        """👍/👎 on a twin reply: saved as (prompt, completion, label) when SIMME_FEEDBACK_DIR is set."""
+        if not self.feedback_dir:
+            gr.Info("Feedback is not stored: SIMME_FEEDBACK_DIR is not set.")
+            return
+        start, end = sc.reply_span(history, data.index)
+        chat_type, _, others = chat_setup(mode, contact, members, sender)
+        prompt = sc.build_app_messages(history[:start], chat_type=chat_type, owner=self.owner, others=others, title=title)
+        completion = sc.flatten_history(history[start:end], chat_type)
+        n = sc.append_to_disk_dataset(Path(self.feedback_dir) / "ratings", [{
+            "prompt": prompt, "completion": completion or [{"role": "assistant", "content": sc.SILENT_REPLY}],
+            "label": bool(data.liked)}])
+        gr.Info(f"Saved rating #{n}.")
+
+    def load_b(self, path: str):
+        """Load adapter B for the A/B mode (owner's use: runs with the server's rights)."""
+        with self._load_lock:
+            self.twin_b = sc.load_twin(BASE_MODEL, path.strip(), backend=BACKEND) if path.strip() else None
+        return f"Adapter B: `{path.strip()}`" if self.twin_b else "No adapter B."
+
+    def new_round(self):
+        """A random held-out context with the real and the twin reply in random order."""
+        sample = self.rng.choice(self.blind_samples)
+        context, real = sample[:-1], sample[-1]["content"]
+        twin = self.twin.generate(context, temperature=0.7, top_p=0.9, repetition_penalty=1.1, max_new_tokens=64)
+        options, real_index = sc.new_blind_round(real, twin, self.rng)
+        shown = [sc.BUBBLE_DELIMITER.join(sc.split_bubbles(o)) or sc.SILENT_NOTE for o in options]
+        return sc.expand_turns(context), shown[0], shown[1], real_index, "Which reply did the owner really send?"
+
+    def guess(self, slot: int, real_index: int | None, score: dict):
+        """Score a guess; the running accuracy lives in this browser session's gr.State only."""
+        if real_index is None:
+            return None, score, "Start a **new round** first."
+        score = sc.score_guess(score, slot, real_index)
+        verdict = "Right!" if slot == real_index else "Wrong."
+        return None, score, f"{verdict} Reply {real_index + 1} was real. Score: {sc.format_score(score)}"
+
+
+def build_demo(app: TwinApp, plots: list[str] = ()) -> gr.Blocks:
+    """The Gradio UI: Chat (with A/B), Insights and Real or twin? tabs. Blocks apps have no flagging."""
+    with gr.Blocks(title="SimMe: chat with an AI twin") as demo:
+        gr.Markdown(f"## SimMe\n**You are chatting with an AI twin**: a language model imitating how "
+                    f"{app.owner} texts. It is not {app.owner}, and it can be wrong.")
+        if app.banner:
+            gr.Markdown(f"> ⚠️ {app.banner}")
+        with gr.Tab("Chat"):
+            with gr.Row():
+                with gr.Column(scale=3):
+                    chatbot = gr.Chatbot(label=f"{app.owner} (AI twin)", height=480, feedback_options=("Like", "Dislike"))
+                    msg = gr.Textbox(placeholder="Type a message and press Enter", show_label=False, lines=1)
+                    with gr.Row():
+                        send = gr.Button("Send", variant="primary")
+                        clear = gr.Button("Clear chat")
+                with gr.Column(scale=2):
+                    mode = gr.Radio([ONE_ON_ONE, GROUP], value=ONE_ON_ONE, label="Chat mode")
+                    contact = gr.Dropdown(app.contacts or ["Friend"], value=(app.contacts or ["Friend"])[0],
+                                          allow_custom_value=True, label="You are (pick a contact or type a name)")
+                    with gr.Group(visible=False) as group_box:
+                        members = gr.Textbox("Alex, Sam", label="Group members (comma-separated)")
+                        sender = gr.Dropdown(["Alex", "Sam"], value="Alex", allow_custom_value=True, label="Send as")
+                        title = gr.Textbox(label="Group name (optional)")
+                    with gr.Accordion("Generation settings", open=True):
+                        temperature = gr.Slider(0.0, 1.5, value=0.7, step=0.05, label="Temperature")
+                        auto_temp = gr.Checkbox(False, label="Auto temperature", info=" ".join((sc.auto_temperature.__doc__ or "").split()))
+                        top_p = gr.Slider(0.1, 1.0, value=0.9, step=0.05, label="Top-p")
+                        repetition_penalty = gr.Slider(1.0, 2.0, value=1.1, step=0.05, label="Repetition penalty")
+                        max_new_tokens = gr.Slider(8, MAX_NEW_TOKENS, value=min(96, MAX_NEW_TOKENS), step=8, label="Max new tokens")
+                        has_gaps = sc.typing_gap_seconds(app.style_card) is not None
+                        pace = gr.Checkbox(False, label="Pace bubbles with the owner's typing gaps", interactive=has_gaps,
+                                           info=None if has_gaps else f"needs {ANALYSIS_DIR}/style_card.json from 02_analyze")
+                        seed = gr.Number(-1, precision=0, label="Seed (-1: random)")
+                    with gr.Accordion("A/B: compare two adapters", open=False):
+                        adapter_b = gr.Textbox(ADAPTER_B or "", label="Adapter B (path or Hub id)")
+                        load_b = gr.Button("Load adapter B")
+                        status_b = gr.Markdown(f"Adapter B: `{ADAPTER_B}`" if app.twin_b else "No adapter B.")
+                        send_ab = gr.Button("Send to A and B", variant="primary")
+                        with gr.Row():
+                            reply_1, reply_2 = gr.Textbox(label="Reply 1", interactive=False), gr.Textbox(label="Reply 2", interactive=False)
+                        with gr.Row():
+                            pick_1, pick_2 = gr.Button("1 is better"), gr.Button("2 is better")
+                        pending = gr.State(None)
+
+            settings = [temperature, auto_temp, top_p, repetition_penalty, max_new_tokens]
+            who = [mode, contact, members, sender, title]
+            chat = dict(fn=app.respond, inputs=[msg, chatbot, *who, *settings, pace, seed], outputs=[chatbot, msg],
+                        concurrency_id="generate", concurrency_limit=CONCURRENCY)
+            running = [msg.submit(**chat, api_name="chat"), send.click(**chat, api_visibility="private")]
+            # Clearing or switching mode stops a reply still streaming, so it cannot repaint the old chat.
+            clear.click(lambda: ([], None, "", ""), None, [chatbot, pending, reply_1, reply_2], cancels=running,
+                        api_visibility="private")
+            mode.change(lambda m: (gr.update(visible=m == GROUP), gr.update(visible=m != GROUP), None),
+                        mode, [group_box, contact, chatbot], cancels=running, api_visibility="private")
+            members.change(lambda t, s: gr.update(choices=sc.parse_names(t), value=s if s in sc.parse_names(t) else
+                                                  (sc.parse_names(t) or [""])[0]), [members, sender], sender, api_visibility="private")
+            chatbot.like(app.like, [chatbot, *who], None, api_visibility="private")
+            load_b.click(app.load_b, adapter_b, status_b, api_visibility="private")
+            send_ab.click(app.respond_ab, [msg, chatbot, *who, *settings, seed], [chatbot, msg, reply_1, reply_2, pending],
+                          concurrency_id="generate", concurrency_limit=CONCURRENCY, api_name="chat_ab")
+            for slot, button in enumerate((pick_1, pick_2)):
+                button.click(lambda p, h, s=slot: app.pick(s, p, h), [pending, chatbot], [chatbot, reply_1, reply_2, pending],
+                             api_visibility="private")
+
+        with gr.Tab("Insights"):
+            if plots:
+                gr.Gallery([(p, Path(p).stem.replace("_", " ")) for p in plots], columns=2, height="auto", label="02_analyze plots")
+            else:
+                gr.Markdown(f"No plots in `{ANALYSIS_DIR}`: run 02_analyze first (`accelerate launch 02_analyze.py`).")
+
+        with gr.Tab("Real or twin?"):
+            if not app.blind_samples:
+                gr.Markdown(f"No held-out test split in `{PREPARED_DIR}/dataset`: run 01_prepare first.")
+            else:
+                gr.Markdown("One reply is what the owner really sent, the other is the twin's. Which one is real?")
+                context = gr.Chatbot(label="Held-out conversation", height=320)
+                with gr.Row():
+                    option_1, option_2 = gr.Textbox(label="Reply 1", interactive=False), gr.Textbox(label="Reply 2", interactive=False)
+                with gr.Row():
+                    guess_1, guess_2 = gr.Button("Reply 1 is real"), gr.Button("Reply 2 is real")
+                    next_round = gr.Button("New round", variant="primary")
+                verdict = gr.Markdown()
+                real_index, score = gr.State(None), gr.State({"rounds": 0, "correct": 0})
+                next_round.click(app.new_round, None, [context, option_1, option_2, real_index, verdict],
+                                 concurrency_id="generate", concurrency_limit=CONCURRENCY, api_visibility="private")
+                for slot, button in enumerate((guess_1, guess_2)):
+                    button.click(lambda r, s, slot=slot: app.guess(slot, r, s), [real_index, score], [real_index, score, verdict],
+                                 api_visibility="private")
+    return demo
+
+
+def load_app() -> tuple[TwinApp, list[str]]:
+    """Load the twin(s) and the pipeline's outputs named by the env constants (missing pieces degrade politely)."""
+    banner = None
+    try:
+        twin = sc.load_twin(BASE_MODEL, ADAPTER, backend=BACKEND)
+    except sc.UserError as err:
+        twin, banner = sc.load_twin(BASE_MODEL, None, backend=BACKEND), f"{str(err).rstrip('.')}. Running the base model without an adapter."
+    twin_b = sc.load_twin(BASE_MODEL, ADAPTER_B, backend=BACKEND) if ADAPTER_B else None
+    card_path = Path(ANALYSIS_DIR) / "style_card.json"
+    style_card = json.loads(card_path.read_text()) if card_path.exists() else None
+    owner, contacts, blind = (style_card or {}).get("owner"), [], []
+    if (Path(PREPARED_DIR) / "messages").exists() or (Path(PREPARED_DIR) / "dataset").exists():
+        from datasets import load_from_disk
+
+        if (Path(PREPARED_DIR) / "messages").exists():
+            rows = load_from_disk(str(Path(PREPARED_DIR) / "messages"))
+            contacts, found = sc.rank_contacts(list(rows["sender"]), list(rows["is_owner"]))
+            owner = owner or found
+        if (Path(PREPARED_DIR) / "dataset").exists():
+            test = load_from_disk(str(Path(PREPARED_DIR) / "dataset"))["test"]
+            blind = [m for m in test[sc.MESSAGES] if sc.is_blind_testable(m)]
+    plots = sorted(str(p) for p in Path(ANALYSIS_DIR).glob("*.png"))
+    app = TwinApp(twin, owner=owner or "Me", contacts=contacts[:50], style_card=style_card, blind_samples=blind,
+                  twin_b=twin_b, banner=banner, feedback_dir=FEEDBACK_DIR)
+    return app, plots
+
+
+APP, PLOTS = load_app()
+demo = build_demo(APP, PLOTS)
+print(f"SimMe app ready in {time.perf_counter() - START:.1f} s (backend: {APP.twin.backend})", flush=True)
+
+if __name__ == "__main__":
+    # Never share=True: the twin speaks for a real person. GRADIO_SERVER_PORT / GRADIO_SERVER_NAME pick the address.
+    demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY).launch(
+        auth=AUTH, share=False, allowed_paths=[ANALYSIS_DIR], show_error=True)

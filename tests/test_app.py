@@ -1,0 +1,352 @@
+"""The app: training-format model input in both chat modes, bubbles, end-of-turn, Gradio 6 history, the blind
+test, caps and feedback in-process; then the real server with the tiny model: 8 concurrent chats over HTTP
+with gradio_client, and a headless Chromium (Playwright) driving the page.
+
+Run: .venv/bin/python -m pytest -q tests/test_app.py
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+import simme_common as sc
+
+ROOT = Path(__file__).resolve().parents[1]
+OWNER, CONTACTS = "Kai Surrogate", ["Nova Example", "Remy Sample"]
+CHROMIUM = "/usr/bin/chromium"
+GEN = dict(temperature=0.7, auto_temp=False, top_p=0.9, repetition_penalty=1.1, max_new_tokens=12)
+
+
+def make_pipeline_outputs(root: Path) -> tuple[Path, Path]:
+    """A small 01 output (messages + dataset with a test split) and 02 output (style card + one plot)."""
+    from datasets import Dataset, DatasetDict
+    from PIL import Image
+
+    prepared, analysis = root / "prepared", root / "analysis"
+    senders = [OWNER] * 3 + [CONTACTS[0]] * 5 + [CONTACTS[1]] * 2
+    Dataset.from_dict({"sender": senders, "is_owner": [s == OWNER for s in senders]}).save_to_disk(str(prepared / "messages"))
+    system = sc.build_system_prompt("one_on_one", OWNER, [CONTACTS[0]])
+    samples = [[{"role": "system", "content": system}, {"role": "user", "content": f"question {i}?"},
+                {"role": "assistant", "content": f"real answer {i}\nsecond bubble"}] for i in range(3)]
+    samples.append(samples[0][:2] + [{"role": "assistant", "content": sc.SILENT_REPLY}])  # never shown in the game
+    split = Dataset.from_dict({sc.MESSAGES: samples})
+    DatasetDict(train=split, validation=split, test=split).save_to_disk(str(prepared / "dataset"))
+    analysis.mkdir(parents=True)
+    (analysis / "style_card.json").write_text(json.dumps({"schema_version": 1, "owner": OWNER,
+                                                           "typing_gap_s": {"n": 5, "quantiles": {"p50": 0.3}}}))
+    Image.new("RGB", (64, 48), (40, 120, 200)).save(analysis / "activity_by_hour.png")
+    return prepared, analysis
+
+
+@pytest.fixture(scope="module")
+def pipeline_dirs(tmp_path_factory):
+    return make_pipeline_outputs(tmp_path_factory.mktemp("pipeline"))
+
+
+@pytest.fixture(scope="module")
+def app_mod(tiny_model_dir, pipeline_dirs, tmp_path_factory):
+    """app.py imported in-process on the tiny model (its module-level load), with a missing adapter."""
+    prepared, analysis = pipeline_dirs
+    env = {"SIMME_BASE_MODEL": str(tiny_model_dir), "SIMME_ADAPTER": str(tmp_path_factory.mktemp("x") / "no_adapter"),
+           "SIMME_BACKEND": "transformers", "SIMME_PREPARED_DIR": str(prepared), "SIMME_ANALYSIS_DIR": str(analysis)}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        sys.modules.pop("app", None)
+        yield importlib.import_module("app")
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+def run_chat(app, message, history=(), mode="One-on-one", contact=CONTACTS[0], members="Ann, Bo", sender="Ann",
+             title="", pace=False, seed=1, **gen):
+    """All outputs of one `respond` call."""
+    g = {**GEN, **gen}
+    return list(app.respond(message, list(history), mode, contact, members, sender, title, g["temperature"],
+                            g["auto_temp"], g["top_p"], g["repetition_penalty"], g["max_new_tokens"], pace, seed))
+
+
+# --- chat format: the app feeds the model exactly what 01 trains on -------------------------------------
+
+def training_sample(chat_type: str, raw: list[tuple[int, str, str]], others: list[str]) -> list[dict]:
+    """A training sample as 01 builds it: bursts (01's group_bursts), system prompt, "Name: text" group turns."""
+    msgs = [{"role": "system", "content": sc.build_system_prompt(chat_type, OWNER, others)}]
+    for turn in sc.group_bursts(raw, burst_seconds=120):
+        own = turn["sender"] == OWNER
+        content = turn["text"] if own else sc.format_user_turn(chat_type, turn["sender"], turn["text"])
+        msgs.append({"role": "assistant" if own else "user", "content": content})
+    return msgs
+
+
+def as_gradio_history(chat_type: str, raw: list[tuple[int, str, str]]) -> list[dict]:
+    """The same chat as the app shows it: one Gradio 6 message per bubble, structured content, group names."""
+    import gradio as gr
+
+    shown = [{"role": "assistant" if s == OWNER else "user",
+              "content": t if s == OWNER else sc.format_user_turn(chat_type, s, t)} for _, s, t in raw]
+    chatbot = gr.Chatbot()
+    return chatbot.preprocess(chatbot.postprocess(shown))  # what a Gradio 6 handler really receives
+
+
+@pytest.mark.parametrize("chat_type", ["one_on_one", "group"])
+def test_app_messages_equal_the_training_format_in_both_modes(chat_type):
+    raw = [(0, CONTACTS[0], "hey"), (1000, CONTACTS[0], "you there?"), (5000, OWNER, "yes"), (6000, OWNER, "what's up"),
+           (9000, CONTACTS[0 if chat_type == "one_on_one" else 1], "lunch: today?"), (9500, CONTACTS[0], "ok")]
+    others = [CONTACTS[0]] if chat_type == "one_on_one" else CONTACTS
+    history = as_gradio_history(chat_type, raw)
+    assert isinstance(history[0]["content"], list)  # Gradio 6 structured content, not plain strings
+    got = sc.build_app_messages(history, chat_type=chat_type, owner=OWNER, others=others)
+    assert got == training_sample(chat_type, raw, others)
+
+
+def test_flatten_history_drops_silent_notes_system_and_file_parts():
+    history = [{"role": "system", "content": "x"},
+               {"role": "user", "content": [{"type": "text", "text": "Ann: hi"}, {"type": "file", "file": {"path": "a.png"}}]},
+               {"role": "assistant", "content": sc.SILENT_NOTE}, {"role": "user", "content": [{"type": "text", "text": "Ann: anyone?"}]},
+               {"role": "assistant", "content": [{"type": "text", "text": "me"}]}]
+    assert sc.flatten_history(history, "group") == [{"role": "user", "content": "Ann: hi\nanyone?"},
+                                                    {"role": "assistant", "content": "me"}]
+
+
+def test_expand_turns_round_trips_through_flatten_history():
+    sample = training_sample("group", [(0, "Ann", "a"), (1, OWNER, "b"), (2, OWNER, "c"), (3, "Bo", "d")], ["Ann", "Bo"])
+    assert sc.flatten_history(sc.expand_turns(sample), "group") == sample[1:]
+
+
+# --- bubbles, silence, end of turn ----------------------------------------------------------------------
+
+def test_reply_is_split_into_bubbles_and_a_half_streamed_silent_marker_is_hidden(app_mod):
+    assert app_mod.as_bubbles("hey\n\nlol ") == [{"role": "assistant", "content": "hey"}, {"role": "assistant", "content": "lol"}]
+    assert app_mod.as_bubbles(sc.SILENT_REPLY) == [{"role": "assistant", "content": sc.SILENT_NOTE}]
+    assert sc.stream_bubbles("<sil") == [] and sc.stream_bubbles("<s") == []
+    assert sc.stream_bubbles("ok\nth") == ["ok", "th"]
+
+
+def test_respond_streams_progressively_longer_replies_as_bubbles(app_mod):
+    outs = run_chat(app_mod.APP, "hey how are you", max_new_tokens=16)
+    assert outs[0] == ([{"role": "user", "content": "hey how are you"}], "")
+    texts = [sc.BUBBLE_DELIMITER.join(sc.message_text(m["content"]) for m in h[1:]) for h, _ in outs[1:-1]]
+    assert len(texts) >= 3 and all(len(a) <= len(b) for a, b in zip(texts, texts[1:])) and texts[0] != texts[-1]
+    final = outs[-1][0]
+    assert final[0]["role"] == "user" and all(m["role"] == "assistant" for m in final[1:])
+
+
+def test_group_message_is_sent_as_the_chosen_member(app_mod):
+    final = run_chat(app_mod.APP, "who's in?", mode="Group", members="Ann, Bo", sender="Bo")[-1][0]
+    assert final[0] == {"role": "user", "content": "Bo: who's in?"}
+
+
+def test_generation_stops_at_the_end_of_turn_token():
+    twin = sc.load_twin(None, None, backend="transformers")  # the real default model knows when a turn ends
+    msgs = [{"role": "user", "content": "Say hi in two words."}]
+    reply = twin.generate(msgs, temperature=0, max_new_tokens=64, use_cache=False)
+    n = len(twin.tokenizer(reply, add_special_tokens=False)["input_ids"])
+    assert reply.strip() and n < 64, "stopped by max_new_tokens instead of the end-of-turn token"
+    assert "<|im_end|>" not in reply and "<|im_start|>" not in reply
+
+
+# --- caps -----------------------------------------------------------------------------------------------
+
+def test_overlong_message_is_refused_and_kept_in_the_box(app_mod, monkeypatch):
+    monkeypatch.setattr(app_mod, "MAX_MESSAGE_CHARS", 20)
+    with pytest.warns(UserWarning, match="limited to 20 characters"):
+        assert run_chat(app_mod.APP, "x" * 21) == [([], "x" * 21)]
+
+
+def test_context_is_trimmed_from_the_front_to_the_token_budget(app_mod, monkeypatch):
+    history = [{"role": r, "content": f"turn {i} " + "word " * 10} for i, r in enumerate(["user", "assistant"] * 6)]
+    full = app_mod.APP.context(history, "one_on_one", ["Nova"], None)
+    monkeypatch.setattr(app_mod, "MAX_CONTEXT_TOKENS", len(app_mod.APP.twin.prompt_ids(full)) // 2)
+    with pytest.warns(UserWarning, match="oldest"):
+        trimmed = app_mod.APP.context(history, "one_on_one", ["Nova"], None)
+    assert trimmed[0] == full[0] and trimmed[-1] == full[-1] and trimmed[1:] == full[-(len(trimmed) - 1):]
+    assert app_mod.APP.twin.count_tokens(trimmed) <= app_mod.MAX_CONTEXT_TOKENS < app_mod.APP.twin.count_tokens(full)
+
+
+def test_auth_must_be_user_colon_password():
+    assert sc.parse_auth("me:se:cret") == ("me", "se:cret") and sc.parse_auth(None) is None
+    with pytest.raises(sc.UserError, match="SIMME_AUTH"):
+        sc.parse_auth("justaname")
+
+
+# --- startup, blind test, feedback ----------------------------------------------------------------------
+
+def test_missing_adapter_falls_back_to_the_base_model_with_a_banner(app_mod):
+    assert "not found" in app_mod.APP.banner and app_mod.APP.twin.info()["adapter"] is None
+    assert app_mod.APP.owner == OWNER and app_mod.APP.contacts == CONTACTS and len(app_mod.PLOTS) == 1
+
+
+def test_blind_round_holds_the_real_reply_at_the_real_index_and_scores_guesses():
+    rng = random.Random(0)
+    positions = set()
+    for _ in range(20):
+        options, real = sc.new_blind_round("real", "twin", rng)
+        assert options[real] == "real" and options[1 - real] == "twin"
+        positions.add(real)
+    assert positions == {0, 1}
+    score = sc.score_guess(sc.score_guess({}, 0, 0), 1, 0)
+    assert score == {"rounds": 2, "correct": 1} and sc.format_score(score) == "1/2 correct (50%)"
+
+
+def test_blind_test_uses_only_non_silent_held_out_samples_and_keeps_score_in_state(app_mod):
+    app = app_mod.APP
+    assert len(app.blind_samples) == 3  # the silent sample is left out
+    context, opt1, opt2, real_index, _ = app.new_round()
+    assert context[0]["role"] == "user" and [opt1, opt2][real_index].startswith("real answer")
+    cleared, score, verdict = app.guess(real_index, real_index, {"rounds": 0, "correct": 0})
+    assert cleared is None and score == {"rounds": 1, "correct": 1} and "Right" in verdict
+    assert app.guess(0, None, score)[1] == score  # no double counting without a new round
+
+
+def test_ab_pick_saves_prompt_chosen_rejected_appending_and_nothing_without_feedback_dir(app_mod, tmp_path):
+    from datasets import load_from_disk
+
+    app = app_mod.TwinApp(app_mod.APP.twin, owner=OWNER, twin_b=app_mod.APP.twin, feedback_dir=str(tmp_path))
+    for round_ in range(2):
+        outs = list(app.respond_ab(f"hi {round_}", [], "One-on-one", "Nova", "", "", "", 0.7, False, 0.9, 1.1, 8, 1))
+        pending = outs[-1][-1]
+        assert pending["replies"] == list(outs[-1][2:4]) and pending["messages"][-1]["content"] == f"hi {round_}"
+        history = app.pick(1, pending, [])[0]
+        assert history[0]["content"] == f"hi {round_}"
+    rows = load_from_disk(str(tmp_path / "preferences"))
+    assert rows.column_names[:3] == ["prompt", "chosen", "rejected"] and len(rows) == 2
+    assert rows[1]["prompt"][0]["role"] == "system" and rows[1]["chosen"][0]["content"] == pending["replies"][1]
+    app_mod.TwinApp(app.twin, twin_b=app.twin).pick(0, pending, [])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["preferences", "preferences.lock"]
+
+
+def test_thumbs_rate_the_whole_reply_with_its_prompt(app_mod, tmp_path):
+    import gradio as gr
+    from datasets import load_from_disk
+
+    app = app_mod.TwinApp(app_mod.APP.twin, owner=OWNER, feedback_dir=str(tmp_path))
+    history = [{"role": "user", "content": "Ann: yo"}, {"role": "assistant", "content": "hey"},
+               {"role": "assistant", "content": "sup"}, {"role": "user", "content": "Bo: ok"}]
+    app.like(history, "Group", "", "Ann, Bo", "Ann", "", gr.LikeData(None, {"index": 1, "value": "hey", "liked": False}))
+    row = load_from_disk(str(tmp_path / "ratings"))[0]
+    assert row["completion"] == [{"role": "assistant", "content": "hey\nsup"}] and row["label"] is False
+    assert row["prompt"][-1] == {"role": "user", "content": "Ann: yo"}
+
+
+# --- the real server: concurrency over HTTP and a real browser ------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def server_process(tiny_model_dir, pipeline_dirs, tmp_path_factory):
+    """Start `python app.py` (tiny model, free localhost port) first thing, so it boots while in-process tests run."""
+    prepared, analysis = pipeline_dirs
+    port, log = free_port(), tmp_path_factory.mktemp("server") / "app.log"
+    env = {**os.environ, "SIMME_BASE_MODEL": str(tiny_model_dir), "SIMME_ADAPTER": str(log.parent / "no_adapter"),
+           "SIMME_BACKEND": "transformers", "SIMME_PREPARED_DIR": str(prepared), "SIMME_ANALYSIS_DIR": str(analysis),
+           "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield proc, f"http://127.0.0.1:{port}/", log
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(server_process):
+    """(url, log path) of the app server once it answers HTTP."""
+    proc, url, log = server_process
+    deadline = time.monotonic() + 240
+    while True:
+        assert proc.poll() is None, f"app.py exited:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"app.py did not start:\n{log.read_text()[-3000:]}"
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return url, log
+        except OSError:
+            time.sleep(0.5)
+
+
+def test_eight_simultaneous_http_chats_complete_without_interleaving(server, app_mod):
+    from gradio_client import Client
+
+    url, log = server
+    messages = [f"message number {i} from client {i}" for i in range(8)]
+
+    def chat(msg):
+        job = Client(url, verbose=False).submit(msg, [], "One-on-one", "Nova", "", "", "", 0.7, False, 0.9, 1.1, 24, False, 7,
+                                                api_name="/chat")
+        return job.result(timeout=120), len(job.outputs())
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(chat, messages))
+    for msg, ((history, box), n_updates) in zip(messages, results):
+        assert box == "" and n_updates >= 3  # the reply streamed
+        assert sc.message_text(history[0]["content"]) == msg
+        reply = sc.BUBBLE_DELIMITER.join(sc.message_text(m["content"]) for m in history[1:])
+        # Same request in-process, alone: the server's reply must be exactly this one, not a mix of neighbours.
+        alone = run_chat(app_mod.APP, msg, contact="Nova", max_new_tokens=24, seed=7)[-1][0]
+        assert reply == sc.BUBBLE_DELIMITER.join(m["content"] for m in alone[1:])
+    assert not any(m in log.read_text() for m in messages), "chat text must never be logged"
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium missing: run `make test-setup`")
+def test_browser_chats_one_on_one_and_group_moves_temperature_and_sees_streaming(server, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, _ = server
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=args)
+        page = browser.new_page(viewport={"width": 1280, "height": 1100})
+        page.goto(url)
+        expect(page.get_by_text("You are chatting with an AI twin")).to_be_visible(timeout=30_000)
+        expect(page.get_by_text("Running the base model without an adapter")).to_be_visible()
+
+        slider = page.locator("input[type=range]").first  # Temperature comes first in the settings
+        slider.focus()
+        for _ in range(4):
+            slider.press("ArrowRight")
+        expect(page.get_by_label("number input for Temperature")).to_have_value("0.9")
+
+        # Record every text the last twin bubble shows while the reply streams.
+        page.evaluate("""() => { window.seen = new Set(); window.changed = Date.now();
+            new MutationObserver(() => { const b = document.querySelectorAll('[data-testid="bot"]');
+                if (b.length && !window.seen.has(b[b.length - 1].innerText)) {
+                    window.seen.add(b[b.length - 1].innerText); window.changed = Date.now(); } })
+            .observe(document.body, {subtree: true, childList: true, characterData: true}); }""")
+        settled = "() => Date.now() - window.changed > 2500"  # the reply stopped changing: streaming is over
+        box = page.get_by_placeholder("Type a message and press Enter")
+        box.fill("hello from the browser")
+        box.press("Enter")
+        expect(page.locator('[data-testid="user"]').first).to_contain_text("hello from the browser")
+        expect(page.locator('[data-testid="bot"]').first).to_be_visible(timeout=30_000)
+        page.wait_for_function("() => window.seen.size >= 3", timeout=30_000)  # several partial replies were shown
+        page.wait_for_function(settled, timeout=60_000)
+
+        page.get_by_label("Group", exact=True).check()
+        expect(page.get_by_label("Group members (comma-separated)")).to_be_visible()
+        expect(page.locator('[data-testid="user"]')).to_have_count(0)  # a new mode starts a new chat
+        box.fill("group hello")
+        box.press("Enter")
+        expect(page.locator('[data-testid="user"]').first).to_contain_text("Alex: group hello")
+        expect(page.locator('[data-testid="bot"]').first).to_be_visible(timeout=30_000)
+        page.wait_for_function(settled, timeout=60_000)
+        page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
+        browser.close()
+    assert (tmp_path / "app.png").stat().st_size > 10_000

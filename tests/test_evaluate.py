@@ -1,0 +1,188 @@
+"""04_evaluate: metrics on hand-made replies with known values, owner-only perplexity, the regression gate, a smoke run.
+
+Run: .venv/bin/python -m pytest -q tests/test_evaluate.py
+"""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+import simme_common as sc
+from conftest import ROOT, build_tiny_model
+
+REPLIES = ["haha ok see you at 7 😂", "không sao đâu, mai đi cà phê nha", "I don't know... maybe the usual place?"]
+OTHER = ["The quarterly budget report is attached", "Please confirm the meeting agenda", "Weather forecast: rain"]
+
+
+def _load_script():
+    """Import 04_evaluate.py (a numbered filename cannot be imported with `import`)."""
+    spec = importlib.util.spec_from_file_location("evaluate_04", ROOT / "04_evaluate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return sc.load_text_encoder()
+
+
+def _sample(chat_type: str, turns: list[tuple[str, str]]) -> list[dict]:
+    """A contract-format sample: system prompt, then (role, text) turns; the last is the owner's."""
+    system = sc.build_system_prompt(chat_type, "Owner", ["Bo"] if chat_type == "one_on_one" else ["Bo", "Cy"])
+    return [{"role": "system", "content": system}] + [{"role": r, "content": t} for r, t in turns]
+
+
+@pytest.fixture(scope="module")
+def pipeline_dirs(tmp_path_factory, tiny_model_dir):
+    """A prepared DatasetDict, a style card and a LoRA adapter (nonzero, so the twin differs from the base)."""
+    import torch
+    from datasets import Dataset, DatasetDict
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root = tmp_path_factory.mktemp("eval")
+    one = lambda u, a: _sample("one_on_one", [("user", u), ("assistant", a)])  # noqa: E731
+    train = [one("hey how are you doing today", "im good thanks wbu"), one("where are we going tonight?", "maybe the usual place"),
+             _sample("group", [("user", "Bo: lol that is so funny 😂"), ("assistant", "haha ok")])]
+    test = [one("hey how are you doing today", "im good thanks wbu 😂"), one("anh ơi mai đi cà phê không", "ừ được đó, mấy giờ"),
+            one("can't wait 🎉", "sounds good!!\nsee you tomorrow"),
+            _sample("group", [("user", "Bo: ok see you tomorrow"), ("user", "Cy: haha ok"), ("assistant", sc.SILENT_REPLY)])]
+
+    def split(rows):
+        return Dataset.from_dict({sc.MESSAGES: rows, "chat_id": [f"c{i % 2}" for i in range(len(rows))],
+                                  "chat_type": ["one_on_one"] * len(rows), "session_start": [1000 * i for i in range(len(rows))],
+                                  "n_tokens": [40] * len(rows)})
+
+    DatasetDict(train=split(train), validation=split(train[:1]), test=split(test)).save_to_disk(str(root / "prepared" / "dataset"))
+    (root / "analysis").mkdir()
+    card = sc.reply_style_card(["im good thanks wbu", "haha ok 😂", "ừ được đó"])
+    (root / "analysis" / "style_card.json").write_text(json.dumps(card, ensure_ascii=False))
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    peft_model.save_pretrained(root / "adapter")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(root / "adapter")
+    return root
+
+
+def _args(module, root: Path, out: str, **kw):
+    """Fast smoke settings for the tiny model."""
+    base = dict(input_dir=str(root / "prepared"), analysis_dir=str(root / "analysis"), adapter_path=str(root / "adapter"),
+                output_dir=str(root / out), max_examples=10, max_new_tokens=8, batch_size=2, latency_samples=1,
+                pii_samples_per_probe=1, n_bootstrap=20)
+    return module.EvaluateArguments(**(base | kw))
+
+
+# --- metrics on hand-made inputs -----------------------------------------------------------------------------
+
+def test_identical_replies_score_perfectly_and_disjoint_ones_low(encoder):
+    card = sc.reply_style_card(REPLIES)
+    same, _ = sc.score_replies(REPLIES, REPLIES, REPLIES, card, encoder, set(), n_boot=10)
+    for key in ("length_similarity", "vocab_overlap", "emoji_match", "language_mix_accuracy", "rouge_l", "context_relevance"):
+        assert same[key] == pytest.approx(1.0), key
+    assert same["bleu"] == pytest.approx(1.0) and same["bertscore"] == pytest.approx(1.0, abs=1e-4)
+    assert same["sentiment_alignment"] == pytest.approx(1.0)
+    other, ci = sc.score_replies(OTHER, REPLIES, REPLIES, card, encoder, set(), n_boot=10)
+    assert other["rouge_l"] == 0.0 and other["vocab_overlap"] < 0.2 and other["bleu"] < 0.05
+    assert other["bertscore"] < 0.7 and other["emoji_match"] < same["emoji_match"]
+    assert other["language_mix_accuracy"] < 1.0 and other["context_relevance"] < 0.6
+    lo, hi = ci["rouge_l"]
+    assert lo <= other["rouge_l"] <= hi
+
+
+def test_repetition_flags_loops_and_empty_replies_but_not_silence():
+    assert sc.repetition_scores(["ok see you tomorrow"]) == [0.0]
+    assert sc.repetition_scores(["lol " * 20])[0] > 0.9
+    assert sc.repetition_scores(["", sc.SILENT_REPLY]) == [1.0, None]
+
+
+def test_memorization_counts_rare_8_word_spans_of_training_turns_not_common_phrases():
+    secret = "my locker code is seven four two one at the gym"
+    catch = "see you later alligator in a while crocodile my friend"
+    index = sc.memorization_index([secret] + [catch] * 3, other_turns=["ok"])
+    assert sc.memorized([f"btw {secret} lol", catch, "see you later"], index) == [1.0, 0.0, 0.0]
+
+
+def test_pii_detector_finds_vietnamese_phones_emails_and_addresses():
+    assert "phone" in sc.find_pii("số mình là 0912 345 678 nha")
+    assert "phone" in sc.find_pii("call +84 912 345 678")
+    assert sc.find_pii("mail me: an.nguyen@example.com") == ["email"]
+    assert "address" in sc.find_pii("I live at 42 Maple Street")
+    assert sc.find_pii("ok see you at 7, bring 2 cakes") == []
+
+
+def test_bootstrap_interval_contains_the_mean_and_needs_two_examples():
+    values = [0.0, 1.0, 1.0, 0.0, 1.0, 1.0]
+    lo, hi = sc.bootstrap_ci(lambda idx: sum(values[i] for i in idx) / len(idx), len(values), n_boot=200)
+    assert lo <= 4 / 6 <= hi and lo < hi
+    assert sc.bootstrap_ci(lambda idx: 1.0, 1) is None
+
+
+# --- perplexity -------------------------------------------------------------------------------------------------
+
+def test_perplexity_scores_only_owner_tokens(tiny_model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = sc.ensure_training_template(AutoTokenizer.from_pretrained(tiny_model_dir))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    a = _sample("group", [("user", "Bo: hi"), ("assistant", "yo\nok"), ("user", "Cy: lol"), ("assistant", "haha")])
+    b = _sample("group", [("user", "Bo: something entirely different and much longer"), ("assistant", "yo\nok"),
+                          ("user", "Cy: lol"), ("assistant", "haha")])
+    ex = sc.owner_token_example(tok, a, max_length=256)
+    assert tok.decode([t for t in ex["labels"] if t != -100]) == "yo\nok<|im_end|>haha<|im_end|>"
+    (nll_a, n_a), (nll_b, n_b) = sc.owner_token_nll(model, [ex, sc.owner_token_example(tok, b, 256)], tok.pad_token_id, batch_size=2)
+    assert n_a == n_b == len(tok("yo\nok<|im_end|>haha<|im_end|>", add_special_tokens=False)["input_ids"])
+    with torch.no_grad():  # same as the model's own loss over the masked labels (batched + padded = alone)
+        ref = model(input_ids=torch.tensor([ex["input_ids"]]), labels=torch.tensor([ex["labels"]])).loss.item()
+    assert nll_a / n_a == pytest.approx(ref, rel=1e-4)
+    assert sc.perplexity_from_nll([(nll_a, n_a)]) == pytest.approx(2.718281828 ** ref, rel=1e-4)
+
+
+# --- the stage ----------------------------------------------------------------------------------------------------
+
+def test_smoke_run_writes_scorecard_and_gate_exit_codes(pipeline_dirs):
+    module = _load_script()
+    module.main(_args(module, pipeline_dirs, "eval"))
+    out = pipeline_dirs / "eval"
+    card = json.loads((out / "scorecard.json").read_text())
+    assert set(sc.METRIC_KEYS) <= set(card["base"]) and set(sc.METRIC_KEYS) <= set(card["finetuned"])
+    assert card["n_examples"] == 3 and card["settings"]["n_silent_targets_skipped"] == 1
+    assert card["base"]["perplexity"] != card["finetuned"]["perplexity"]  # the adapter is active only for the twin
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and set(rows[0]) == {"context", "real", "base", "twin"}
+    assert "| perplexity |" in (out / "scorecard.md").read_text() and (out / "run_config.json").exists()
+
+    # Same seed, same data: the run passes a gate against itself; a better baseline makes it exit 1.
+    module.main(_args(module, pipeline_dirs, "eval2", baseline=str(out / "scorecard.json")))
+    better = card | {"finetuned": card["finetuned"] | {"rouge_l": card["finetuned"]["rouge_l"] + 0.5}}
+    (pipeline_dirs / "better.json").write_text(json.dumps(better))
+    with pytest.raises(SystemExit) as exc:
+        module.main(_args(module, pipeline_dirs, "eval3", baseline=str(pipeline_dirs / "better.json")))
+    assert exc.value.code == 1
+    gate = json.loads((pipeline_dirs / "eval3" / "scorecard.json").read_text())["gate"]
+    assert not gate["passed"] and {r["metric"] for r in gate["rows"] if r["status"] == "REGRESSED"} == {"rouge_l"}
+
+
+def test_bad_inputs_give_one_sentence_user_errors(pipeline_dirs, tmp_path):
+    module = _load_script()
+    with pytest.raises(sc.UserError, match="no LoRA adapter"):
+        module.main(_args(module, pipeline_dirs, "x", adapter_path=str(tmp_path / "missing")))
+    other_base = build_tiny_model(tmp_path / "other", hidden=48)
+    with pytest.raises(sc.UserError, match="does not fit base model"):
+        module.main(_args(module, pipeline_dirs, "x", model_name_or_path=str(other_base)))
+    from datasets import load_from_disk
+
+    data = load_from_disk(str(pipeline_dirs / "prepared" / "dataset"))
+    data["test"] = data["test"].select([])
+    data.save_to_disk(str(tmp_path / "empty" / "dataset"))
+    with pytest.raises(sc.UserError, match="empty"):
+        module.main(_args(module, pipeline_dirs, "x", input_dir=str(tmp_path / "empty")))

@@ -1,0 +1,251 @@
+"""Tests of 03_train.py: LoRA-only updates, owner-only labels, outputs, DDP, W&B offline, bad input, real model.
+
+Run: .venv/bin/python -m pytest -q tests/test_train.py
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import simme_common as sc
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = str(ROOT / "configs" / "smoke.yaml")
+
+
+def _load_train_module():
+    """03_train.py as a module (its name starts with a digit, so it cannot be imported normally)."""
+    spec = importlib.util.spec_from_file_location("train_03", ROOT / "03_train.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+train03 = _load_train_module()
+
+
+def _sample(i: int, group: bool) -> dict:
+    """One 01_prepare-style sample: system, users, owner turns (multi-bubble), group names and a silent reply."""
+    if group:
+        system = sc.build_system_prompt("group", "Ada", ["Bo", "Cy"], "trip")
+        turns = [
+            ("user", sc.format_user_turn("group", "Bo", f"where are we going tonight? {i}")),
+            ("user", sc.format_user_turn("group", "Cy", "I don't know... maybe the usual place")),
+            ("assistant", sc.BUBBLE_DELIMITER.join(["sounds good!!", "can't wait 🎉"])),
+            ("user", sc.format_user_turn("group", "Bo", "lol ok")),
+            ("assistant", sc.SILENT_REPLY if i % 4 == 1 else "ok see you tomorrow"),
+        ]
+    else:
+        system = sc.build_system_prompt("one_on_one", "Ada", ["Bo"])
+        turns = [
+            ("user", f"hey how are you doing today {i}"),
+            ("assistant", "im good thanks wbu"),
+            ("user", "anh ơi mai đi cà phê không"),
+            ("assistant", sc.BUBBLE_DELIMITER.join(["ừ được đó, mấy giờ", "haha ok em"])),
+        ]
+    messages = [{"role": "system", "content": system}] + [{"role": r, "content": c} for r, c in turns]
+    return {
+        "messages": messages, "chat_id": f"chat{int(group)}", "chat_type": "group" if group else "one_on_one",
+        "session_start": 1_700_000_000_000 + i, "n_tokens": 64,
+    }
+
+
+def write_prepared(out_dir: Path, n: int = 12, rows: list[dict] | None = None) -> Path:
+    """Save a DatasetDict in 01_prepare's contract format under out_dir/dataset."""
+    from datasets import Dataset, DatasetDict
+
+    rows = rows if rows is not None else [_sample(i, group=i % 2 == 1) for i in range(n)]
+    DatasetDict(
+        train=Dataset.from_list(rows), validation=Dataset.from_list(rows[:2]), test=Dataset.from_list(rows[:2])
+    ).save_to_disk(str(out_dir / "dataset"))
+    return out_dir
+
+
+@pytest.fixture(scope="module")
+def prepared_dir(tmp_path_factory) -> Path:
+    """A small prepared dataset with one-on-one and group samples."""
+    return write_prepared(tmp_path_factory.mktemp("prepared"))
+
+
+def run_train(argv: list[str]):
+    """Parse argv like the CLI and run 03_train.main in this process; returns the trainer."""
+    return train03.main(*train03.parse_args(argv))
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tiny_model_dir, prepared_dir, tmp_path_factory):
+    """One smoke training run on the tiny model (with --merge); shared by several tests."""
+    out = tmp_path_factory.mktemp("adapter")
+    trainer = run_train([
+        "--config", SMOKE, "--model_name_or_path", str(tiny_model_dir), "--input_dir", str(prepared_dir),
+        "--output_dir", str(out), "--merge", "true", "--max_length", "1024",  # no truncation: samples stay aligned
+    ])
+    return trainer, out
+
+
+def test_smoke_run_updates_lora_weights_only_and_writes_outputs(smoke_run, tiny_model_dir):
+    import torch
+    from safetensors.torch import load_file
+
+    trainer, out = smoke_run
+    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "chat_template.jinja",
+                 "run_config.json", "log_history.json", "merged/model.safetensors"):
+        assert (out / name).exists(), name
+    assert trainer.state.global_step == 2
+    history = json.loads((out / "log_history.json").read_text())
+    assert any("loss" in h for h in history)
+    assert "SFTConfig" in json.loads((out / "run_config.json").read_text())["args"]
+
+    adapter = load_file(out / "adapter_model.safetensors")
+    lora_b = [v for k, v in adapter.items() if "lora_B" in k]
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b)  # lora_B starts at zero: nonzero means it trained
+
+    base = load_file(tiny_model_dir / "model.safetensors")
+    compared = 0
+    for name, param in trainer.model.named_parameters():
+        key = name.replace("base_model.model.", "").replace(".base_layer", "")
+        if "lora_" not in name and key in base:
+            assert not param.requires_grad and torch.equal(param.detach().cpu(), base[key]), key
+            compared += 1
+    assert compared == len(base)  # every base tensor is frozen and unchanged
+
+
+def test_labels_train_every_owner_turn_and_its_end_of_turn_and_nothing_else(smoke_run, prepared_dir):
+    from datasets import load_from_disk
+
+    trainer, _ = smoke_run
+    tokenizer = trainer.processing_class
+    eot = sc.end_of_turn_token(tokenizer)
+    rows = load_from_disk(str(prepared_dir / "dataset"))["train"]
+    assert len(rows) == len(trainer.train_dataset)
+    seen = set()
+    for row, prepared in zip(rows, trainer.train_dataset):
+        owner = [m["content"] + eot for m in row["messages"] if m["role"] == sc.OWNER_ROLE]
+        segments = sc.trained_segments(prepared["input_ids"], prepared["labels"], tokenizer)
+        assert segments == owner, row["chat_type"]
+        untrained = tokenizer.decode([t for t, lab in zip(prepared["input_ids"], prepared["labels"]) if lab == -100])
+        for m in row["messages"]:
+            if m["role"] != sc.OWNER_ROLE:
+                assert m["content"] in untrained
+        seen.add(row["chat_type"])
+    assert seen == {"one_on_one", "group"}
+    # The collator keeps the mask and adds -100 on padding.
+    batch = trainer.data_collator([trainer.train_dataset[0], trainer.train_dataset[1]])
+    assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
+
+
+def test_generation_config_stops_on_the_training_end_of_turn_token(smoke_run):
+    trainer, _ = smoke_run
+    tokenizer = trainer.processing_class
+    eot_id = tokenizer.convert_tokens_to_ids(sc.end_of_turn_token(tokenizer))
+    stop = trainer.model.generation_config.eos_token_id
+    assert eot_id == tokenizer.eos_token_id and eot_id in (stop if isinstance(stop, list) else [stop])
+
+
+def test_init_adapter_continues_training_a_previous_adapter(smoke_run, tiny_model_dir, prepared_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    _, first = smoke_run
+    trainer = run_train([
+        "--config", SMOKE, "--model_name_or_path", str(tiny_model_dir), "--input_dir", str(prepared_dir),
+        "--output_dir", str(tmp_path), "--init_adapter", str(first), "--max_steps", "1",
+    ])
+    before, after = load_file(first / "adapter_model.safetensors"), load_file(tmp_path / "adapter_model.safetensors")
+    assert before.keys() == after.keys()
+    assert any(not (before[k] == after[k]).all() for k in before)
+    assert trainer.state.global_step == 1
+
+
+def _cli(args: list[str], env: dict | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def test_two_process_cpu_ddp_run_trains_and_writes_once(tiny_model_dir, prepared_dir, tmp_path):
+    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    proc = _cli([
+        accelerate, "launch", "--num_processes", "2", "--cpu", "--num_machines", "1", "--mixed_precision", "no",
+        "--dynamo_backend", "no", "03_train.py", "--config", SMOKE, "--model_name_or_path", str(tiny_model_dir),
+        "--input_dir", str(prepared_dir), "--output_dir", str(tmp_path),
+    ])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "adapter_model.safetensors").exists() and (tmp_path / "run_config.json").exists()
+    assert proc.stdout.count("03_train summary") == 1  # only the main process prints and writes
+    history = json.loads((tmp_path / "log_history.json").read_text())
+    assert history[-1]["step"] == 2
+
+
+def test_wandb_offline_run_is_recorded(tiny_model_dir, prepared_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run_train([
+        "--config", SMOKE, "--model_name_or_path", str(tiny_model_dir), "--input_dir", str(prepared_dir),
+        "--output_dir", str(tmp_path / "adapter"), "--report_to", "wandb", "--max_steps", "1",
+    ])
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert runs and any(p.suffix == ".wandb" for p in runs[0].iterdir())
+
+
+def test_private_hub_repo_and_no_reporting_by_default(monkeypatch):
+    monkeypatch.delenv("WANDB_PROJECT", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    _, sft, model_args = train03.parse_args(["--config", SMOKE])
+    assert sft.hub_private_repo is True and sft.report_to == [] and sft.assistant_only_loss and model_args.use_peft
+    _, sft, _ = train03.parse_args([])
+    assert sft.output_dir == sc.ADAPTER_DIR and sft.bf16 is False  # no GPU here: fp32, not TRL's bf16 default
+
+
+def _user_error(argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        sc.run_main(lambda: run_train(argv))
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.startswith("error: ") and "Traceback" not in message
+    return message
+
+
+def test_bad_input_gives_one_sentence(tiny_model_dir, prepared_dir, tmp_path, capsys):
+    base = ["--config", SMOKE, "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path / "out")]
+    assert "run 01_prepare.py" in _user_error(base + ["--input_dir", str(tmp_path / "missing")], capsys)
+
+    empty = write_prepared(tmp_path / "empty", rows=[])
+    assert "'train' split" in _user_error(base + ["--input_dir", str(empty)], capsys)
+
+    silent = _sample(0, group=False)
+    silent["messages"] = [m for m in silent["messages"] if m["role"] != sc.OWNER_ROLE]
+    no_owner = write_prepared(tmp_path / "no_owner", rows=[_sample(1, False), silent])
+    assert "sample 1" in _user_error(base + ["--input_dir", str(no_owner)], capsys)
+
+    unknown = ["--config", SMOKE, "--input_dir", str(prepared_dir), "--model_name_or_path", str(tmp_path / "nope")]
+    assert "nope" in _user_error(unknown, capsys)
+
+    assert "--fp16 needs a GPU" in _user_error(base + ["--input_dir", str(prepared_dir), "--fp16", "true"], capsys)
+    assert "bf16" in _user_error(base + ["--input_dir", str(prepared_dir), "--bf16", "true"], capsys)
+
+
+def test_cli_reports_missing_dataset_without_traceback(tmp_path):
+    proc = _cli([sys.executable, "03_train.py", "--config", SMOKE, "--input_dir", str(tmp_path)], timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "error: no prepared dataset" in proc.stderr
+
+
+def test_real_default_model_trains_one_step(prepared_dir, tmp_path):
+    trainer = run_train([
+        "--config", SMOKE, "--input_dir", str(prepared_dir), "--output_dir", str(tmp_path),
+        "--max_steps", "1", "--max_length", "96", "--per_device_train_batch_size", "2",
+    ])
+    assert trainer.state.global_step == 1
+    assert (tmp_path / "adapter_model.safetensors").exists()
+    tokenizer = trainer.processing_class
+    assert sc.end_of_turn_token(tokenizer) == "<|im_end|>" == tokenizer.eos_token
+    first = trainer.train_dataset[0]
+    segments = sc.trained_segments(first["input_ids"], first["labels"], tokenizer)
+    assert segments and all(s.endswith("<|im_end|>") for s in segments)
