@@ -70,7 +70,6 @@ def main(args: PrepareArguments) -> dict:
     print(f"Script parameters {args}")
 
     # ---------------------------------------------------------------- pass 1: parse every thread, spool to disk
-    tokenizer = sc.load_tokenizer(args.model_name_or_path)
     spool_dir = tempfile.TemporaryDirectory(prefix="simme01_")  # raw texts: deleted when the run ends
     spool_path = Path(spool_dir.name) / "threads.pkl"
     metas, failures = [], []
@@ -124,6 +123,7 @@ def main(args: PrepareArguments) -> dict:
     print(f"Owner {'inferred' if inferred else 'given'}: {owner_shown!r} ({'surrogate' if anon else 'real name'}) | {evidence}")
 
     # ---------------------------------------------------------------- pass 2: merge, anonymize, sessions, samples
+    tokenizer = sc.load_tokenizer(args.model_name_or_path)
     from datasets import Dataset, DatasetDict, Features, List, Value
     from datasets.arrow_writer import ArrowWriter
 
@@ -172,9 +172,10 @@ def main(args: PrepareArguments) -> dict:
         w.finalize()
         w.close()
     dataset = DatasetDict({s: Dataset.from_file(str(Path(spool_dir.name) / f"{s}.arrow")) for s in writers})
-    dataset.save_to_disk(str(out_dir / "dataset"))
+    # One shard per split: datasets cannot reload an empty split saved with zero shards (tiny exports).
+    dataset.save_to_disk(str(out_dir / "dataset"), num_shards={s: 1 for s in dataset})
     messages_ds = Dataset.from_file(str(Path(spool_dir.name) / "messages.arrow"))
-    messages_ds.save_to_disk(str(out_dir / "messages"))
+    messages_ds.save_to_disk(str(out_dir / "messages"), num_shards=1)
     del dataset, messages_ds
     spool_dir.cleanup()
 

@@ -19,6 +19,8 @@ import simme_common as sc
 REQUIRED_COLUMNS = ("chat_id", "chat_type", "sender", "is_owner", "timestamp_ms", "text", "session_id")
 WEEKDAYS = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
 OWNER_COLOR, OTHERS_COLOR = "#1f77b4", "#ff7f0e"
+PLOT_NAMES = ("volume_monthly", "top_chats", "heatmap_weekday_hour", "reply_latency", "length_per_message",
+              "bubbles_per_turn", "top_words", "language_mix", "sentiment_over_time", "punctuation")
 
 
 @dataclass
@@ -74,6 +76,7 @@ def _plots(stats: dict, card: dict, df, latencies: list[float], out: Path) -> di
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
     plt.rcParams.update({"font.size": 10, "axes.titlesize": 12, "figure.constrained_layout.use": True})
     imgs: dict[str, str | None] = {}
@@ -99,6 +102,7 @@ def _plots(stats: dict, card: dict, df, latencies: list[float], out: Path) -> di
         ax.barh(y, [t["others"] for t in top], left=[t["owner"] for t in top], color=OTHERS_COLOR, label="others")
         ax.set_yticks(y, [_label(t["chat"]) for t in top])
         ax.set(title="Top chats by messages", xlabel="messages")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(loc="lower right")
         imgs["top_chats"] = _save(fig, out, "top_chats")
 
@@ -150,6 +154,7 @@ def _plots(stats: dict, card: dict, df, latencies: list[float], out: Path) -> di
         ax.barh(y, [c for _, c in words], color=OWNER_COLOR)
         ax.set_yticks(y, [_label(w) for w, _ in words])
         ax.set(title="Owner's top words (no stop words)", xlabel="count")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         imgs["top_words"] = _save(fig, out, "top_words")
 
     rows = [("owner (all)", stats["language"]["owner_mix"])] + [
@@ -191,6 +196,9 @@ def _plots(stats: dict, card: dict, df, latencies: list[float], out: Path) -> di
         ax.set(title="Punctuation and casing habits", ylabel="share of messages", ylim=(0, 1))
         ax.legend()
         imgs["punctuation"] = _save(fig, out, "punctuation")
+    for name in PLOT_NAMES:  # a re-run on less data must not leave an earlier run's plot behind
+        if name not in imgs:
+            (out / f"{name}.png").unlink(missing_ok=True)
     return imgs
 
 
@@ -273,8 +281,10 @@ def main(args: AnalyzeArguments) -> None:
     num_proc = args.dataset_num_proc or (min(os.cpu_count() or 1, 8) if len(ds) >= 20_000 else None)
     types = _feature_types(ds.features)
     with state.local_main_process_first():
-        # datasets cannot map an empty table onto new columns: an empty input just gets them
-        ds = ds.map(_features, batched=True, batch_size=1000, num_proc=num_proc, features=types, desc="Text features") if len(ds) else Dataset.from_dict({k: [] for k in types}, features=types)
+        if len(ds):
+            ds = ds.map(_features, batched=True, batch_size=1000, num_proc=num_proc, features=types, desc="Text features")
+        else:  # datasets cannot map an empty table onto new columns
+            ds = Dataset.from_dict({k: [] for k in types}, features=types)
     df = sc.add_local_time(ds.to_pandas(), args.timezone)
     df, turns, gaps = sc.owner_turns(df, args.burst_seconds)
     owner = df.loc[df["is_owner"], "sender"].mode()

@@ -82,14 +82,12 @@ def _load_model(model_path: str, model_args, sft_config):
     return model
 
 
-def main(train_args: TrainArguments, sft_config, model_args):
-    """Train the adapter and save it; returns the trainer (tests inspect its model and dataset)."""
+def build_trainer(train_args: TrainArguments, sft_config, model_args):
+    """(SFTTrainer ready to train, info dict): data checks, threads, base model (+ k-bit), LoRA or --init_adapter."""
     import torch
-    import transformers
     from accelerate import PartialState
     from trl import SFTTrainer, get_peft_config
 
-    transformers.set_seed(sft_config.seed)
     state = PartialState()
     has_gpu = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
     problem = sc.device_option_problem(sft_config, model_args, has_gpu)
@@ -102,18 +100,14 @@ def main(train_args: TrainArguments, sft_config, model_args):
         torch.set_num_threads(train_args.num_threads or max(1, len(os.sched_getaffinity(0)) // state.num_processes))
         if model_args.load_in_8bit or model_args.load_in_4bit:
             print("note: bitsandbytes on CPU is slower than fp32; the CPU recipes train in fp32", file=sys.stderr)
-    if "wandb" in (sft_config.report_to or []):
-        os.environ.setdefault("WANDB_DIR", sft_config.output_dir)  # keeps offline runs next to the adapter
-    if state.is_main_process:
-        print(f"Script parameters {train_args}\nModel parameters {model_args}", file=sys.stderr)
 
     # --- data: 01's conversational samples; only the messages column is needed ------------------------------
     data = sc.load_prepared_dataset(train_args.input_dir)
     train = data["train"].select_columns([sc.MESSAGES])
     n_owner_turns = sc.check_owner_turns(train)
-    use_eval = sft_config.eval_strategy != "no" and len(data.get("validation", [])) > 0
+    use_eval = sft_config.eval_strategy != "no" and "validation" in data and len(data["validation"]) > 0
     evaluation = data["validation"].select_columns([sc.MESSAGES]) if use_eval else None
-    if sft_config.eval_strategy != "no" and not use_eval:
+    if not use_eval:
         sft_config.eval_strategy = "no"
 
     # --- model: base (+ k-bit) + LoRA, or a previous adapter to continue -------------------------------------
@@ -134,8 +128,6 @@ def main(train_args: TrainArguments, sft_config, model_args):
             raise sc.UserError(f"--init_adapter {train_args.init_adapter} holds no adapter_config.json; pass a 03_train.py output directory")
         model = PeftModel.from_pretrained(model, train_args.init_adapter, is_trainable=True)
         peft_config = None
-
-    # --- train ----------------------------------------------------------------------------------------------
     trainer = SFTTrainer(
         model=model,
         args=sft_config,
@@ -144,8 +136,27 @@ def main(train_args: TrainArguments, sft_config, model_args):
         processing_class=tokenizer,
         peft_config=peft_config,
     )
+    return trainer, {"train samples": len(train), "owner turns": n_owner_turns, "base model": model_path}
+
+
+def main(train_args: TrainArguments, sft_config, model_args):
+    """Train the adapter and save it; returns the trainer (tests inspect its model and dataset)."""
+    import transformers
+    from accelerate import PartialState
+
+    transformers.set_seed(sft_config.seed)
+    state = PartialState()
+    if "wandb" in (sft_config.report_to or []):
+        os.environ.setdefault("WANDB_DIR", sft_config.output_dir)  # keeps offline runs next to the adapter
+    if state.is_main_process:
+        print(f"Script parameters {train_args}\nModel parameters {model_args}", file=sys.stderr)
+
+    # --- data + model + trainer -----------------------------------------------------------------------------
+    trainer, info = build_trainer(train_args, sft_config, model_args)
     if state.is_main_process and hasattr(trainer.model, "print_trainable_parameters"):
         trainer.model.print_trainable_parameters()
+
+    # --- train ----------------------------------------------------------------------------------------------
     resume = sft_config.resume_from_checkpoint
     resume = True if str(resume).lower() in ("true", "last") else resume
     start = time.time()
@@ -158,7 +169,7 @@ def main(train_args: TrainArguments, sft_config, model_args):
         sc.save_run_config(out, train_args, sft_config, model_args)
         (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
         if train_args.merge:
-            _save_merged(model_path, out, model_args)
+            _save_merged(info["base model"], out, model_args)
     if sft_config.push_to_hub:
         trainer.push_to_hub()
     state.wait_for_everyone()
@@ -168,9 +179,7 @@ def main(train_args: TrainArguments, sft_config, model_args):
         runtime = result.metrics.get("train_runtime", time.time() - start)
         tokens = next((h["num_tokens"] for h in reversed(trainer.state.log_history) if "num_tokens" in h), 0)
         rows = [
-            ("train samples", len(train)),
-            ("owner turns", n_owner_turns),
-            ("base model", model_path),
+            *info.items(),
             ("steps", trainer.state.global_step),
             ("train loss", round(result.training_loss, 4)),
             ("tokens/s (all processes)", round(tokens / runtime, 1) if runtime else 0.0),

@@ -306,6 +306,7 @@ demo = build_demo(APP, PLOTS)
 print(f"SimMe app ready in {time.perf_counter() - START:.1f} s (backend: {APP.twin.backend})", flush=True)
 
 if __name__ == "__main__":
-    # Never share=True: the twin speaks for a real person. GRADIO_SERVER_PORT / GRADIO_SERVER_NAME pick the address.
+    # Never share=True: the twin speaks for a real person. No run history: it would keep chats in the browser.
+    # GRADIO_SERVER_PORT / GRADIO_SERVER_NAME pick the address.
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY).launch(
-        auth=AUTH, share=False, allowed_paths=[ANALYSIS_DIR], show_error=True)
+        auth=AUTH, share=False, run_history=False, allowed_paths=[str(Path(ANALYSIS_DIR).resolve())], show_error=True)

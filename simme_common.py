@@ -474,12 +474,12 @@ def discover_export(paths: list[str | Path]) -> tuple[list[dict], list[dict]]:
                     if not info.is_dir():
                         add(str(zpath), str(zpath), info.filename)
         except (zipfile.BadZipFile, OSError, EOFError) as err:
-            failures.append({"path": str(zpath), "error": f"cannot open zip ({err}); re-download or re-extract it"})
+            failures.append({"path": str(zpath), "error": f"{zpath}: cannot open zip ({err}); re-download it or extract what you can"})
 
     for raw in paths:
         path = Path(raw)
         if not path.exists():
-            failures.append({"path": str(path), "error": "path does not exist"})
+            failures.append({"path": str(path), "error": f"{path}: path does not exist"})
         elif path.is_file() and path.suffix.lower() == ".zip":
             add_zip(path)
         elif path.is_file():
@@ -970,7 +970,8 @@ class Anonymizer:
                     self.part_map.setdefault(folded, _strip_accents(sur))
             new.append(sur)
         self.whole_map[name] = " ".join(new)
-        if not re.fullmatch(r"[\w ]+", name):
+        # Names with emoji/punctuation are replaced literally; an emoji-only name is not (it would eat every ❤️).
+        if not re.fullmatch(r"[\w ]+", name) and len(re.findall(r"\w", name)) >= 2:
             self._odd_names.append((name, self.whole_map[name]))
 
     def name(self, real: str) -> str:
@@ -2769,9 +2770,10 @@ def load_twin(base_model: str | None = None, adapter: str | None = None, backend
     if backend == "llama.cpp" or (backend == "auto" and not cuda):
         try:
             llama, gguf_info = _load_llama_cpp(base, adapter, tokenizer, quant or "q4_k_m", n_threads)
-        except ImportError as err:
+        except (ImportError, NotImplementedError) as err:  # auto: fall back to transformers
             if backend == "llama.cpp":
-                raise UserError(f"backend llama.cpp needs `pip install llama-cpp-python` ({err})") from None
+                raise UserError(f"backend llama.cpp is unavailable: {err} (install llama-cpp-python; Llama-architecture BPE models only)") from None
+            info["llama_cpp_unavailable"] = str(err)
         else:
             info.update(gguf_info, quantization=quant or "q4_k_m", load_seconds=round(time.perf_counter() - start, 2))
             return TwinModel(tokenizer, "llama.cpp", info, llama=llama, cache_size=cache_size)
@@ -2781,9 +2783,176 @@ def load_twin(base_model: str | None = None, adapter: str | None = None, backend
     return TwinModel(tokenizer, "transformers", info, model=model, cache_size=cache_size)
 
 
+GGUF_FTYPES = {"f32": 0, "f16": 1, "q8_0": 7, "q4_k_m": 15}  # llama.cpp LLAMA_FTYPE_* values
+_GGUF_EXPORT_VERSION = 1  # bump when the writer changes, so cached files are rebuilt
+
+
+def gguf_export_key(base: str, adapter: str | None) -> str:
+    """Cache key of a merged GGUF: the base's config + weight file sizes/mtimes and a hash of the adapter's files."""
+    import hashlib
+
+    h = hashlib.sha256(f"v{_GGUF_EXPORT_VERSION}|{base}".encode())
+    base_dir = Path(base)
+    if base_dir.is_dir():
+        for f in sorted(base_dir.iterdir()):
+            if f.suffix in (".json", ".safetensors", ".bin"):
+                st = f.stat()
+                h.update(f"{f.name}:{st.st_size}:{int(st.st_mtime)}".encode())
+    if adapter:
+        adir = Path(adapter)
+        files = sorted(p for p in adir.rglob("*") if p.is_file()) if adir.is_dir() else []
+        h.update(adapter.encode() if not files else b"")
+        for f in files:
+            if f.suffix in (".json", ".safetensors", ".bin", ".model", ".jinja"):
+                h.update(f.name.encode() + hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()[:16]
+
+
+def _permute_rope(w, n_head: int):
+    """HF Llama q/k rows (rotate-half halves) -> llama.cpp's interleaved rope layout (what convert_hf_to_gguf does)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_llama_gguf(model, tokenizer, out_path: str | Path) -> Path:
+    """Write an HF Llama-architecture model (fp32 state dict, merged adapter) and its BPE vocab as an f32 GGUF.
+
+    Only what llama.cpp needs to run it: hyperparameters, tensors in GGUF names (q/k permuted for rope) and
+    the byte-level BPE vocab (tokens, types, merges). The app feeds token ids from the HF tokenizer, so the
+    GGUF tokenizer is never used to split text.
+    """
+    import gguf
+    import numpy as np
+
+    cfg = model.config
+    if cfg.model_type != "llama":
+        raise NotImplementedError(f"GGUF export supports Llama-architecture models, not {cfg.model_type!r}")
+    backend = json.loads(tokenizer.backend_tokenizer.to_str()) if hasattr(tokenizer, "backend_tokenizer") else {}
+    if backend.get("model", {}).get("type") != "BPE":
+        raise NotImplementedError("GGUF export supports byte-level BPE tokenizers only")
+    n_layers, n_head, n_kv = cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_head
+    rope = getattr(cfg, "rope_parameters", None) or {}
+    if rope.get("rope_type", "default") != "default":
+        raise NotImplementedError(f"GGUF export supports default rope only, not {rope.get('rope_type')!r}")
+    out_path = Path(out_path)
+    writer = gguf.GGUFWriter(str(out_path), "llama")
+    writer.add_name("simme-twin")
+    writer.add_context_length(cfg.max_position_embeddings)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_block_count(n_layers)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_head_count(n_head)
+    writer.add_head_count_kv(n_kv)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_freq_base(float(rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))))
+    writer.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
+    writer.add_file_type(GGUF_FTYPES["f32"])
+    # Vocab: every id of the embedding matrix; ids beyond the tokenizer (padding rows) become unused tokens.
+    n_vocab = model.get_input_embeddings().weight.shape[0]
+    vocab = {i: t for t, i in tokenizer.get_vocab().items()}
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    tokens, types = [], []
+    for i in range(n_vocab):
+        tokens.append(vocab.get(i, f"[PAD{i}]"))
+        types.append(gguf.TokenType.UNUSED if i not in vocab else gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in backend["model"].get("merges", [])]
+    writer.add_vocab_size(n_vocab)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(merges)
+    for name, tid in (("bos", tokenizer.bos_token_id), ("eos", tokenizer.eos_token_id), ("pad", tokenizer.pad_token_id),
+                      ("unk", tokenizer.unk_token_id)):
+        if tid is not None:
+            getattr(writer, f"add_{name}_token_id")(int(tid))
+    writer.add_add_bos_token(False)  # the chat template writes every special token itself
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layers)
+    state = model.state_dict()
+    tied = getattr(cfg, "tie_word_embeddings", False)
+    for hf_name, tensor in state.items():
+        if hf_name == "lm_head.weight" and tied:
+            continue
+        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise NotImplementedError(f"no GGUF name for tensor {hf_name}")
+        data = tensor.detach().float().cpu().numpy()
+        if hf_name.endswith("q_proj.weight"):
+            data = _permute_rope(data, n_head)
+        elif hf_name.endswith("k_proj.weight"):
+            data = _permute_rope(data, n_kv)
+        writer.add_tensor(name, np.ascontiguousarray(data, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out_path
+
+
+def export_twin_gguf(base: str, adapter: str | None, tokenizer, quant: str = "q4_k_m") -> Path:
+    """The base with the LoRA merged in, as a GGUF of type `quant`, cached under simme_cache_dir()/gguf/<key>/."""
+    if quant not in GGUF_FTYPES:
+        raise UserError(f"llama.cpp quantization must be one of {sorted(GGUF_FTYPES)}, got {quant!r}")
+    out_dir = simme_cache_dir() / "gguf" / gguf_export_key(base, adapter)
+    out = out_dir / f"model-{quant}.gguf"
+    if out.exists():
+        return out
+    from filelock import FileLock
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out_dir / ".lock")):
+        if out.exists():
+            return out
+        f32 = out_dir / "model-f32.gguf"
+        if not f32.exists():
+            import torch
+
+            print(f"Exporting the twin to GGUF under {out_dir} (once per adapter) ...", file=sys.stderr)
+            with torch.device("cpu"):
+                model = _load_transformers_cpu(base, adapter, tokenizer)
+            write_llama_gguf(model, tokenizer, f32.with_suffix(".tmp"))
+            f32.with_suffix(".tmp").rename(f32)
+            del model
+        if quant != "f32":
+            import llama_cpp
+
+            params = llama_cpp.llama_model_quantize_default_params()
+            params.ftype = GGUF_FTYPES[quant]
+            params.nthread = os.cpu_count() or 1
+            tmp = out.with_suffix(".tmp")
+            rc = llama_cpp.llama_model_quantize(str(f32).encode(), str(tmp).encode(), params)
+            if rc != 0:
+                raise RuntimeError(f"llama.cpp failed to quantize {f32} to {quant} (code {rc})")
+            tmp.rename(out)
+    return out
+
+
+def _load_transformers_cpu(base: str, adapter: str | None, tokenizer):
+    """fp32 CPU model with the adapter merged (the reference the GGUF is made from)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, device_map={"": "cpu"})
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    return model.eval()
+
+
 def _load_llama_cpp(base: str, adapter: str | None, tokenizer, quant: str, n_threads: int | None):
-    """Placeholder until the GGUF export lands: llama.cpp is not available yet."""
-    raise ImportError("llama.cpp path not implemented yet")
+    """llama.cpp model of the merged twin (GGUF exported and cached once); ImportError when llama-cpp-python is absent."""
+    import llama_cpp
+
+    path = export_twin_gguf(base, adapter, tokenizer, quant)
+    threads = n_threads or int(os.environ.get("SIMME_THREADS", 0)) or os.cpu_count() or 1
+    llama = llama_cpp.Llama(
+        model_path=str(path), n_ctx=int(os.environ.get("SIMME_N_CTX", 2048)), n_threads=threads,
+        n_threads_batch=threads, n_batch=512, last_n_tokens_size=64, verbose=False, seed=0,
+    )
+    return llama, {"gguf": str(path), "n_threads": threads}
 
 
 # --- app UI helpers: Gradio 6 history <-> training-format turns, context budget, feedback, blind test ---

@@ -135,6 +135,12 @@ def test_reply_is_split_into_bubbles_and_a_half_streamed_silent_marker_is_hidden
     assert sc.stream_bubbles("ok\nth") == ["ok", "th"]
 
 
+def test_pacing_uses_the_owners_median_typing_gap_clipped():
+    card = lambda p50: {"typing_gap_s": {"n": 9, "quantiles": {"p50": p50}}}  # noqa: E731
+    assert sc.typing_gap_seconds(card(1.5)) == 1.5 and sc.typing_gap_seconds(card(60)) == 4.0
+    assert sc.typing_gap_seconds(card(None)) is None and sc.typing_gap_seconds(None) is None
+
+
 def test_respond_streams_progressively_longer_replies_as_bubbles(app_mod):
     outs = run_chat(app_mod.APP, "hey how are you", max_new_tokens=16)
     assert outs[0] == ([{"role": "user", "content": "hey how are you"}], "")
@@ -149,13 +155,43 @@ def test_group_message_is_sent_as_the_chosen_member(app_mod):
     assert final[0] == {"role": "user", "content": "Bo: who's in?"}
 
 
-def test_generation_stops_at_the_end_of_turn_token():
-    twin = sc.load_twin(None, None, backend="transformers")  # the real default model knows when a turn ends
-    msgs = [{"role": "user", "content": "Say hi in two words."}]
-    reply = twin.generate(msgs, temperature=0, max_new_tokens=64, use_cache=False)
-    n = len(twin.tokenizer(reply, add_special_tokens=False)["input_ids"])
-    assert reply.strip() and n < 64, "stopped by max_new_tokens instead of the end-of-turn token"
-    assert "<|im_end|>" not in reply and "<|im_start|>" not in reply
+@pytest.fixture(scope="module")
+def eos_prone_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """A tiny Llama whose next token is the end-of-turn token with probability 1/4, any other token uniformly.
+
+    Embeddings are the unit vector e0 and the layers add nothing, so the final norm gives h = sqrt(hidden) * e0;
+    only the end-of-turn row of the (untied) head reads e0, with logit log(1/3 * (vocab - 1)).
+    """
+    import math
+
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    config = LlamaConfig.from_pretrained(tiny_model_dir, tie_word_embeddings=False)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.model.embed_tokens.weight[:, 0] = 1.0
+        model.model.norm.weight[0] = 1.0
+        eot = tok.convert_tokens_to_ids(sc.end_of_turn_token(tok))
+        model.lm_head.weight[eot, 0] = math.log((len(tok) - 1) / 3) / math.sqrt(config.hidden_size)
+    out = tmp_path_factory.mktemp("eos_prone")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_generation_stops_at_the_end_of_turn_token(eos_prone_model_dir):
+    twin = sc.load_twin(str(eos_prone_model_dir), None, backend="transformers")
+    msgs = [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}]
+    lengths = []
+    for seed in range(8):  # each reply is ~3 tokens; without the stop it would run to max_new_tokens
+        reply = twin.generate(msgs, temperature=1.0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=60, seed=seed)
+        assert "<|im_end|>" not in reply
+        lengths.append(len(twin.tokenizer(reply, add_special_tokens=False)["input_ids"]))
+    assert max(lengths) < 30 and sum(lengths) > 0, lengths
 
 
 # --- caps -----------------------------------------------------------------------------------------------
@@ -288,7 +324,8 @@ def test_eight_simultaneous_http_chats_complete_without_interleaving(server, app
     messages = [f"message number {i} from client {i}" for i in range(8)]
 
     def chat(msg):
-        job = Client(url, verbose=False).submit(msg, [], "One-on-one", "Nova", "", "", "", 0.7, False, 0.9, 1.1, 24, False, 7,
+        client = Client(url, verbose=False, httpx_kwargs={"timeout": 120}, download_files=False, analytics_enabled=False)
+        job = client.submit(msg, [], "One-on-one", "Nova", "", "", "", 0.7, False, 0.9, 1.1, 24, False, 7,
                                                 api_name="/chat")
         return job.result(timeout=120), len(job.outputs())
 
@@ -348,5 +385,14 @@ def test_browser_chats_one_on_one_and_group_moves_temperature_and_sees_streaming
         expect(page.locator('[data-testid="bot"]').first).to_be_visible(timeout=30_000)
         page.wait_for_function(settled, timeout=60_000)
         page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
+
+        page.get_by_role("tab", name="Insights").click()
+        expect(page.locator("img[src*='activity_by_hour']").first).to_be_visible(timeout=15_000)
+        page.get_by_role("tab", name="Real or twin?").click()
+        page.get_by_role("button", name="New round").click()
+        expect(page.get_by_text("Which reply did the owner really send?")).to_be_visible(timeout=30_000)
+        page.get_by_role("button", name="Reply 1 is real").click()
+        expect(page.get_by_text("Score: ")).to_contain_text("/1 correct", timeout=15_000)
+        page.screenshot(path=str(tmp_path / "blind.png"), full_page=True)
         browser.close()
     assert (tmp_path / "app.png").stat().st_size > 10_000

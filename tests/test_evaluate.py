@@ -24,6 +24,17 @@ def _load_script():
     return module
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and spinning threads crawl on a busy 2-core machine (8x here)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def encoder():
     return sc.load_text_encoder()

@@ -1,0 +1,188 @@
+"""Benchmark of 03_train: trained tokens/s of the cpu_demo recipe against SFTTrainer's defaults, same run.
+
+python bench/bench_train.py            # bundled sample (data/01_prepared), 3 alternating rounds + an ablation
+python bench/bench_train.py --quick    # 2 rounds of 1 step on short samples (<= 40 s on a quiet 2-core machine)
+
+Both sides train the default model (SmolLM2-135M-Instruct) with the recipe's LoRA config on the same samples,
+built by 03_train.build_trainer. The baseline is `SFTConfig` with its defaults (bf16 autocast, gradient
+checkpointing, random batches padded to the longest sample), plus `use_cpu=True`, without which the defaults
+refuse to start on a CPU-only machine. Tokens are the non-padding tokens TRL counts; the GEMM floor is
+4 x params x tokens/s (forward 2P + input-gradient 2P per token; frozen weights get no gradient) over the
+machine's measured fp32 matmul rate. The full run also ablates the defaults one flag at a time to show why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib  # noqa: E402
+
+import simme_common as sc  # noqa: E402
+
+ROOT = benchlib.ROOT
+RECIPE = ROOT / "configs" / "cpu_demo.yaml"
+PROJECT, BASELINE = "project (cpu_demo.yaml)", "SFTTrainer defaults"
+
+
+def load_stage():
+    """03_train.py as a module (numbered file names cannot be imported)."""
+    spec = importlib.util.spec_from_file_location("train_03", ROOT / "03_train.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def chitchat_samples(out_dir: Path, n: int) -> Path:
+    """A prepared dataset (01's contract) of `n` chitchat conversations, for machines without data/01_prepared."""
+    import chitchat_dataset
+    from datasets import Dataset, DatasetDict
+
+    rows = []
+    for conv_id, conv in chitchat_dataset.Dataset().items():
+        turns = [" ".join(m["text"] for m in turn) for turn in conv["messages"]][:8]
+        if len(turns) < 2:
+            continue
+        messages = [{"role": "system", "content": sc.build_system_prompt("one_on_one", "Sam", ["Alex"])}]
+        messages += [{"role": "user" if (len(turns) - i) % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)]
+        rows.append({"messages": messages, "chat_id": conv_id, "chat_type": "one_on_one", "session_start": 0, "n_tokens": 0})
+        if len(rows) == n:
+            break
+    DatasetDict(train=Dataset.from_list(rows)).save_to_disk(str(out_dir / "dataset"))
+    return out_dir
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process so far."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def variant_configs(stage, input_dir: Path, out_dir: Path, quick: bool) -> tuple[object, object, dict]:
+    """(TrainArguments, ModelConfig, {variant name: SFTConfig}) of the recipe, the defaults and (full run) the ablation."""
+    from trl import SFTConfig
+
+    steps = 1 if quick else 3
+    common = ["--input_dir", str(input_dir), "--max_steps", str(steps), "--logging_steps", "1000", "--disable_tqdm", "true",
+              "--save_strategy", "no", "--report_to", "none"]
+    if quick:  # short samples and small batches keep the bf16 baseline inside the time budget
+        common += ["--max_length", "64", "--per_device_train_batch_size", "2"]
+    train_args, recipe, model_args = stage.parse_args(["--config", str(RECIPE), "--output_dir", str(out_dir / "p"), *common])
+    # The baseline: SFTConfig's defaults with only what the comparison needs (CPU, owner-only loss, step count).
+    defaults = {"output_dir": str(out_dir / "b"), "use_cpu": True, "assistant_only_loss": True, "max_steps": steps,
+                "logging_steps": 1000, "disable_tqdm": True, "save_strategy": "no", "report_to": "none"}
+    if quick:
+        defaults.update(max_length=64, per_device_train_batch_size=2)
+    variants = {PROJECT: lambda: recipe, BASELINE: lambda: SFTConfig(**defaults)}
+    if not quick:  # one default changed at a time: where the time goes
+        variants["defaults + fp32"] = lambda: SFTConfig(**defaults, bf16=False)
+        variants["defaults + fp32 + no checkpointing"] = lambda: SFTConfig(**defaults, bf16=False, activation_checkpointing=False)
+        variants["defaults + fp32 + no ckpt + length-grouped"] = lambda: SFTConfig(
+            **defaults, bf16=False, activation_checkpointing=False, train_sampling_strategy="group_by_length")
+    return train_args, model_args, variants
+
+
+def worker(name: str, input_dir: Path, out_dir: Path, quick: bool) -> None:
+    """One variant in its own process (accelerate's state is per process): a training round per 'go' on stdin."""
+    import torch
+
+    stage = load_stage()
+    train_args, model_args, variants = variant_configs(stage, input_dir, out_dir, quick)
+    trainer, _ = stage.build_trainer(train_args, variants[name](), model_args)
+    params = sum(p.numel() for p in trainer.model.get_base_model().parameters())
+    print(json.dumps({"ready": name, "params": params, "threads": torch.get_num_threads()}), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "go":
+            break
+        before, c0, t0 = trainer._total_train_tokens, cpu_seconds(), time.perf_counter()
+        trainer.train()
+        print(json.dumps({"tokens": trainer._total_train_tokens - before, "s": time.perf_counter() - t0,
+                          "cpu_s": cpu_seconds() - c0}), flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 rounds of 1 step on 64-token samples (<= 40 s)")
+    parser.add_argument("--reps", type=int, default=None, help="alternating rounds (default 2 quick, 3 full)")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--input_dir", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out_dir", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.worker:
+        worker(args.worker, Path(args.input_dir), Path(args.out_dir), args.quick)
+        return 0
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
+    sample = ROOT / sc.PREPARED_DIR
+    input_dir = sample if (sample / "dataset").exists() and not args.quick else chitchat_samples(tmp / "data", 64 if args.quick else 512)
+    reps = args.reps or (2 if args.quick else 3)
+    names = list(variant_configs(load_stage(), input_dir, tmp, args.quick)[2])
+    procs = {}
+    for i, name in enumerate(names):
+        cmd = [sys.executable, __file__, "--worker", name, "--input_dir", str(input_dir), "--out_dir", str(tmp / f"w{i}")]
+        procs[name] = subprocess.Popen(cmd + (["--quick"] if args.quick else []), stdin=subprocess.PIPE,
+                                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+    info = {name: _read_json(proc) for name, proc in procs.items()}
+    rounds: dict[str, list[dict]] = {name: [] for name in names}
+
+    def run(name: str):
+        def go():
+            procs[name].stdin.write("go\n")
+            procs[name].stdin.flush()
+            rounds[name].append(_read_json(procs[name]))
+        return go
+
+    gflops = benchlib.gemm_gflops()
+    benchlib.alternate({name: run(name) for name in names}, reps)
+    gflops = max(gflops, benchlib.gemm_gflops())
+    for proc in procs.values():
+        proc.stdin.close()
+        proc.wait(timeout=60)
+
+    params, threads = info[PROJECT]["params"], info[PROJECT]["threads"]
+    rates = {name: [r["tokens"] / r["s"] for r in rs] for name, rs in rounds.items()}
+    med = {name: benchlib.stats(r)["median"] for name, r in rates.items()}
+    # Tokens per CPU-second x threads: what the same work gives on an idle machine (the cores were shared).
+    quiet = {name: sum(r["tokens"] for r in rs) / (sum(r["cpu_s"] for r in rs) / threads) for name, rs in rounds.items()}
+    floor = {name: 4 * params * med[name] / (gflops * 1e9) for name in names}
+    summary = [
+        benchlib.summary_row("trained tokens/s, cpu_demo.yaml vs SFTTrainer defaults", "tok/s", rates[PROJECT],
+                             rates[BASELINE], target=">= 3x defaults"),
+        {"metric": "fraction of the GEMM floor (4 x params x tok/s / matmul rate)", "unit": "", "project": floor[PROJECT],
+         "baseline": floor[BASELINE], "target": ">= 0.40"},
+    ]
+    result = {
+        "input": "bundled sample" if input_dir == sample else "chitchat samples", "params": params,
+        "gemm_gflops": gflops, "threads": threads, "load_avg_1m": os.getloadavg()[0],
+        "tokens_per_round": {name: rs[0]["tokens"] for name, rs in rounds.items()},
+        "tokens_per_s": {name: benchlib.stats(r) for name, r in rates.items()},
+        "ratio_vs_defaults": {name: med[name] / med[BASELINE] for name in names},
+        "tokens_per_cpu_s_x_threads": quiet,
+        "floor_fraction": floor,
+        "summary": summary,
+    }
+    benchlib.write_result("train", result, args.quick)
+    return 0
+
+
+def _read_json(proc) -> dict:
+    """Next JSON line a worker prints (other lines, e.g. library notices, are skipped)."""
+    for line in proc.stdout:
+        if line.startswith('{"'):  # the Trainer's own prints are Python dicts ({'loss': ...})
+            return json.loads(line)
+    raise RuntimeError(f"a bench worker exited early (code {proc.wait()}); run it alone to see why")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

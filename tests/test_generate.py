@@ -1,0 +1,165 @@
+"""Tests of the app's generation path (simme_common `# app` section): streaming, stop at end-of-turn, reply
+LRU cache, prefix KV reuse, thread safety, auto temperature and llama.cpp-vs-transformers agreement.
+
+Run: .venv/bin/python -m pytest -q tests/test_generate.py
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+import simme_common as sc
+
+# Two tiny chats the fixture model learns by heart, so greedy replies (and where they end) are known.
+CHATS = {
+    "hey how are you doing today": "im good thanks wbu",
+    "where are we going tonight?": "maybe the usual place",
+}
+GREEDY = dict(temperature=0.0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=24)
+
+
+def _chat(user_text: str) -> list[dict]:
+    """A one-on-one context ending with the contact's message."""
+    system = sc.build_system_prompt("one_on_one", "Ada", ["Bo"])
+    return [{"role": "system", "content": system}, {"role": "user", "content": user_text}]
+
+
+@pytest.fixture(scope="module")
+def trained_tiny_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny Llama trained (full fine-tune, a few hundred Adam steps) to answer CHATS and end with <|im_end|>."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    tok = sc.load_twin_tokenizer(str(tiny_model_dir), None)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    batch = [tok.apply_chat_template(_chat(u) + [{"role": "assistant", "content": a}], return_dict=False) for u, a in CHATS.items()]
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(300):
+        for ids in batch:
+            x = torch.tensor([ids])
+            loss = model(input_ids=x, labels=x).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+    out = tmp_path_factory.mktemp("trained_tiny")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def twin(trained_tiny_dir) -> sc.TwinModel:
+    """The trained tiny model on the transformers backend."""
+    return sc.load_twin(str(trained_tiny_dir), None, backend="transformers")
+
+
+def test_stream_yields_growing_text_and_stops_at_end_of_turn(twin):
+    chunks = list(twin.stream(_chat("hey how are you doing today"), use_cache=False, **GREEDY))
+    assert len(chunks) >= 3
+    assert all(a != b and b.startswith(a) for a, b in zip(chunks, chunks[1:]))
+    # The learned reply ends with <|im_end|>: nothing after it (24 tokens were allowed), no special token shown.
+    assert chunks[-1] == CHATS["hey how are you doing today"]
+    assert twin.generate(_chat("hey how are you doing today"), use_cache=False, **GREEDY) == chunks[-1]
+
+
+def test_generate_stops_at_max_new_tokens_when_no_end_of_turn(twin):
+    short = twin.generate(_chat("hey how are you doing today"), use_cache=False, **dict(GREEDY, max_new_tokens=2))
+    assert short and CHATS["hey how are you doing today"].startswith(short) and short != CHATS["hey how are you doing today"]
+
+
+def test_reply_cache_returns_identical_text_for_identical_requests(trained_tiny_dir):
+    twin = sc.load_twin(str(trained_tiny_dir), None, backend="transformers", cache_size=2)
+    sampled = dict(temperature=1.5, top_p=1.0, repetition_penalty=1.0, max_new_tokens=12)
+    first = twin.generate(_chat("hey"), **sampled)
+    assert twin.generate(_chat("hey"), **sampled) == first  # a sample at T=1.5 served again from the cache
+    assert twin.stats["reply_cache_hits"] == 1 and twin.stats["requests"] == 1
+    twin.generate(_chat("hey"), **dict(sampled, seed=7))  # other settings (seed) -> a new request
+    twin.generate(_chat("ok"), **sampled)  # third distinct entry evicts the oldest (size 2)
+    twin.generate(_chat("hey"), **sampled)
+    assert twin.stats == dict(twin.stats, reply_cache_hits=1, requests=4)
+
+
+def test_prefix_kv_cache_reuse_gives_the_same_greedy_reply(trained_tiny_dir):
+    first, follow_up = _chat("hey how are you doing today"), None
+    replies = {}
+    for prefix in (True, False):
+        twin = sc.load_twin(str(trained_tiny_dir), None, backend="transformers", cache_size=0)
+        twin.prefix_cache = prefix
+        reply = twin.generate(first, **GREEDY)
+        follow_up = first + [{"role": "assistant", "content": reply}, {"role": "user", "content": "where are we going tonight?"}]
+        replies[prefix] = twin.generate(follow_up, **GREEDY)
+        assert (twin.stats["prefix_tokens_reused"] > 0) == prefix
+    assert replies[True] == replies[False]
+
+
+def test_concurrent_streams_do_not_interleave(twin):
+    results: dict[str, list[str]] = {}
+
+    def run(user_text: str) -> None:
+        results[user_text] = list(twin.stream(_chat(user_text), use_cache=False, **GREEDY))
+
+    threads = [threading.Thread(target=run, args=(u,)) for u in CHATS for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    for user_text, reply in CHATS.items():
+        chunks = results[user_text]
+        assert chunks[-1] == reply
+        assert all(reply.startswith(c) for c in chunks)  # every partial text belongs to this request only
+
+
+def test_missing_adapter_raises_user_error(tiny_model_dir, tmp_path):
+    with pytest.raises(sc.UserError, match="not found"):
+        sc.load_twin(str(tiny_model_dir), str(tmp_path / "no_such_adapter"), backend="transformers")
+    with pytest.raises(sc.UserError, match="adapter_config.json"):
+        sc.load_twin(str(tiny_model_dir), str(tmp_path), backend="transformers")
+
+
+def test_auto_temperature_rises_with_repetition_and_is_lower_for_young_chats():
+    varied = ["sure see you at 8", "bring the blue jacket", "lol no way"]
+    repetitive = ["haha ok sure thing", "haha ok sure thing", "haha ok sure thing"]
+    assert sc.auto_temperature(varied, context_tokens=300) == 0.7
+    assert sc.auto_temperature(varied, context_tokens=10) == 0.6
+    assert sc.auto_temperature(repetitive, context_tokens=300) > sc.auto_temperature(varied, context_tokens=300)
+    assert sc.auto_temperature(repetitive, context_tokens=300) <= 1.1
+    assert sc.auto_temperature([], context_tokens=0) == 0.6
+
+
+def _random_lora(base: str, out: Path, alpha: int) -> Path:
+    """A LoRA with random nonzero A and B (init_lora_weights=False) on every projection of `base`, saved to `out`."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    cfg = LoraConfig(r=8, lora_alpha=alpha, init_lora_weights=False, task_type="CAUSAL_LM",
+                     target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    get_peft_model(model, cfg).save_pretrained(out)
+    return out
+
+
+def test_llama_cpp_greedy_tokens_match_transformers_with_the_same_adapter(tmp_path, monkeypatch):
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install llama-cpp-python)")
+    base = sc.resolve_base_model(None)  # the real default model (SmolLM2-135M-Instruct)
+    adapter = _random_lora(base, tmp_path / "adapter", alpha=2)
+    monkeypatch.setenv("SIMME_CACHE", str(tmp_path / "cache"))  # exported GGUFs go to the test's tmp dir
+    messages = _chat("hey! are we still on for dinner tomorrow?")
+    settings = dict(temperature=0.0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=16, use_cache=False)
+    hf = sc.load_twin(base, str(adapter), backend="transformers")
+    cpp = sc.load_twin(base, str(adapter), backend="llama.cpp", quantization="f32", n_threads=2)
+    plain = sc.load_twin(base, None, backend="transformers")
+    ids = hf.prompt_ids(messages)
+    assert cpp.prompt_ids(messages) == ids
+    hf_tokens = hf.tokenizer(hf.generate(messages, **settings), add_special_tokens=False)["input_ids"]
+    cpp_tokens = cpp.tokenizer(cpp.generate(messages, **settings), add_special_tokens=False)["input_ids"]
+    base_reply = plain.generate(messages, **settings)
+    assert len(hf_tokens) >= 8
+    assert cpp_tokens[:12] == hf_tokens[:12]
+    assert hf.generate(messages, **settings) != base_reply  # the adapter changes the reply, so it was applied on both
