@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 import threading
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ BACKEND = os.getenv("SIMME_BACKEND", "auto")
 ANALYSIS_DIR = os.getenv("SIMME_ANALYSIS_DIR", sc.ANALYSIS_DIR)
 PREPARED_DIR = os.getenv("SIMME_PREPARED_DIR", sc.PREPARED_DIR)
 FEEDBACK_DIR = os.getenv("SIMME_FEEDBACK_DIR") or None  # unset: no feedback is stored anywhere
-AUTH = sc.parse_auth(os.getenv("SIMME_AUTH"))
+AUTH = os.getenv("SIMME_AUTH")  # "user:password" turns on Gradio's login
 MAX_MESSAGE_CHARS = int(os.getenv("SIMME_MAX_MESSAGE_CHARS", "1000"))
 MAX_CONTEXT_TOKENS = int(os.getenv("SIMME_MAX_CONTEXT_TOKENS", "512"))  # older turns are trimmed from the front
 MAX_NEW_TOKENS = int(os.getenv("SIMME_MAX_NEW_TOKENS", "256"))
@@ -47,6 +48,12 @@ def chat_setup(mode: str, contact: str | None, members: str | None, sender: str 
     return "one_on_one", contact, [contact]
 
 
+def sender_choices(members: str, sender: str | None):
+    """The "Send as" dropdown after the member list changed: its names, keeping the current sender if listed."""
+    names = sc.parse_names(members)
+    return gr.update(choices=names, value=sender if sender in names else (names or [""])[0])
+
+
 def as_bubbles(reply: str) -> list[dict]:
     """A twin reply as assistant chat messages, one per bubble (a silent note when there is none)."""
     return [{"role": "assistant", "content": b} for b in sc.split_bubbles(reply) or [sc.SILENT_NOTE]]
@@ -63,6 +70,7 @@ class TwinApp:
 
     def context(self, history: list[dict], chat_type: str, others: list[str], title: str | None) -> list[dict]:
         """Training-format model input for `history`, trimmed from the front to MAX_CONTEXT_TOKENS."""
+        others = [name for name in others if name != self.owner] or others
         messages = sc.build_app_messages(history, chat_type=chat_type, owner=self.owner, others=others, title=title)
         messages, dropped = sc.trim_context(messages, self.twin.count_tokens, MAX_CONTEXT_TOKENS)
         if dropped:
@@ -74,8 +82,9 @@ class TwinApp:
         if auto_temp:
             previous = [m["content"] for m in messages if m["role"] == "assistant"]
             temperature = sc.auto_temperature(previous, self.twin.count_tokens(messages))
+        seed = None if seed in (None, "") or int(seed) < 0 else int(seed)  # -1: a fresh sample each time
         return dict(temperature=float(temperature), top_p=float(top_p), repetition_penalty=float(repetition_penalty),
-                    max_new_tokens=min(int(max_new_tokens), MAX_NEW_TOKENS), seed=None if seed in (None, "") or int(seed) < 0 else int(seed))
+                    max_new_tokens=min(int(max_new_tokens), MAX_NEW_TOKENS), seed=seed)
 
     def _start(self, message: str | None, history: list[dict], mode, contact, members, sender):
         """Validate the message and add the user's bubble; None when it is refused (with a warning)."""
@@ -129,7 +138,8 @@ class TwinApp:
         for slot, which in enumerate(order):
             for replies[slot] in (self.twin, self.twin_b)[which].stream(messages, **gen):
                 yield history, "", replies[0], replies[1], None
-        yield history, "", replies[0], replies[1], {"history": history, "messages": messages, "replies": replies, "order": order}
+        pending = {"history": history, "messages": messages, "replies": replies, "order": order}
+        yield history, "", replies[0], replies[1], pending
 
     def pick(self, slot: int, pending: dict | None, history: list[dict]):
         """The owner prefers reply `slot`: it joins the chat; (prompt, chosen, rejected) is saved if enabled."""
@@ -162,7 +172,10 @@ class TwinApp:
     def load_b(self, path: str):
         """Load adapter B for the A/B mode (owner's use: runs with the server's rights)."""
         with self._load_lock:
-            self.twin_b = sc.load_twin(BASE_MODEL, path.strip(), backend=BACKEND) if path.strip() else None
+            try:
+                self.twin_b = sc.load_twin(BASE_MODEL, path.strip(), backend=BACKEND) if path.strip() else None
+            except sc.UserError as err:
+                raise gr.Error(str(err)) from None
         return f"Adapter B: `{path.strip()}`" if self.twin_b else "No adapter B."
 
     def new_round(self):
@@ -193,7 +206,9 @@ def build_demo(app: TwinApp, plots: list[str] = ()) -> gr.Blocks:
         with gr.Tab("Chat"):
             with gr.Row():
                 with gr.Column(scale=3):
-                    chatbot = gr.Chatbot(label=f"{app.owner} (AI twin)", height=480, feedback_options=("Like", "Dislike"))
+                    # No "share" button (it posts the chat to a Hub discussion); copies are marked as AI-written.
+                    chatbot = gr.Chatbot(label=f"{app.owner} (AI twin)", height=480, feedback_options=("Like", "Dislike"),
+                                         buttons=["copy", "copy_all"], watermark="(written by an AI twin)")
                     msg = gr.Textbox(placeholder="Type a message and press Enter", show_label=False, lines=1)
                     with gr.Row():
                         send = gr.Button("Send", variant="primary")
@@ -208,13 +223,15 @@ def build_demo(app: TwinApp, plots: list[str] = ()) -> gr.Blocks:
                         title = gr.Textbox(label="Group name (optional)")
                     with gr.Accordion("Generation settings", open=True):
                         temperature = gr.Slider(0.0, 1.5, value=0.7, step=0.05, label="Temperature")
-                        auto_temp = gr.Checkbox(False, label="Auto temperature", info=" ".join((sc.auto_temperature.__doc__ or "").split()))
+                        auto_rule = " ".join((sc.auto_temperature.__doc__ or "").split())
+                        auto_temp = gr.Checkbox(False, label="Auto temperature", info=auto_rule)
                         top_p = gr.Slider(0.1, 1.0, value=0.9, step=0.05, label="Top-p")
                         repetition_penalty = gr.Slider(1.0, 2.0, value=1.1, step=0.05, label="Repetition penalty")
-                        max_new_tokens = gr.Slider(8, MAX_NEW_TOKENS, value=min(96, MAX_NEW_TOKENS), step=8, label="Max new tokens")
+                        max_new_tokens = gr.Slider(8, MAX_NEW_TOKENS, value=min(96, MAX_NEW_TOKENS), step=8,
+                                                   label="Max new tokens")
                         has_gaps = sc.typing_gap_seconds(app.style_card) is not None
                         pace = gr.Checkbox(False, label="Pace bubbles with the owner's typing gaps", interactive=has_gaps,
-                                           info=None if has_gaps else f"needs {ANALYSIS_DIR}/style_card.json from 02_analyze")
+                                           info=None if has_gaps else f"needs {ANALYSIS_DIR}/style_card.json")
                         seed = gr.Number(-1, precision=0, label="Seed (-1: random)")
                     with gr.Accordion("A/B: compare two adapters", open=False):
                         adapter_b = gr.Textbox(ADAPTER_B or "", label="Adapter B (path or Hub id)")
@@ -222,7 +239,8 @@ def build_demo(app: TwinApp, plots: list[str] = ()) -> gr.Blocks:
                         status_b = gr.Markdown(f"Adapter B: `{ADAPTER_B}`" if app.twin_b else "No adapter B.")
                         send_ab = gr.Button("Send to A and B", variant="primary")
                         with gr.Row():
-                            reply_1, reply_2 = gr.Textbox(label="Reply 1", interactive=False), gr.Textbox(label="Reply 2", interactive=False)
+                            reply_1 = gr.Textbox(label="Reply 1", interactive=False)
+                            reply_2 = gr.Textbox(label="Reply 2", interactive=False)
                         with gr.Row():
                             pick_1, pick_2 = gr.Button("1 is better"), gr.Button("2 is better")
                         pending = gr.State(None)
@@ -237,8 +255,7 @@ def build_demo(app: TwinApp, plots: list[str] = ()) -> gr.Blocks:
                         api_visibility="private")
             mode.change(lambda m: (gr.update(visible=m == GROUP), gr.update(visible=m != GROUP), None),
                         mode, [group_box, contact, chatbot], cancels=running, api_visibility="private")
-            members.change(lambda t, s: gr.update(choices=sc.parse_names(t), value=s if s in sc.parse_names(t) else
-                                                  (sc.parse_names(t) or [""])[0]), [members, sender], sender, api_visibility="private")
+            members.change(sender_choices, [members, sender], sender, api_visibility="private")
             chatbot.like(app.like, [chatbot, *who], None, api_visibility="private")
             load_b.click(app.load_b, adapter_b, status_b, api_visibility="private")
             send_ab.click(app.respond_ab, [msg, chatbot, *who, *settings, seed], [chatbot, msg, reply_1, reply_2, pending],
@@ -248,8 +265,15 @@ def build_demo(app: TwinApp, plots: list[str] = ()) -> gr.Blocks:
                              api_visibility="private")
 
         with gr.Tab("Insights"):
+            report = Path(ANALYSIS_DIR).resolve() / "report.html"
+            if report.exists():  # served because launch() allows ANALYSIS_DIR
+                gr.Markdown(f"[Open the full 02_analyze report](/gradio_api/file={report})")
             if plots:
-                gr.Gallery([(p, Path(p).stem.replace("_", " ")) for p in plots], columns=2, height="auto", label="02_analyze plots")
+                for pair in (plots[i:i + 2] for i in range(0, len(plots), 2)):
+                    with gr.Row(equal_height=True):
+                        for plot in pair:
+                            gr.Image(plot, label=Path(plot).stem.replace("_", " "), interactive=False,
+                                     buttons=["download", "fullscreen"])
             else:
                 gr.Markdown(f"No plots in `{ANALYSIS_DIR}`: run 02_analyze first (`accelerate launch 02_analyze.py`).")
 
@@ -258,9 +282,10 @@ def build_demo(app: TwinApp, plots: list[str] = ()) -> gr.Blocks:
                 gr.Markdown(f"No held-out test split in `{PREPARED_DIR}/dataset`: run 01_prepare first.")
             else:
                 gr.Markdown("One reply is what the owner really sent, the other is the twin's. Which one is real?")
-                context = gr.Chatbot(label="Held-out conversation", height=320)
+                context = gr.Chatbot(label="Held-out conversation", height=320, buttons=[])
                 with gr.Row():
-                    option_1, option_2 = gr.Textbox(label="Reply 1", interactive=False), gr.Textbox(label="Reply 2", interactive=False)
+                    option_1 = gr.Textbox(label="Reply 1", interactive=False)
+                    option_2 = gr.Textbox(label="Reply 2", interactive=False)
                 with gr.Row():
                     guess_1, guess_2 = gr.Button("Reply 1 is real"), gr.Button("Reply 2 is real")
                     next_round = gr.Button("New round", variant="primary")
@@ -280,7 +305,8 @@ def load_app() -> tuple[TwinApp, list[str]]:
     try:
         twin = sc.load_twin(BASE_MODEL, ADAPTER, backend=BACKEND)
     except sc.UserError as err:
-        twin, banner = sc.load_twin(BASE_MODEL, None, backend=BACKEND), f"{str(err).rstrip('.')}. Running the base model without an adapter."
+        twin = sc.load_twin(BASE_MODEL, None, backend=BACKEND)
+        banner = f"{str(err).rstrip('.')}. Running the base model without an adapter."
     twin_b = sc.load_twin(BASE_MODEL, ADAPTER_B, backend=BACKEND) if ADAPTER_B else None
     card_path = Path(ANALYSIS_DIR) / "style_card.json"
     style_card = json.loads(card_path.read_text()) if card_path.exists() else None
@@ -301,7 +327,12 @@ def load_app() -> tuple[TwinApp, list[str]]:
     return app, plots
 
 
-APP, PLOTS = load_app()
+try:
+    LOGIN = sc.parse_auth(AUTH)
+    APP, PLOTS = load_app()
+except sc.UserError as err:  # one clear sentence, no traceback (as the stages' run_main)
+    print(f"error: {err}", file=sys.stderr)
+    raise SystemExit(2) from None
 demo = build_demo(APP, PLOTS)
 print(f"SimMe app ready in {time.perf_counter() - START:.1f} s (backend: {APP.twin.backend})", flush=True)
 
@@ -309,4 +340,4 @@ if __name__ == "__main__":
     # Never share=True: the twin speaks for a real person. No run history: it would keep chats in the browser.
     # GRADIO_SERVER_PORT / GRADIO_SERVER_NAME pick the address.
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY).launch(
-        auth=AUTH, share=False, run_history=False, allowed_paths=[str(Path(ANALYSIS_DIR).resolve())], show_error=True)
+        auth=LOGIN, share=False, run_history=False, allowed_paths=[str(Path(ANALYSIS_DIR).resolve())], show_error=True)

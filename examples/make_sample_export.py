@@ -241,8 +241,9 @@ def main(args: SampleArguments) -> None:
     if bench:
         base, convs, total = convs, [], 0
         while total < args.n_messages:  # repeat the corpus (new timestamps) until big enough
-            convs.extend(base)
-            total += sum(len(c) for c in base)
+            conv = base[len(convs) % len(base)]
+            convs.append(conv)
+            total += len(conv)
     convs = _retime(convs, rng, datetime(2023, 1, 9, 18, tzinfo=timezone.utc).timestamp())
     owner = fake.name()
     names: dict[str, str] = {}

@@ -247,6 +247,24 @@ def test_blind_test_uses_only_non_silent_held_out_samples_and_keeps_score_in_sta
     assert app.guess(0, None, score)[1] == score  # no double counting without a new round
 
 
+def test_ab_loads_adapter_b_and_refuses_a_missing_one_with_a_clear_error(app_mod, tiny_model_dir, tmp_path):
+    import gradio as gr
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    lora = LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False)  # random B: a different twin
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), lora).save_pretrained(tmp_path / "adapter_b")
+    app = app_mod.TwinApp(app_mod.APP.twin, owner=OWNER)
+    assert "adapter_b" in app.load_b(str(tmp_path / "adapter_b")) and app.twin_b.info()["adapter"]
+    outs = list(app.respond_ab("hi", [], "One-on-one", "Nova", "", "", "", 0, False, 0.9, 1.0, 8, -1))
+    pending = outs[-1][-1]
+    by_twin = dict(zip(pending["order"], pending["replies"]))
+    assert by_twin[0] == app.twin.generate(pending["messages"], temperature=0, top_p=0.9, repetition_penalty=1.0,
+                                           max_new_tokens=8) != by_twin[1]
+    with pytest.raises(gr.Error, match="not found"):
+        app.load_b(str(tmp_path / "missing"))
+
+
 def test_ab_pick_saves_prompt_chosen_rejected_appending_and_nothing_without_feedback_dir(app_mod, tmp_path):
     from datasets import load_from_disk
 

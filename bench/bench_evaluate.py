@@ -1,0 +1,133 @@
+"""Benchmark of 04_evaluate: reply generation for N test contexts, batched (project) vs one context at a time
+(baseline), alternating, on the default base model + a LoRA adapter; then the whole stage on 200 contexts.
+
+python bench/bench_evaluate.py            # 32 contexts x 2 reps alternating + the whole stage on 200 contexts (target <= 600 s)
+python bench/bench_evaluate.py --quick    # 8 contexts, one rep each (<= 40 s on an idle 2-core machine)
+
+Contexts come from chitchat-dataset (MIT; the first speaker of a conversation is the owner), cut before an
+owner turn, so the benchmark runs without 01's output. The adapter is a fresh LoRA (all-linear, r=16) with
+zero B matrices: the same unmerged PeftModel forward that 04 runs. Greedy decoding on both sides, so
+batched and one-at-a-time runs generate comparable amounts of text (tokens/s is reported too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib  # noqa: E402
+
+import simme_common as sc  # noqa: E402
+
+ROOT = benchlib.ROOT
+
+
+def chitchat_samples(n: int, max_turns: int = 8) -> list[list[dict]]:
+    """`n` contract-format samples (system, user/assistant turns, ending on the owner's turn) from chitchat-dataset."""
+    import chitchat_dataset
+
+    out = []
+    for conv in chitchat_dataset.Dataset().values():
+        turns = [" ".join(m["text"] for m in turn) for turn in conv["messages"] if turn]
+        first = conv["messages"][0][0]["sender"] if conv["messages"] and conv["messages"][0] else None
+        roles = [sc.OWNER_ROLE if turn[0]["sender"] == first else sc.OTHER_ROLE for turn in conv["messages"] if turn]
+        end = max((i for i, r in enumerate(roles[:max_turns]) if r == sc.OWNER_ROLE and i > 0), default=None)
+        if end is None:
+            continue
+        system = sc.build_system_prompt("one_on_one", "Owner", ["Friend"])
+        out.append([{"role": "system", "content": system}] + [{"role": r, "content": t} for r, t in zip(roles[:end + 1], turns[:end + 1])])
+        if len(out) == n:
+            break
+    return out
+
+
+def make_adapter(out_dir: Path) -> Path:
+    """A zero-initialised LoRA adapter (all-linear, r=16) for the default base model, with the training tokenizer."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = sc.resolve_base_model(None)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                           LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"))
+    model.save_pretrained(out_dir)
+    sc.load_tokenizer(base).save_pretrained(out_dir)
+    return out_dir
+
+
+def prepared_dir(out_dir: Path, samples: list[list[dict]]) -> Path:
+    """A 01-contract DatasetDict (train = test = the samples) for the whole-stage run."""
+    from datasets import Dataset, DatasetDict
+
+    def split(rows):
+        return Dataset.from_dict({sc.MESSAGES: rows, "chat_id": [f"c{i}" for i in range(len(rows))],
+                                  "chat_type": ["one_on_one"] * len(rows), "session_start": [0] * len(rows),
+                                  "n_tokens": [0] * len(rows)})
+
+    DatasetDict(train=split(samples), validation=split(samples[:2]), test=split(samples)).save_to_disk(str(out_dir / "dataset"))
+    return out_dir
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="8 contexts, one rep, no whole-stage run (<= 40 s)")
+    parser.add_argument("--contexts", type=int, default=None, help="contexts per generation timing (default 32, quick 8)")
+    parser.add_argument("--stage_contexts", type=int, default=200, help="contexts of the whole-stage run (0 skips it)")
+    args = parser.parse_args()
+    import torch
+
+    n = args.contexts or (8 if args.quick else 32)
+    tmp = Path(tempfile.mkdtemp(prefix="bench_evaluate_"))
+    samples = chitchat_samples(max(n, 0 if args.quick else args.stage_contexts))
+    adapter = make_adapter(tmp / "adapter")
+    base = sc.resolve_base_model(None)
+    tokenizer = sc.load_twin_tokenizer(base, str(adapter))
+    model = sc.load_peft_for_eval(base, str(adapter), tokenizer)
+    contexts = [sc.split_target(s)[0] for s in samples[:n]]
+    generated: dict[str, int] = {}
+
+    def run(batch_size: int, name: str):
+        def fn():
+            replies = sc.generate_replies(model, tokenizer, contexts, max_new_tokens=48, temperature=0.0, batch_size=batch_size)
+            generated[name] = sum(r["n_tokens"] for r in replies)
+        return fn
+
+    # --- generation: batched (04's path) vs one context at a time, alternating ---------------------------------
+    times = benchlib.alternate({"project": run(16, "project"), "baseline": run(1, "baseline")}, reps=1 if args.quick else 2)
+    per_context = {k: [t / n for t in v] for k, v in times.items()}
+    summary = [benchlib.summary_row(f"generate {n} contexts (48 new tokens max), per context", "s", per_context["project"],
+                                    per_context["baseline"], higher_is_better=False)]
+    # 04 generates for base and twin; perplexity and scoring are small next to generation (see the stage run).
+    result = {"n_contexts": n, "torch_threads": torch.get_num_threads(), "gemm_gflops": benchlib.gemm_gflops(),
+              "generation_s": {k: benchlib.stats(v) for k, v in times.items()},
+              "generated_tokens": generated,
+              "tokens_per_s": {k: generated[k] / benchlib.stats(v)["median"] for k, v in times.items()},
+              "extrapolated_200_contexts_base_and_twin_generation_s": 2 * 200 * benchlib.stats(per_context["project"])["median"]}
+
+    # --- the whole stage on 200 contexts, base + twin (the <= 10 min target) -------------------------------------
+    if not args.quick and args.stage_contexts:
+        spec = importlib.util.spec_from_file_location("stage_04_evaluate", ROOT / "04_evaluate.py")
+        stage = sys.modules["stage_04_evaluate"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(stage)
+        prepared = prepared_dir(tmp / "prepared", samples[:args.stage_contexts])
+        stage_args = stage.EvaluateArguments(input_dir=str(prepared), analysis_dir=None, adapter_path=str(adapter),
+                                             output_dir=str(tmp / "eval"), max_examples=args.stage_contexts)
+        t0 = time.perf_counter()
+        stage.main(stage_args)
+        stage_s = time.perf_counter() - t0
+        result["stage_s"] = stage_s
+        summary.append(benchlib.summary_row(f"04_evaluate, {args.stage_contexts} contexts, base + twin", "s", [stage_s],
+                                            higher_is_better=False, target="<= 600 s on 2 cores"))
+    result["summary"] = summary
+    benchlib.write_result("evaluate", result, args.quick)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,210 @@
+"""Benchmark of the app's generation path (simme_common.load_twin, backend "auto") against plain fp32
+transformers.generate of the same model with the same LoRA adapter, alternating, in one run.
+
+python bench/bench_generate.py            # 5 reps, 64 new tokens after a ~200-token chat, 2 threads
+python bench/bench_generate.py --quick    # 2 reps (<= 40 s once the GGUF export is cached)
+python bench/bench_generate.py --adapter outputs/03_adapter
+
+Without --adapter, a LoRA with random nonzero weights (peft init_lora_weights=False) on every projection
+is made, so both paths really apply an adapter. Reported: decode tokens/s (tokens after the first / their
+time), first-token latency on a cold ~200-token context and on a follow-up turn (prefix KV reuse), the
+fraction of the memory-bandwidth floor (weight bytes read per token / measured read bandwidth), peak RSS;
+on CUDA also the bitsandbytes 4-bit (NF4) and 8-bit paths against bf16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib  # noqa: E402
+
+import simme_common as sc  # noqa: E402
+
+# Made-up small talk (no real data): repeated until the chat is ~200 tokens.
+TURNS = [
+    ("user", "hey are you around this weekend?"), ("assistant", "yeah mostly\nwhy whats up"),
+    ("user", "we were thinking of going hiking on saturday morning, the trail near the lake"),
+    ("assistant", "ohh nice\nhow early tho"), ("user", "like 7? we could grab coffee first"),
+    ("assistant", "7 is brutal lol\nbut ok im in"), ("user", "great, I'll pick you up. bring a jacket, it gets cold up there"),
+    ("assistant", "will do 👍"), ("user", "also do you still have my charger from last time?"),
+]
+
+
+def make_chat(tokenizer, target_tokens: int) -> list[dict]:
+    """A one-on-one context of about `target_tokens` prompt tokens ending with a user turn."""
+    system = {"role": "system", "content": sc.build_system_prompt("one_on_one", "Ada", ["Bo"])}
+    turns: list[dict] = []
+    while True:
+        for role, text in TURNS:
+            turns.append({"role": role, "content": text})
+            chat = [system] + turns
+            n = len(tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_dict=False))
+            if role == "user" and n >= target_tokens:
+                return chat
+
+
+def random_lora(base: str, out: Path) -> Path:
+    """A rank-8 LoRA with random nonzero A and B on every projection (seeded, so its GGUF export is cached)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    cfg = LoraConfig(r=8, lora_alpha=2, init_lora_weights=False, task_type="CAUSAL_LM",
+                     target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    get_peft_model(model, cfg).save_pretrained(out)
+    return out
+
+
+def time_twin(twin, chat: list[dict], new_tokens: int, cold: bool) -> dict:
+    """One streamed greedy reply of exactly `new_tokens` tokens: first-token latency and decode tokens/s."""
+    if cold:
+        twin.prefix_cache = False
+        if twin.llama is not None:
+            twin.llama.reset()  # llama.cpp would otherwise reuse the previous prompt's KV cache
+    t0 = time.perf_counter()
+    first = None
+    text = ""
+    for text in twin.stream(chat, temperature=0.0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=new_tokens,
+                            use_cache=False):
+        first = first or time.perf_counter()
+    end = time.perf_counter()
+    twin.prefix_cache = True
+    n = len(twin.tokenizer(text, add_special_tokens=False)["input_ids"])
+    return {"first_s": first - t0, "decode_tps": (n - 1) / (end - first) if end > first else float("nan"), "text": text}
+
+
+def time_hf(model, input_ids, new_tokens: int) -> dict:
+    """Plain transformers.generate (greedy, exactly `new_tokens`): first-token latency and decode tokens/s."""
+    import torch
+    from transformers.generation.streamers import BaseStreamer
+
+    marks: list[float] = []
+
+    class Clock(BaseStreamer):
+        def put(self, value):
+            marks.append(time.perf_counter())
+
+        def end(self):
+            pass
+
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        model.generate(input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=new_tokens,
+                       min_new_tokens=new_tokens, do_sample=False, streamer=Clock())
+    end = time.perf_counter()
+    first = marks[1]  # marks[0] is the prompt
+    return {"first_s": first - t0, "decode_tps": (new_tokens - 1) / (end - first)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 reps (<= 40 s with a cached GGUF export)")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--new_tokens", type=int, default=64)
+    parser.add_argument("--prompt_tokens", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=2, help="torch and llama.cpp threads (the free Space has 2 vCPUs)")
+    parser.add_argument("--base_model", default=None)
+    parser.add_argument("--adapter", default=None, help="PEFT adapter dir (default: a random nonzero LoRA)")
+    args = parser.parse_args()
+    reps = 2 if args.quick else args.reps
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    base = sc.resolve_base_model(args.base_model)
+    tmp = tempfile.TemporaryDirectory()
+    adapter = args.adapter or str(random_lora(base, Path(tmp.name) / "lora"))
+
+    t = time.perf_counter()
+    twin = sc.load_twin(base, adapter, backend="auto", n_threads=args.threads)
+    load_s = time.perf_counter() - t
+    twin.stop_ids = []  # always exactly new_tokens tokens, like min_new_tokens on the baseline
+    chat = make_chat(twin.tokenizer, args.prompt_tokens)
+    n_prompt = twin.count_tokens(chat)
+
+    ref_model = sc._load_transformers_cpu(base, adapter, twin.tokenizer)  # fp32, adapter merged (the fastest plain form)
+    input_ids = torch.tensor([twin.prompt_ids(chat)])
+    cuda = torch.cuda.is_available()
+    if cuda:
+        ref_model = ref_model.to("cuda")
+        input_ids = input_ids.to("cuda")
+
+    samples: dict[str, list[dict]] = {"project": [], "baseline": [], "project_turn": []}
+    follow_up = None
+
+    def project() -> None:
+        samples["project"].append(time_twin(twin, chat, args.new_tokens, cold=True))
+
+    def baseline() -> None:
+        samples["baseline"].append(time_hf(ref_model, input_ids, args.new_tokens))
+
+    def project_turn() -> None:
+        # A follow-up turn: the previous context + reply are already in the KV cache (prefix reuse).
+        nonlocal follow_up
+        prev = samples["project"][-1]["text"]
+        follow_up = chat + [{"role": "assistant", "content": prev}, {"role": "user", "content": "ok cool see you then"}]
+        time_twin(twin, chat, args.new_tokens, cold=True)  # puts the first turn back in the cache
+        samples["project_turn"].append(time_twin(twin, follow_up, args.new_tokens, cold=False))
+
+    benchlib.alternate({"project": project, "baseline": baseline, "project_turn": project_turn}, reps, warmup=1)
+    for key in samples:
+        samples[key] = samples[key][1:]  # drop the warm-up round
+
+    # Bandwidth floor: every weight is read once per decoded token (tied embeddings read once, as the output matrix).
+    bw = benchlib.mem_bandwidth_gbs()
+    fp32_bytes = sum(p.numel() * p.element_size() for p in ref_model.parameters())
+    proj_bytes = Path(twin.info()["gguf"]).stat().st_size if twin.backend == "llama.cpp" else fp32_bytes
+    tps = {k: [s["decode_tps"] for s in v] for k, v in samples.items()}
+    first = {k: [s["first_s"] for s in v] for k, v in samples.items()}
+    p_tps, b_tps = benchlib.stats(tps["project"])["median"], benchlib.stats(tps["baseline"])["median"]
+    summary = [
+        benchlib.summary_row(f"decode tokens/s, {twin.backend} {twin.info().get('quantization')} vs fp32 generate", "tok/s",
+                             tps["project"], tps["baseline"], target=">= 4x"),
+        benchlib.summary_row(f"first token, cold {n_prompt}-token context", "s", first["project"], first["baseline"],
+                             higher_is_better=False, target="<= 0.3 s"),
+        benchlib.summary_row("first token, follow-up turn (prefix KV reuse) vs cold baseline", "s", first["project_turn"],
+                             first["baseline"], higher_is_better=False, target="<= 0.3 s"),
+    ]
+    result = {
+        "backend": twin.backend, "info": twin.info(), "threads": args.threads, "prompt_tokens": n_prompt,
+        "new_tokens": args.new_tokens, "reps": reps, "load_s": round(load_s, 2),
+        "decode_tps": {k: benchlib.stats(v) for k, v in tps.items()},
+        "first_token_s": {k: benchlib.stats(v) for k, v in first.items()},
+        "ratio_decode_tps": p_tps / b_tps,
+        "bandwidth_gbs": bw,
+        "floor_tps": {"project": bw * 1e9 / proj_bytes, "baseline": bw * 1e9 / fp32_bytes},
+        "fraction_of_floor": {"project": p_tps / (bw * 1e9 / proj_bytes), "baseline": b_tps / (bw * 1e9 / fp32_bytes)},
+        "weight_bytes_per_token": {"project": proj_bytes, "baseline": fp32_bytes},
+    }
+
+    if cuda:  # the quantized adapter on GPU: bnb NF4 and LLM.int8 against bf16, same adapter
+        gpu = {}
+        for quant in ("none", "4bit", "8bit"):
+            g = sc.load_twin(base, adapter, backend="transformers", quantization=quant)
+            g.stop_ids = []
+            runs = [time_twin(g, chat, args.new_tokens, cold=True) for _ in range(reps + 1)][1:]
+            gpu[quant] = {"decode_tps": benchlib.stats([r["decode_tps"] for r in runs]),
+                          "first_token_s": benchlib.stats([r["first_s"] for r in runs]),
+                          "memory_gb": round(torch.cuda.max_memory_allocated() / 1e9, 3)}
+            summary.append(benchlib.summary_row(f"CUDA decode tokens/s, bnb {quant} vs bf16", "tok/s",
+                                                [r["decode_tps"] for r in runs],
+                                                None if quant == "none" else [gpu["none"]["decode_tps"]["median"]]))
+            del g
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        result["cuda"] = gpu
+    result["summary"] = summary
+    benchlib.write_result("generate", result, args.quick)
+    tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
