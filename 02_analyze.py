@@ -292,7 +292,8 @@ def main(args: AnalyzeArguments) -> None:
     # ----------------------------------------------------------------------------- statistics
     own = df[df["is_owner"]]
     turn_rows = own.groupby("turn_id", sort=True).indices
-    turn_texts = [own["text"].iloc[idx].tolist() for idx in turn_rows.values()]
+    texts = own["text"].to_numpy()  # numpy fancy indexing: pandas .iloc per turn costs ~1 ms x 70k turns
+    turn_texts = [texts[idx].tolist() for idx in turn_rows.values()]
     feature_cols = ["n_chars", "words", "n_words", "emojis", "n_emojis", "emoji_only", "language", "vader", "textblob"]
     features = own[feature_cols].to_dict("records")
     feats_in_turn_order = [features[i] for idx in turn_rows.values() for i in idx]

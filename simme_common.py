@@ -879,6 +879,7 @@ _NUMBER_RE = re.compile(
 )
 _BANK_CONTEXT_RE = re.compile(r"(stk|số tài khoản|tài khoản|account|acct|a/c|bank|iban|tk)\W{0,3}$", re.IGNORECASE)
 _DIGIT_RE = re.compile(r"\d")
+_NAME_TOKEN_RE = re.compile(r"\w+")
 
 
 def _is_vietnamese_name(name: str) -> bool:
@@ -959,10 +960,6 @@ class Anonymizer:
         real_parts = {p for name in names for p in name.split()}
         for name in sorted(set(names)):
             self._add_name(name, real_parts)
-        self._part_re = None
-        if self.part_map:
-            alts = "|".join(re.escape(p) for p in sorted(self.part_map, key=len, reverse=True))
-            self._part_re = re.compile(rf"(?<!\w)(?:{alts})(?!\w)")
 
     def _unique(self, make, real: str, real_parts: set[str]) -> str:
         """Draw surrogates until one is new, differs from the real value and is no real name part."""
@@ -1042,9 +1039,10 @@ class Anonymizer:
         for real, sur in self._odd_names:  # names with emoji/punctuation cannot be matched part by part
             if real in text:
                 text = text.replace(real, sur)
-        if self._part_re is not None:
-            text = self._part_re.sub(lambda m: self.part_map[m.group()], text)
-        return text
+        # Word-by-word dictionary lookup: O(words), whatever the number of people (a regex alternation of
+        # thousands of names would be O(names) at every position).
+        parts = self.part_map
+        return _NAME_TOKEN_RE.sub(lambda m: parts.get(m.group(), m.group()), text)
 
     def _vi_address(self, m: re.Match) -> str:
         """Replace a Vietnamese street address only when it has a street word or an administrative unit."""
@@ -1413,13 +1411,14 @@ def distribution_similarity(p: list[float] | dict[str, float], q: list[float] | 
 def text_style_flags(text: str) -> dict[str, bool | None]:
     """Punctuation and casing habits of one message; `lowercase` is None when it has no cased letters."""
     stripped = (text or "").rstrip()
-    cased = [c for c in stripped if c.isalpha() and c.lower() != c.upper()]
+    lower = stripped.lower()
     return {
         "question": "?" in stripped,
         "exclamation": "!" in stripped,
         "ellipsis": "..." in stripped or "…" in stripped,
         "trailing_period": stripped.endswith(".") and not stripped.endswith(".."),
-        "lowercase": (not any(c.isupper() for c in cased)) if cased else None,
+        # string-level case tests run in C: has cased letters <=> lower != upper; no capital <=> equals its lower
+        "lowercase": (stripped == lower) if lower != stripped.upper() else None,
     }
 
 
@@ -1656,11 +1655,16 @@ def chat_labels(df) -> dict[str, str]:
 
     chat_id may hold a folder name with the real name in it, so it never appears in the report.
     """
+    from collections import Counter
+
     labels: dict[str, str] = {}
     sizes = df.groupby("chat_id").size().sort_values(ascending=False, kind="stable")
-    others = df[~df["is_owner"]].groupby("chat_id")["sender"].agg(lambda s: s.value_counts().index[0])
-    types = df.groupby("chat_id")["chat_type"].first()
+    counts = df[~df["is_owner"]].groupby(["chat_id", "sender"]).size().reset_index(name="n")
+    top = counts.sort_values(["chat_id", "n"], ascending=[True, False], kind="stable").drop_duplicates("chat_id")
+    others = dict(zip(top["chat_id"], top["sender"]))
+    types = df.groupby("chat_id")["chat_type"].first().to_dict()
     n_group = n_solo = 0
+    used: Counter[str] = Counter()
     for chat_id in sizes.index:
         if types[chat_id] == "group":
             n_group += 1
@@ -1669,8 +1673,8 @@ def chat_labels(df) -> dict[str, str]:
             n_solo += 1
             name = str(others.get(chat_id, f"chat {n_solo}"))
             # The same partner can own several threads (archived, E2EE continuation): keep labels unique.
-            taken = sum(1 for v in labels.values() if v == name or v.startswith(f"{name} ("))
-            labels[chat_id] = name if not taken else f"{name} ({taken + 1})"
+            used[name] += 1
+            labels[chat_id] = name if used[name] == 1 else f"{name} ({used[name]})"
     return labels
 
 
@@ -2730,13 +2734,14 @@ class TwinModel:
                 break
 
 
-def _load_transformers(base: str, adapter: str | None, tokenizer, quant: str):
+def load_twin_transformers(base: str, adapter: str | None, tokenizer, quant: str = "none", device: str | None = None):
     """Base model (+ LoRA) for transformers: bnb 4/8-bit with the adapter on top on CUDA, merged fp32 (or dynamic int8) on CPU."""
     import torch
     from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {}
-    if torch.cuda.is_available():
+    cuda = torch.cuda.is_available() and device != "cpu"
+    if cuda:
         kwargs["device_map"] = {"": 0}
         kwargs["dtype"] = torch.bfloat16
         if quant in ("4bit", "8bit"):
@@ -2749,6 +2754,7 @@ def _load_transformers(base: str, adapter: str | None, tokenizer, quant: str):
             )
     else:
         kwargs["dtype"] = torch.float32
+        kwargs["device_map"] = {"": "cpu"}
     try:
         model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
     except OSError as err:
@@ -2765,7 +2771,7 @@ def _load_transformers(base: str, adapter: str | None, tokenizer, quant: str):
         if "quantization_config" not in kwargs:
             model = model.merge_and_unload()  # merged weights: no LoRA matmuls per token
     model.eval()
-    if not torch.cuda.is_available() and quant == "int8":
+    if not cuda and quant == "int8":
         model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     return model
 
@@ -2808,7 +2814,7 @@ def load_twin(base_model: str | None = None, adapter: str | None = None, backend
             info.update(gguf_info, quantization=quant or "q4_k_m", load_seconds=round(time.perf_counter() - start, 2))
             return TwinModel(tokenizer, "llama.cpp", info, llama=llama, cache_size=cache_size)
     quant = quant or ("4bit" if cuda else "none")
-    model = _load_transformers(base, adapter, tokenizer, quant)
+    model = load_twin_transformers(base, adapter, tokenizer, quant)
     info.update(quantization=quant, load_seconds=round(time.perf_counter() - start, 2))
     return TwinModel(tokenizer, "transformers", info, model=model, cache_size=cache_size)
 
@@ -2935,11 +2941,8 @@ def export_twin_gguf(base: str, adapter: str | None, tokenizer, quant: str = "q4
             return out
         f32 = out_dir / "model-f32.gguf"
         if not f32.exists():
-            import torch
-
             print(f"Exporting the twin to GGUF under {out_dir} (once per adapter) ...", file=sys.stderr)
-            with torch.device("cpu"):
-                model = _load_transformers_cpu(base, adapter, tokenizer)
+            model = load_twin_transformers(base, adapter, tokenizer, "none", device="cpu")
             write_llama_gguf(model, tokenizer, f32.with_suffix(".tmp"))
             f32.with_suffix(".tmp").rename(f32)
             del model
@@ -2955,21 +2958,6 @@ def export_twin_gguf(base: str, adapter: str | None, tokenizer, quant: str = "q4
                 raise RuntimeError(f"llama.cpp failed to quantize {f32} to {quant} (code {rc})")
             tmp.rename(out)
     return out
-
-
-def _load_transformers_cpu(base: str, adapter: str | None, tokenizer):
-    """fp32 CPU model with the adapter merged (the reference the GGUF is made from)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, device_map={"": "cpu"})
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tokenizer))
-    if adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    return model.eval()
 
 
 def _load_llama_cpp(base: str, adapter: str | None, tokenizer, quant: str, n_threads: int | None):

@@ -129,7 +129,7 @@ def main() -> int:
     chat = make_chat(twin.tokenizer, args.prompt_tokens)
     n_prompt = twin.count_tokens(chat)
 
-    ref_model = sc._load_transformers_cpu(base, adapter, twin.tokenizer)  # fp32, adapter merged (the fastest plain form)
+    ref_model = sc.load_twin_transformers(base, adapter, twin.tokenizer, "none", device="cpu")  # fp32, adapter merged (the fastest plain form)
     input_ids = torch.tensor([twin.prompt_ids(chat)])
     cuda = torch.cuda.is_available()
     if cuda:

@@ -79,7 +79,7 @@ class SampleArguments:
     )
     max_conversations: int | None = field(default=None, metadata={"help": "Use at most this many of the owner's conversations (tests)."})
     messages_per_file: int = field(default=1000, metadata={"help": "Messages per classic message_N.json (real exports: ~10,000)."})
-    group_sessions: int = field(default=40, metadata={"help": "Sessions of the synthetic EN/VI group thread."})
+    group_sessions: int = field(default=60, metadata={"help": "Sessions of the synthetic EN/VI group thread."})
 
 
 def _mojibake(obj):
@@ -203,7 +203,10 @@ def _group_thread(rng: random.Random, owner: str, start_ms: int, end_ms: int, n_
     t = start_ms + 60_000
     pii = [line.format(**PLANTED_PII) for line in PII_LINES_VI] + extra
     owner_silent = 0
+    step = (end_ms - start_ms) / max(n_sessions, 1)
     for s in range(n_sessions):
+        # Sessions spread evenly over the whole history, so every split (by time) holds some group chat.
+        t = max(t + 2 * 3600 * 1000, start_ms + int((s + rng.uniform(0.0, 0.6)) * step))
         silent = rng.random() < 0.35
         owner_silent += silent
         speakers = members if silent else people
@@ -215,7 +218,6 @@ def _group_thread(rng: random.Random, owner: str, start_ms: int, end_ms: int, n_
         if rng.random() < 0.3:
             line = rng.choice(GROUP_SYSTEM[1:]).format(a=rng.choice(members), b=owner)
             msgs.append(_classic_msg(rng.choice(members), t, line))
-        t += max(2 * 3600 * 1000, int((end_ms - start_ms) / max(n_sessions, 1) * rng.uniform(0.5, 1.0)))  # spread over the whole history
     for line in pii:  # every planted value must be in the export
         msgs.append(_classic_msg(members[1], t, line))
         t += 5000

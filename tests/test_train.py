@@ -174,7 +174,7 @@ def test_two_process_cpu_ddp_run_trains_and_writes_once(tiny_model_dir, prepared
         accelerate, "launch", "--num_processes", "2", "--cpu", "--num_machines", "1", "--mixed_precision", "no",
         "--dynamo_backend", "no", "03_train.py", "--config", SMOKE, "--model_name_or_path", str(tiny_model_dir),
         "--input_dir", str(prepared_dir), "--output_dir", str(tmp_path),
-    ])
+    ], timeout=600)  # two fresh interpreters: ~30 s on an idle machine, minutes on a busy one
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "adapter_model.safetensors").exists() and (tmp_path / "run_config.json").exists()
     assert proc.stdout.count("03_train summary") == 1  # only the main process prints and writes
