@@ -260,8 +260,8 @@ def _html(stats: dict, card: dict, imgs: dict[str, str | None], args: AnalyzeArg
 
 def main(args: AnalyzeArguments) -> None:
     from accelerate import PartialState
+    from accelerate.utils import set_seed  # same as transformers.set_seed without importing transformers (~10 s)
     from datasets import Dataset, load_from_disk
-    from transformers import set_seed
 
     set_seed(args.seed)
     state = PartialState()

@@ -91,6 +91,8 @@ def main(args: EvaluateArguments) -> None:
         return
 
     # --- inputs: test split (contexts, real replies), train split (memorization), style card -----------------
+    if args.report_to not in ("none", "wandb"):
+        raise sc.UserError(f"--report_to must be 'none' or 'wandb', got {args.report_to!r}")
     adapter = Path(args.adapter_path)
     if not (adapter / "adapter_config.json").exists():
         raise sc.UserError(f"no LoRA adapter at {adapter} (adapter_config.json missing): run 03_train.py first or pass --adapter_path")

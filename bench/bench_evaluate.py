@@ -2,7 +2,7 @@
 (baseline), alternating, on the default base model + a LoRA adapter; then the whole stage on 200 contexts.
 
 python bench/bench_evaluate.py            # 32 contexts x 2 reps alternating + the whole stage on 200 contexts (target <= 600 s)
-python bench/bench_evaluate.py --quick    # 8 contexts, one rep each (<= 40 s on an idle 2-core machine)
+python bench/bench_evaluate.py --quick    # 4 contexts, 32 new tokens, one rep each (<= 40 s on an idle 2-core machine)
 
 Contexts come from chitchat-dataset (MIT; the first speaker of a conversation is the owner), cut before an
 owner turn, so the benchmark runs without 01's output. The adapter is a fresh LoRA (all-linear, r=16) with
@@ -47,17 +47,19 @@ def chitchat_samples(n: int, max_turns: int = 8) -> list[list[dict]]:
     return out
 
 
-def make_adapter(out_dir: Path) -> Path:
-    """A zero-initialised LoRA adapter (all-linear, r=16) for the default base model, with the training tokenizer."""
+def make_adapter(out_dir: Path, tokenizer):
+    """A zero-initialised LoRA (all-linear, r=16) on the default base model, saved with the training tokenizer.
+
+    Returns the unmerged PeftModel in eval mode (what `load_peft_for_eval` would load back from `out_dir`).
+    """
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    base = sc.resolve_base_model(None)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(sc.resolve_base_model(None)),
                            LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"))
     model.save_pretrained(out_dir)
-    sc.load_tokenizer(base).save_pretrained(out_dir)
-    return out_dir
+    tokenizer.save_pretrained(out_dir)
+    return model.eval()
 
 
 def prepared_dir(out_dir: Path, samples: list[list[dict]]) -> Path:
@@ -75,32 +77,35 @@ def prepared_dir(out_dir: Path, samples: list[list[dict]]) -> Path:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="8 contexts, one rep, no whole-stage run (<= 40 s)")
-    parser.add_argument("--contexts", type=int, default=None, help="contexts per generation timing (default 32, quick 8)")
+    parser.add_argument("--quick", action="store_true", help="4 contexts, 32 new tokens, one rep, no whole-stage run (<= 40 s)")
+    parser.add_argument("--contexts", type=int, default=None, help="contexts per generation timing (default 32, quick 4)")
     parser.add_argument("--stage_contexts", type=int, default=200, help="contexts of the whole-stage run (0 skips it)")
     args = parser.parse_args()
     import torch
 
-    n = args.contexts or (8 if args.quick else 32)
+    started = time.perf_counter()
+    n = args.contexts or (4 if args.quick else 32)
     tmp = Path(tempfile.mkdtemp(prefix="bench_evaluate_"))
     samples = chitchat_samples(max(n, 0 if args.quick else args.stage_contexts))
-    adapter = make_adapter(tmp / "adapter")
-    base = sc.resolve_base_model(None)
-    tokenizer = sc.load_twin_tokenizer(base, str(adapter))
-    model = sc.load_peft_for_eval(base, str(adapter), tokenizer)
+    tokenizer = sc.load_tokenizer(None)
+    adapter = tmp / "adapter"
+    model = make_adapter(adapter, tokenizer)
     contexts = [sc.split_target(s)[0] for s in samples[:n]]
+    new_tokens = 32 if args.quick else 48
+    print(f"{n} contexts ready after {time.perf_counter() - started:.1f} s", flush=True)
     generated: dict[str, int] = {}
 
     def run(batch_size: int, name: str):
         def fn():
-            replies = sc.generate_replies(model, tokenizer, contexts, max_new_tokens=48, temperature=0.0, batch_size=batch_size)
+            replies = sc.generate_replies(model, tokenizer, contexts, max_new_tokens=new_tokens, temperature=0.0, batch_size=batch_size)
             generated[name] = sum(r["n_tokens"] for r in replies)
         return fn
 
     # --- generation: batched (04's path) vs one context at a time, alternating ---------------------------------
-    times = benchlib.alternate({"project": run(16, "project"), "baseline": run(1, "baseline")}, reps=1 if args.quick else 2)
+    times = benchlib.alternate({"project": run(32, "project"), "baseline": run(1, "baseline")}, reps=1 if args.quick else 2)
+    print(f"generation timed after {time.perf_counter() - started:.1f} s", flush=True)
     per_context = {k: [t / n for t in v] for k, v in times.items()}
-    summary = [benchlib.summary_row(f"generate {n} contexts (48 new tokens max), per context", "s", per_context["project"],
+    summary = [benchlib.summary_row(f"generate {n} contexts ({new_tokens} new tokens max), per context", "s", per_context["project"],
                                     per_context["baseline"], higher_is_better=False)]
     # 04 generates for base and twin; perplexity and scoring are small next to generation (see the stage run).
     result = {"n_contexts": n, "torch_threads": torch.get_num_threads(), "gemm_gflops": benchlib.gemm_gflops(),

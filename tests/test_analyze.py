@@ -250,3 +250,13 @@ def test_report_on_fixtures_after_01_prepare(tmp_path, fixtures_dir, tiny_model_
     assert not any(c in html for c in chat_ids)  # chat ids may carry folder names: never shown
     for name in ("volume", "time", "words", "language", "sentiment", "punctuation"):
         json.loads((out / "stats" / f"{name}.json").read_text(encoding="utf-8"))
+
+
+def test_chat_labels_use_partner_names_unique_and_hide_chat_ids():
+    df = messages_frame([
+        ("thread_a", "s", "Bo", False, 0, "hi"), ("thread_a", "s", "Bo", False, 1, "hi"), ("thread_a", "s", "Me", True, 2, "yo"),
+        ("thread_b", "s", "Bo", False, 5, "again"), ("thread_c", "s", "Me", True, 9, "note to self"),
+    ])
+    df.loc[df["chat_id"] == "thread_c", "chat_type"] = "group"
+    labels = sc.chat_labels(df)
+    assert labels == {"thread_a": "Bo", "thread_b": "Bo (2)", "thread_c": "group 1"}

@@ -384,3 +384,19 @@ def test_cli_config_and_export_path_list_parse_and_user_error_exits_2_without_tr
         sc.run_main(prep.main, args)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "Traceback" not in err and "nothing readable" in err
+
+
+def test_old_instagram_messages_json_and_instagram_dyi_folders_are_read(prep, tmp_path, tiny_model_dir):
+    from datasets import load_from_disk
+
+    root = tmp_path / "ig"
+    root.mkdir()
+    convo = [{"sender": "ana.b", "created_at": "2019-03-01T10:00:00+00:00", "text": "hey ❤️"},
+             {"sender": "me_me", "created_at": "2019-03-01T10:00:30+00:00", "text": "hi!"},
+             {"sender": "ana.b", "created_at": "2019-03-01T10:01:00+00:00", "action": "Liked a message"}]
+    (root / "messages.json").write_text(json.dumps([{"participants": ["ana.b", "me_me"], "conversation": convo}]), encoding="utf-8")
+    write_thread(root / "your_instagram_activity/messages", "inbox/cy_5", ["cy", "me_me"], [msg("cy", 1_600_000_000_000, "yo é"), msg("me_me", 1_600_000_001_000, "sup")])
+    report, out = run(prep, tmp_path, [root], tiny_model_dir, owner="me_me", no_anonymize=True)
+    rows = load_from_disk(str(out / "messages"))
+    assert report["threads"] == 2 and report["dropped"]["membership_event"] == 1
+    assert set(rows["source"]) == {"instagram"} and "hey ❤️" in rows["text"] and "yo é" in rows["text"]
