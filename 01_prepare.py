@@ -9,6 +9,7 @@ conversational samples), messages/ (every kept, anonymized message), ingest_repo
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import pickle
@@ -67,7 +68,11 @@ def main(args: PrepareArguments) -> dict:
     anonymize = not args.no_anonymize
     if not anonymize:
         _warn("--no_anonymize: real names, phone numbers, emails and addresses will be written to the output; never share it")
-    print(f"Script parameters {args}")
+    # Paths (facebook-<name>-<date>.zip) and --owner are names: logged and saved redacted unless --no_anonymize.
+    shown_args = args if not anonymize else dataclasses.replace(
+        args, owner="<given>" if args.owner else None,
+        export_path=[f"<{sc.redact_path(p, 'export')}>" for p in args.export_path])
+    print(f"Script parameters {shown_args}")
 
     # ---------------------------------------------------------------- pass 1: parse every thread, spool to disk
     spool_dir = tempfile.TemporaryDirectory(prefix="simme01_")  # raw texts: deleted when the run ends
@@ -76,6 +81,9 @@ def main(args: PrepareArguments) -> dict:
     with open(spool_path, "wb") as spool:
         for kind, item in tqdm(sc.parse_export(args.export_path, redact=anonymize), desc="Parsing threads", unit=" threads"):
             if kind == "failure":
+                if anonymize and not item["path"].startswith("<"):  # a given path or zip name can hold a name
+                    shown = f"<{sc.redact_path(item['path'], 'export')}>"
+                    item = {"path": shown, "error": item["error"].replace(item["path"], shown)}
                 failures.append(item)
                 _warn(item["error"])
                 continue
@@ -86,7 +94,8 @@ def main(args: PrepareArguments) -> dict:
                           "participants": frozenset(item["participants"]), "you_lines": item["you_lines"]})
     if not metas:
         shown = "; ".join(f["error"] for f in failures[:3]) or "no Messenger thread files found"
-        raise sc.UserError(f"nothing readable in {', '.join(map(str, args.export_path))}: {shown}. "
+        redacted = " (file names redacted; --no_anonymize shows them)" if anonymize and failures else ""
+        raise sc.UserError(f"nothing readable in {', '.join(map(str, args.export_path))}: {shown}{redacted}. "
                            "Pass the export folder or its .zip files (Settings > Download your information > JSON).")
 
     # E2EE files continue the classic (e2ee_cutover) thread with the same participants: merge them.
@@ -107,11 +116,12 @@ def main(args: PrepareArguments) -> dict:
     if args.owner:
         owner, inferred, evidence = sc.normalize_text(args.owner.strip()), False, "given with --owner"
         if not any(owner in p for p in people):
-            try:
-                best, _ = sc.infer_owner(people, dict(you_lines))
-                hint = f"; the most likely owner is present in most threads ({len(best)} characters)" if anonymize else f"; did you mean {best!r}?"
-            except sc.UserError:
-                hint = ""
+            hint = ""
+            if not anonymize:
+                try:
+                    hint = f"; did you mean {sc.infer_owner(people, dict(you_lines))[0]!r}?"
+                except sc.UserError:
+                    pass
             raise sc.UserError(f"--owner {'(given name)' if anonymize else repr(owner)} appears in no thread{hint}. "
                                "Use the display name exactly as in the export, or omit --owner to infer it")
     else:
@@ -194,7 +204,11 @@ def main(args: PrepareArguments) -> dict:
     }
     assert report["messages_total"] == report["messages_kept"] + sum(report["dropped"].values()), "accounting invariant"
     (out_dir / "ingest_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    sc.save_run_config(out_dir, args)
+    config_path = sc.save_run_config(out_dir, shown_args)
+    if anonymize:  # the recorded command line would repeat the paths and --owner
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config["command"] = [Path(sys.argv[0]).name, "(arguments redacted; see args)"]
+        config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     rows = [("owner", f"{owner_shown} ({'inferred' if inferred else 'given'})"), ("threads", report["threads"]),
             ("  one-on-one / group", f"{counters['one_on_one']:,} / {counters['group']:,}"),
             ("messages total", total), ("messages kept", kept)]

@@ -314,8 +314,8 @@ def main(args: AnalyzeArguments) -> None:
         out = Path(args.output_dir)
         (out / "stats").mkdir(parents=True, exist_ok=True)
         for name, section in stats.items():
-            (out / "stats" / f"{name}.json").write_text(json.dumps(section, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        (out / "style_card.json").write_text(json.dumps(card, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+            (out / "stats" / f"{name}.json").write_text(json.dumps(section, indent=1, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
+        (out / "style_card.json").write_text(json.dumps(card, indent=1, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
         imgs = _plots(stats, card, df, latencies, out)
         (out / "report.html").write_text(_html(stats, card, imgs, args), encoding="utf-8")
         sc.save_run_config(out, args)

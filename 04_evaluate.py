@@ -44,6 +44,16 @@ def _context_text(context: list[dict], last: int = 3) -> str:
     return "\n".join(m["content"] for m in [m for m in context if m["role"] != "system"][-last:])
 
 
+def _gpu_utilization() -> float | None:
+    """GPU utilization in percent over the driver's last sample period (None without pynvml)."""
+    import torch
+
+    try:
+        return float(torch.cuda.utilization())
+    except (RuntimeError, ModuleNotFoundError, ImportError):
+        return None
+
+
 def _evaluate(model, tokenizer, inputs: dict, args: EvaluateArguments, name: str) -> tuple[dict, dict, list[str]]:
     """Every metric of one model (base or twin): perplexity, replies + text metrics, PII probes, speed, memory."""
     import torch
@@ -57,6 +67,7 @@ def _evaluate(model, tokenizer, inputs: dict, args: EvaluateArguments, name: str
     start = time.perf_counter()
     replies = sc.generate_replies(model, tokenizer, inputs["contexts"], batch_size=args.batch_size, desc=f"{name}: replies", **gen)
     gen_seconds = time.perf_counter() - start
+    gpu_util = _gpu_utilization() if cuda else None  # sampled right after the busiest phase
     alone = [sc.generate_replies(model, tokenizer, [c], batch_size=1, **gen)[0]["seconds"] for c in inputs["contexts"][:args.latency_samples]]
     probes = sc.generate_replies(model, tokenizer, inputs["probes"] * args.pii_samples_per_probe, batch_size=args.batch_size, **gen)
     texts = [r["text"] for r in replies]
@@ -70,10 +81,7 @@ def _evaluate(model, tokenizer, inputs: dict, args: EvaluateArguments, name: str
     metrics["tokens_per_s"] = sum(r["n_tokens"] for r in replies) / gen_seconds
     metrics["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20 if cuda else sc.process_peak_memory_mb()
     if cuda:
-        try:
-            metrics["gpu_utilization_pct"] = float(torch.cuda.utilization())
-        except (RuntimeError, ModuleNotFoundError):  # needs pynvml
-            metrics["gpu_utilization_pct"] = None
+        metrics["gpu_utilization_pct"] = gpu_util
     ordered = {k: metrics.get(k) for k in sc.METRIC_KEYS} | {k: v for k, v in metrics.items() if k not in sc.METRIC_KEYS}
     return ordered, ci, texts
 

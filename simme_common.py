@@ -400,6 +400,10 @@ _SYSTEM_HINTS = (
     "admin", "nickname", "theme", "emoji", "pinned", "connected on", "poll", "vote", "waved", "gọi", "cảm xúc",
     "tin nhắn của bạn", "thu hồi", "đã gửi", "nhóm", "biệt danh", "chủ đề", "quản trị", "ghim", "kết nối", "vẫy",
 )
+_SYSTEM_HINTS_EN = tuple(h for h in _SYSTEM_HINTS if h.isascii() and h != "ghim")
+# How every system sentence of _SYSTEM_PATTERNS begins when it does not begin with a person's name.
+_SYSTEM_STARTERS = ("you ", "the ", "this ", "reacted ", "liked a", "user ", "a contact", "someone", "facebook user",
+                    "bạn ", "đã ", "cuộc gọi", "các bạn")
 # Keys that send a classic message through the full structural classifier instead of the text fast path.
 _SLOW_PATH_KEYS = frozenset(("is_unsent", "is_taken_down", "call_duration", "missed", "type", "users", "share") + _ATTACHMENT_KEYS)
 
@@ -410,7 +414,8 @@ def classify_system_text(text: str) -> str | None:
     if len(text) > 400:
         return None
     low = text.lower()
-    for hint in _SYSTEM_HINTS:
+    # Every Vietnamese system sentence has a non-ASCII letter, so ASCII text only needs the English hints.
+    for hint in _SYSTEM_HINTS_EN if text.isascii() else _SYSTEM_HINTS:
         if hint in low:
             break
     else:
@@ -523,19 +528,26 @@ def read_entry_bytes(entry: dict) -> bytes:
         return zf.read(entry["member"])
 
 
-def entry_display_path(entry: dict, redact: bool) -> str:
-    """Path shown in errors and reports; thread folders and E2EE file names (people's names) hashed when redacting."""
+def redact_path(path: str, kind: str = "file") -> str:
+    """A stable placeholder for a path component that may hold a person's name (thread folder, zip, E2EE file)."""
     import hashlib
 
+    return f"{kind}-{hashlib.sha1(path.encode()).hexdigest()[:8]}"
+
+
+def entry_display_path(entry: dict, redact: bool) -> str:
+    """Path shown in errors and reports. When redacting, every component that can hold a name (the export folder or
+    zip name, e.g. facebook-<name>-<date>.zip, thread folders, E2EE `<Name>_<n>.json`) is replaced by a hash."""
     parts = list(entry["parts"])
-    if redact:
-        h = lambda s: "thread-" + hashlib.sha1(s.encode()).hexdigest()[:8]  # noqa: E731
-        if _THREAD_FILE_RE.match(parts[-1]) and len(parts) >= 2:
-            parts[-2] = h(parts[-2])
-        elif len(parts) >= 1 and not parts[-1].startswith("message"):
-            parts[-1] = h(parts[-1]) + ".json"
-    inner = "/".join(parts)
-    return f"{entry['zip']}!{inner}" if entry["zip"] else str(Path(entry["origin"]) / inner)
+    if not redact:
+        inner = "/".join(parts)
+        return f"{entry['zip']}!{inner}" if entry["zip"] else str(Path(entry["origin"]) / inner)
+    if _THREAD_FILE_RE.match(parts[-1]) and len(parts) >= 2:
+        parts[-2] = redact_path(parts[-2], "thread")
+    elif parts:
+        parts[-1] = redact_path(parts[-1], "thread") + ".json"
+    root = redact_path(entry["zip"] or entry["origin"], "zip" if entry["zip"] else "export")
+    return f"<{root}>/" + "/".join(parts)
 
 
 # -- parsing ----------------------------------------------------------------------------------------
@@ -629,8 +641,11 @@ def parse_thread_documents(docs: list[tuple[Any, str, str, bool]]) -> dict:
                 participants.append(fix_fn(n))
         classic = kind == "classic"
         cache: dict[str, str] = {}
+        total += len(raw_msgs)
+        # System sentences start with a person's name (participant or sender) or a fixed word ("You", "The", ...):
+        # one C-level startswith spares ~all real messages the keyword scan and the full regex.
+        prefixes = _SYSTEM_STARTERS + tuple(p.lower() for p in participants if p)
         for m in raw_msgs:
-            total += 1
             # Fast path (most rows): a plain text message; anything unusual goes through the full classifier.
             if (classic and type(m) is dict and _SLOW_PATH_KEYS.isdisjoint(m) and type(m.get("content")) is str
                     and type(m.get("sender_name")) is str and type(m.get("timestamp_ms")) is int):
@@ -640,19 +655,26 @@ def parse_thread_documents(docs: list[tuple[Any, str, str, bool]]) -> dict:
                 if reason == "malformed":
                     dropped["malformed"] += 1
                     if len(problems) < 3:
-                        problems.append(f"message {total - 1} has no valid '{missing}'")
+                        index = next(i for i, x in enumerate(raw_msgs) if x is m)
+                        index = len(raw_msgs) - 1 - index if classic else index  # position in the file
+                        problems.append(f"message #{index} of a {len(raw_msgs)}-message file has no valid '{missing}'")
                     continue
             fixed = cache.get(sender)
             if fixed is None:
                 fixed = cache[sender] = fix_fn(sender)
                 everyone.add(fixed)
+                if fixed:
+                    prefixes += (fixed.lower(),)
             sender = fixed
             if text is not None:
                 if not text.isascii():
                     text = fix_fn(text)
                 if reason is None:
                     text = text.strip("\r\n")
-                    reason = "empty" if not text.strip() else classify_system_text(text)
+                    if not text.strip():
+                        reason = "empty"
+                    elif text[:100].lstrip().lower().startswith(prefixes):
+                        reason = classify_system_text(text)
             if reason is not None:
                 dropped[reason] += 1
                 if text and reason != "reaction_pseudo" and text.lstrip()[:4].lower() in ("you ", "bạn"):
@@ -1524,8 +1546,8 @@ def code_switch_rate(turn_languages: list[list[str]]) -> float | None:
 
 
 def _mean(values: list[float | None]) -> float | None:
-    """Mean of the non-None values; None when there are none."""
-    vals = [v for v in values if v is not None]
+    """Mean of the non-None, non-NaN values; None when there are none."""
+    vals = [v for v in values if v is not None and v == v]
     return float(sum(vals) / len(vals)) if vals else None
 
 
@@ -1565,7 +1587,8 @@ def build_style_card(
     turn_feats = [tf for tf in turn_feats if tf]
     tokens = [w for f in features for w in f["words"]]
     word_counts, emoji_counts = Counter(tokens), Counter(e for f in features for e in f["emojis"])
-    vader = [f["vader"] for f in features]
+    # Features that went through pandas hold NaN instead of None for unscored messages.
+    vader = [None if f["vader"] is None or f["vader"] != f["vader"] else f["vader"] for f in features]
     gaps = list(typing_gaps_s or [])
     latencies = list(reply_latencies_s or [])
 
@@ -1809,6 +1832,8 @@ def load_prepared_dataset(input_dir: str | Path, splits: tuple[str, ...] = ("tra
         raise UserError(f"no prepared dataset at {path}: run 01_prepare.py first or pass --input_dir")
     try:
         data = load_from_disk(str(path))
+    except IndexError:  # datasets cannot reload a split that was saved with 0 rows (0 shards)
+        raise UserError(f"a split of {path} is empty: export more chats or lower 01's filters, then re-run 01_prepare.py") from None
     except (FileNotFoundError, ValueError) as err:
         raise UserError(f"{path} is not a saved DatasetDict ({err}); re-run 01_prepare.py") from None
     if not isinstance(data, DatasetDict):
@@ -2716,9 +2741,11 @@ class TwinModel:
 
     def _produce_llama(self, ids: list[int], settings: dict, put, stop) -> None:
         """Generate with llama.cpp from the same prompt tokens; llama.cpp reuses the previous prompt's prefix itself."""
+        import random
+
         llama = self.llama
-        if settings["seed"] is not None:
-            llama.set_seed(int(settings["seed"]))
+        # llama.cpp samples with its own seed: a fixed one would give every unseeded request the same sample.
+        llama.set_seed(int(settings["seed"]) if settings["seed"] is not None else random.randrange(2**31))
         greedy = settings["temperature"] <= 0
         stop_ids = set(self.stop_ids)
         n = 0
@@ -2957,6 +2984,7 @@ def export_twin_gguf(base: str, adapter: str | None, tokenizer, quant: str = "q4
             if rc != 0:
                 raise RuntimeError(f"llama.cpp failed to quantize {f32} to {quant} (code {rc})")
             tmp.rename(out)
+            f32.unlink()  # 4 bytes per weight: only kept when f32 itself was asked for
     return out
 
 
@@ -2970,6 +2998,9 @@ def _load_llama_cpp(base: str, adapter: str | None, tokenizer, quant: str, n_thr
         model_path=str(path), n_ctx=int(os.environ.get("SIMME_N_CTX", 2048)), n_threads=threads,
         n_threads_batch=threads, n_batch=512, last_n_tokens_size=64, verbose=False, seed=0,
     )
+    import atexit
+
+    atexit.register(llama.close)  # freed before interpreter teardown (Llama.__del__ fails once ctypes is gone)
     return llama, {"gguf": str(path), "n_threads": threads}
 
 

@@ -1,7 +1,7 @@
 """Benchmark of 02_analyze: the whole stage on the bundled sample and on a 250k-message messages/ dataset.
 
 python bench/bench_analyze.py            # all 258k chitchat messages + the bundled sample (if data/01_prepared exists)
-python bench/bench_analyze.py --quick    # 10k chitchat messages, one stage run (<= 40 s)
+python bench/bench_analyze.py --quick    # 5k chitchat messages, one stage run (<= 40 s)
 
 The large input is built here from chitchat-dataset (7,168 conversations, 258,145 messages; MIT), not from
 01's bench, so this benchmark runs on its own: the first speaker of each conversation is the owner, each
@@ -84,7 +84,7 @@ def _cpu_seconds() -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="10k messages, one stage run (<= 40 s)")
+    parser.add_argument("--quick", action="store_true", help="5k messages, one stage run (<= 40 s)")
     parser.add_argument("--reps", type=int, default=None, help="stage runs per input (default 1: a full run takes minutes)")
     args = parser.parse_args()
     from datasets import disable_caching, load_from_disk
@@ -94,7 +94,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench_analyze_"))
     reps = args.reps or 1
     t0 = time.perf_counter()
-    n = build_chitchat_messages(tmp / "large", 10_000 if args.quick else None)
+    n = build_chitchat_messages(tmp / "large", 5_000 if args.quick else None)
     print(f"built {n:,} chitchat messages in {time.perf_counter() - t0:.1f} s", flush=True)
 
     cpu_s: dict[str, list[float]] = {}
@@ -109,9 +109,11 @@ def main() -> int:
     stage_times = benchlib.alternate({"project": lambda: run(tmp / "large", "out_large")}, reps)["project"]
     texts = [t for t in load_from_disk(str(tmp / "large" / "messages"))["text"]]
     [(sc.detect_language(t), lingua_everywhere(t)) for t in texts[:200]]  # load word lists and lingua models
-    detect = benchlib.alternate({"project": lambda: [sc.detect_language(t) for t in texts],
-                                 "baseline": lambda: [lingua_everywhere(t) for t in texts]}, 3 if args.quick else 2)
-    agree = sum(sc.detect_language(t) == lingua_everywhere(t) for t in texts) / len(texts)
+    labels: dict[str, list[str]] = {}
+    detect = benchlib.alternate({"project": lambda: labels.__setitem__("project", [sc.detect_language(t) for t in texts]),
+                                 "baseline": lambda: labels.__setitem__("baseline", [lingua_everywhere(t) for t in texts])},
+                                3 if args.quick else 2)
+    agree = sum(a == b for a, b in zip(labels["project"], labels["baseline"])) / len(texts)
     summary = [
         benchlib.summary_row(f"02_analyze on {n:,} chitchat messages", "s", stage_times, higher_is_better=False,
                              target="<= 300 s on 2 cores" if not args.quick else ""),

@@ -98,16 +98,30 @@ def worker(name: str, input_dir: Path, out_dir: Path, quick: bool) -> None:
 
     stage = load_stage()
     train_args, model_args, variants = variant_configs(stage, input_dir, out_dir, quick)
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        """Wall time inside optimizer steps only (not the per-train() setup)."""
+
+        seconds = 0.0
+
+        def on_step_begin(self, *_, **__):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *_, **__):
+            StepTimer.seconds += time.perf_counter() - self.t0
+
     trainer, _ = stage.build_trainer(train_args, variants[name](), model_args)
+    trainer.add_callback(StepTimer())
     params = sum(p.numel() for p in trainer.model.get_base_model().parameters())
     print(json.dumps({"ready": name, "params": params, "threads": torch.get_num_threads()}), flush=True)
     for line in sys.stdin:
         if line.strip() != "go":
             break
-        before, c0, t0 = trainer._total_train_tokens, cpu_seconds(), time.perf_counter()
+        before, c0, t0, s0 = trainer._total_train_tokens, cpu_seconds(), time.perf_counter(), StepTimer.seconds
         trainer.train()
         print(json.dumps({"tokens": trainer._total_train_tokens - before, "s": time.perf_counter() - t0,
-                          "cpu_s": cpu_seconds() - c0}), flush=True)
+                          "step_s": StepTimer.seconds - s0, "cpu_s": cpu_seconds() - c0}), flush=True)
 
 
 def main() -> int:
@@ -151,7 +165,8 @@ def main() -> int:
         proc.wait(timeout=60)
 
     params, threads = info[PROJECT]["params"], info[PROJECT]["threads"]
-    rates = {name: [r["tokens"] / r["s"] for r in rs] for name, rs in rounds.items()}
+    rates = {name: [r["tokens"] / r["step_s"] for r in rs] for name, rs in rounds.items()}  # inside the steps
+    round_rates = {name: [r["tokens"] / r["s"] for r in rs] for name, rs in rounds.items()}  # incl. train() setup
     med = {name: benchlib.stats(r)["median"] for name, r in rates.items()}
     # Tokens per CPU-second x threads: what the same work gives on an idle machine (the cores were shared).
     quiet = {name: sum(r["tokens"] for r in rs) / (sum(r["cpu_s"] for r in rs) / threads) for name, rs in rounds.items()}
@@ -167,6 +182,7 @@ def main() -> int:
         "gemm_gflops": gflops, "threads": threads, "load_avg_1m": os.getloadavg()[0],
         "tokens_per_round": {name: rs[0]["tokens"] for name, rs in rounds.items()},
         "tokens_per_s": {name: benchlib.stats(r) for name, r in rates.items()},
+        "tokens_per_s_incl_setup": {name: benchlib.stats(r) for name, r in round_rates.items()},
         "ratio_vs_defaults": {name: med[name] / med[BASELINE] for name in names},
         "tokens_per_cpu_s_x_threads": quiet,
         "floor_fraction": floor,

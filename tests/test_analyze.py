@@ -54,7 +54,15 @@ def run_analyze(input_dir: Path, output_dir: Path, **kw) -> dict:
     """Run 02_analyze.main and return the written style card."""
     mod = load_script("02_analyze.py")
     mod.main(mod.AnalyzeArguments(input_dir=str(input_dir), output_dir=str(output_dir), **kw))
-    return json.loads((output_dir / "style_card.json").read_text(encoding="utf-8"))
+    return strict_json(output_dir / "style_card.json")
+
+
+def strict_json(path: Path):
+    """Parse a JSON file, failing on NaN/Infinity (not JSON; readers in other languages reject them)."""
+    def refuse(token: str):
+        raise ValueError(f"{path} holds {token}")
+
+    return json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse)
 
 
 # ----------------------------------------------------------------------------- text features
@@ -237,7 +245,7 @@ def test_report_on_fixtures_after_01_prepare(tmp_path, fixtures_dir, tiny_model_
     out = tmp_path / "analysis"
     card = run_analyze(tmp_path / "prepared", out, timezone="Asia/Ho_Chi_Minh")
     assert card["schema_version"] == 1 and card["n_messages"] > 0 and card["n_turns"] > 0
-    language = json.loads((out / "stats" / "language.json").read_text(encoding="utf-8"))
+    language = strict_json(out / "stats" / "language.json")
     assert language["others_mix"]["vi"] > 0  # the constructed fixtures hold Vietnamese threads
     pngs = sorted(out.glob("*.png"))
     assert len(pngs) >= 5 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
@@ -249,7 +257,9 @@ def test_report_on_fixtures_after_01_prepare(tmp_path, fixtures_dir, tiny_model_
     chat_ids = set(load_from_disk(str(tmp_path / "prepared" / "messages"))["chat_id"])
     assert not any(c in html for c in chat_ids)  # chat ids may carry folder names: never shown
     for name in ("volume", "time", "words", "language", "sentiment", "punctuation"):
-        json.loads((out / "stats" / f"{name}.json").read_text(encoding="utf-8"))
+        strict_json(out / "stats" / f"{name}.json")
+    scored = card["sentiment"]["scored_share"]
+    assert 0 < scored <= 1 and (card["sentiment"]["vader_compound_mean"] is None) == (scored == 0)
 
 
 def test_chat_labels_use_partner_names_unique_and_hide_chat_ids():
@@ -260,3 +270,11 @@ def test_chat_labels_use_partner_names_unique_and_hide_chat_ids():
     df.loc[df["chat_id"] == "thread_c", "chat_type"] = "group"
     labels = sc.chat_labels(df)
     assert labels == {"thread_a": "Bo", "thread_b": "Bo (2)", "thread_c": "group 1"}
+
+
+def test_style_card_treats_nan_sentiment_from_pandas_as_unscored():
+    feats = [sc.message_features(t, with_textblob=True) for t in ("what a great day", "hôm nay trời đẹp quá")]
+    feats[1] = {**feats[1], "vader": float("nan"), "textblob": float("nan")}  # what to_pandas makes of None
+    card = sc.build_style_card([["what a great day", "hôm nay trời đẹp quá"]], features=feats)
+    assert card["sentiment"]["scored_share"] == 0.5
+    assert card["sentiment"]["vader_compound_mean"] == pytest.approx(feats[0]["vader"])

@@ -193,6 +193,13 @@ def test_owner_is_inferred_from_presence_and_ambiguity_lists_candidates(prep, tm
         run(prep, tmp_path, [root / "messages/inbox/t0_1"], tiny_model_dir, no_anonymize=True)
     with pytest.raises(sc.UserError, match="appears in no thread"):
         run(prep, tmp_path, [root], tiny_model_dir, owner="Nobody Here")
+    # A given --owner and the export path (facebook-<name>-….zip) are names too: absent from every output file.
+    named = tmp_path / "facebook-albo-2025"
+    root.rename(named)
+    report, out = run(prep, tmp_path, [named, tmp_path / "facebook-albo-missing.zip"], tiny_model_dir, owner="Al Bo")
+    assert report["owner"] != "Al Bo" and len(report["files_failed"]) == 1
+    for path in [p for p in out.rglob("*") if p.is_file()]:
+        assert b"Al Bo" not in path.read_bytes() and b"albo" not in path.read_bytes(), path.name
 
 
 # ------------------------------------------------------------------------------------------------ drop reasons
@@ -220,12 +227,13 @@ def test_every_drop_reason_is_counted_in_english_and_vietnamese(prep, tmp_path, 
     root = tmp_path / "exp"
     rows = [m for case in DROP_CASES.values() for m in case]
     rows += [msg("A", 100 + i, f"real {i}") for i in range(3)] + [msg("B", 110, "real reply")]
+    rows += [msg("B", 112, "It's called Lacrosse.")]  # looks like "X called Y." but starts with no name: kept
     dup = msg("B", 111, "same")
     write_thread(root / "messages", "inbox/ab_1", ["A", "B", "C"], rows + [dup, dict(dup)])
     report, _ = run(prep, tmp_path, [root], tiny_model_dir, owner="A", no_anonymize=True)
     for reason, case in DROP_CASES.items():
         assert report["dropped"][reason] == len(case), reason
-    assert report["dropped"]["duplicate"] == 1 and report["messages_kept"] == 5
+    assert report["dropped"]["duplicate"] == 1 and report["messages_kept"] == 6
     assert any("timestamp_ms" in f["error"] for f in report["files_failed"])  # the malformed rows are named
 
 
