@@ -402,8 +402,10 @@ _SYSTEM_HINTS = (
 )
 _SYSTEM_HINTS_EN = tuple(h for h in _SYSTEM_HINTS if h.isascii() and h != "ghim")
 # How every system sentence of _SYSTEM_PATTERNS begins when it does not begin with a person's name.
-_SYSTEM_STARTERS = ("you ", "the ", "this ", "reacted ", "liked a", "user ", "a contact", "someone", "facebook user",
-                    "bạn ", "đã ", "cuộc gọi", "các bạn")
+_SYSTEM_STARTERS = tuple(
+    v for s in ("you ", "the ", "this ", "reacted ", "liked a", "user ", "a contact", "someone", "facebook user",
+                "bạn ", "đã ", "cuộc gọi", "các bạn") for v in (s, s[0].upper() + s[1:])
+)
 # Keys that send a classic message through the full structural classifier instead of the text fast path.
 _SLOW_PATH_KEYS = frozenset(("is_unsent", "is_taken_down", "call_duration", "missed", "type", "users", "share") + _ATTACHMENT_KEYS)
 
@@ -644,12 +646,16 @@ def parse_thread_documents(docs: list[tuple[Any, str, str, bool]]) -> dict:
         total += len(raw_msgs)
         # System sentences start with a person's name (participant or sender) or a fixed word ("You", "The", ...):
         # one C-level startswith spares ~all real messages the keyword scan and the full regex.
-        prefixes = _SYSTEM_STARTERS + tuple(p.lower() for p in participants if p)
+        prefixes = _SYSTEM_STARTERS + tuple(v for p in participants if p for v in (p, p.lower()))
         for m in raw_msgs:
             # Fast path (most rows): a plain text message; anything unusual goes through the full classifier.
-            if (classic and type(m) is dict and _SLOW_PATH_KEYS.isdisjoint(m) and type(m.get("content")) is str
-                    and type(m.get("sender_name")) is str and type(m.get("timestamp_ms")) is int):
-                reason, sender, ts, text = None, m["sender_name"], m["timestamp_ms"], m["content"]
+            if classic and type(m) is dict and _SLOW_PATH_KEYS.isdisjoint(m):
+                text, sender, ts = m.get("content"), m.get("sender_name"), m.get("timestamp_ms")
+                fast = type(text) is str and type(sender) is str and type(ts) is int
+            else:
+                fast = False
+            if fast:
+                reason = None
             else:
                 reason, sender, ts, text, missing = (_classify_classic_message if classic else _classify_e2ee_message)(m)
                 if reason == "malformed":
@@ -664,16 +670,16 @@ def parse_thread_documents(docs: list[tuple[Any, str, str, bool]]) -> dict:
                 fixed = cache[sender] = fix_fn(sender)
                 everyone.add(fixed)
                 if fixed:
-                    prefixes += (fixed.lower(),)
+                    prefixes += (fixed, fixed.lower())
             sender = fixed
             if text is not None:
                 if not text.isascii():
                     text = fix_fn(text)
                 if reason is None:
                     text = text.strip("\r\n")
-                    if not text.strip():
+                    if not text or text.isspace():
                         reason = "empty"
-                    elif text[:100].lstrip().lower().startswith(prefixes):
+                    elif text.startswith(prefixes):  # names as displayed or lowercased; starters in both cases
                         reason = classify_system_text(text)
             if reason is not None:
                 dropped[reason] += 1

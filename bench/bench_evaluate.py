@@ -2,7 +2,7 @@
 (baseline), alternating, on the default base model + a LoRA adapter; then the whole stage on 200 contexts.
 
 python bench/bench_evaluate.py            # 32 contexts x 2 reps alternating + the whole stage on 200 contexts (target <= 600 s)
-python bench/bench_evaluate.py --quick    # 4 contexts, 32 new tokens, one rep each (<= 40 s on an idle 2-core machine)
+python bench/bench_evaluate.py --quick    # 4 contexts, 16 new tokens, one rep each (<= 40 s on an idle 2-core machine)
 
 Contexts come from chitchat-dataset (MIT; the first speaker of a conversation is the owner), cut before an
 owner turn, so the benchmark runs without 01's output. The adapter is a fresh LoRA (all-linear, r=16) with
@@ -77,7 +77,7 @@ def prepared_dir(out_dir: Path, samples: list[list[dict]]) -> Path:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="4 contexts, 32 new tokens, one rep, no whole-stage run (<= 40 s)")
+    parser.add_argument("--quick", action="store_true", help="4 contexts, 16 new tokens, one rep, no whole-stage run (<= 40 s)")
     parser.add_argument("--contexts", type=int, default=None, help="contexts per generation timing (default 32, quick 4)")
     parser.add_argument("--stage_contexts", type=int, default=200, help="contexts of the whole-stage run (0 skips it)")
     args = parser.parse_args()
@@ -91,7 +91,7 @@ def main() -> int:
     adapter = tmp / "adapter"
     model = make_adapter(adapter, tokenizer)
     contexts = [sc.split_target(s)[0] for s in samples[:n]]
-    new_tokens = 32 if args.quick else 48
+    new_tokens = 16 if args.quick else 48
     print(f"{n} contexts ready after {time.perf_counter() - started:.1f} s", flush=True)
     generated: dict[str, int] = {}
 

@@ -130,17 +130,24 @@ def _load_conversations(owner_only: bool, max_conversations: int | None) -> tupl
 
 
 def _retime(convs: list, rng: random.Random, start_unix: float) -> list[list[tuple[str, str, int]]]:
-    """Lay conversations one after another (hours..days apart), keeping each one's own intra-session gaps (ms)."""
+    """Lay conversations one after another (hours..days apart), in their own order, with realistic gaps.
+
+    chitchat stores one timestamp per turn, so its bubbles are milliseconds apart: each bubble gets a typing
+    time (3-6 chars/s) plus a pause (0.5-4 s after one's own bubble, ~20 s median after the other's), or the
+    conversation's own gap when that is longer (capped at 20 min, so a conversation stays one session).
+    """
     out, t = [], start_unix
     for rows in convs:
-        t0 = rows[0][2]
-        new = []
+        new, clock, prev = [], t, None
         for sender, text, ts in rows:
-            offset = min(ts - t0, 20 * 60)  # cap odd multi-hour gaps inside one chitchat conversation
-            new.append((sender, text, int((t + offset) * 1000) + rng.randrange(1000)))
-        new.sort(key=lambda r: r[2])
+            if prev is not None:
+                typing = len(text) / rng.uniform(3.0, 6.0)
+                pause = rng.uniform(0.5, 4.0) if sender == prev[0] else min(rng.lognormvariate(3.0, 0.9), 600.0)
+                clock += max(typing + pause, min(max(ts - prev[1], 0.0), 20 * 60))
+            new.append((sender, text, int(clock * 1000)))
+            prev = (sender, ts)
         out.append(new)
-        t = new[-1][2] / 1000 + rng.choice([2, 3, 5, 8, 12, 20, 30, 48, 72]) * 3600 * rng.uniform(0.5, 1.0)
+        t = clock + rng.choice([2, 3, 5, 8, 12, 20, 30, 48, 72]) * 3600 * rng.uniform(0.5, 1.0)
     return out
 
 
