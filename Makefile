@@ -28,14 +28,18 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 test-setup: setup
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
+# The whole pipeline on the bundled sample (chitchat-dataset conversations laid out as a Messenger export).
 pipeline: setup
 	$(PY) examples/make_sample_export.py --output_dir $(SAMPLE)
 	$(LAUNCH) 01_prepare.py --config configs/prepare.yaml --export_path $(SAMPLE)
+	$(LAUNCH) 02_analyze.py --config configs/analyze.yaml
+	$(LAUNCH) 03_train.py --config configs/cpu_demo.yaml
+	$(LAUNCH) 04_evaluate.py --config configs/evaluate.yaml
 
-demo: pipeline
+demo: pipeline app
 
 app: setup
-	$(PY) app.py
+	SIMME_ADAPTER=outputs/03_adapter $(PY) app.py
 
 test: test-setup
 	$(PY) -m pytest -q tests
