@@ -22,7 +22,7 @@ def test_quick_bench_harness_writes_results_json_with_one_key_per_benchmark():
         assert res["summary"], f"{key} has no summary rows"
         for row in res["summary"]:
             assert {"metric", "unit", "project"} <= set(row), (key, row)
-            if "baseline" in row:
-                assert row["ratio"] > 0, (key, row)
+            if "ratio" in row:
+                assert row["ratio"] > 0 and "baseline" in row, (key, row)
     table = (ROOT / "outputs" / "bench" / "results.md").read_text()
     assert table.count("\n| ") >= 5 and "FAILED" not in table
