@@ -284,10 +284,10 @@ def _build_thread(rec, owner, anon, tokenizer, args, msg_writer, sample_spool, s
                     windows.append((first, b, silent_msg))
         for a, b, extra in windows:
             sample = [system] + turn_msgs[a:b + 1] + ([extra] if extra else [])
-            n_tokens = _count_tokens(tokenizer, sample)
+            n_tokens = len(sc.chat_token_ids(tokenizer, sample))
             while n_tokens > args.max_length and len(sample) > 2:  # template merges can add a token or two
                 sample = [system] + sample[2:]
-                n_tokens = _count_tokens(tokenizer, sample)
+                n_tokens = len(sc.chat_token_ids(tokenizer, sample))
             if sample[-1]["role"] != sc.OWNER_ROLE or n_tokens > args.max_length:
                 continue
             counters["silent"] += extra is not None
@@ -297,12 +297,6 @@ def _build_thread(rec, owner, anon, tokenizer, args, msg_writer, sample_spool, s
             n_samples += 1
         sessions.append((part[0][0], sid, n_samples))
     return len(msgs), n_sessions
-
-
-def _count_tokens(tokenizer, sample: list[dict]) -> int:
-    """Exact token count of a sample under the training chat template."""
-    text = tokenizer.apply_chat_template(sample, tokenize=False)
-    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 if __name__ == "__main__":

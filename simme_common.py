@@ -2587,10 +2587,7 @@ class TwinModel:
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
         """Token ids of the chat (training template) followed by the owner's generation prompt."""
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-        if isinstance(ids, dict) or hasattr(ids, "keys"):
-            ids = ids["input_ids"]
-        return list(ids)
+        return chat_token_ids(self.tokenizer, messages, add_generation_prompt=True)
 
     def count_tokens(self, messages: list[dict]) -> int:
         """Number of prompt tokens the chat takes (including the generation prompt)."""
