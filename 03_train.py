@@ -96,8 +96,7 @@ def build_trainer(train_args: TrainArguments, sft_config, model_args):
     if sft_config.hub_token:
         raise sc.UserError("--hub_token would be saved in logs and shell history; set HF_TOKEN in the environment instead")
     if not has_gpu:
-        # `accelerate launch` sets OMP_NUM_THREADS=1 unless --cpu is given: use every core this process may have.
-        torch.set_num_threads(train_args.num_threads or max(1, len(os.sched_getaffinity(0)) // state.num_processes))
+        torch.set_num_threads(sc.cpu_threads(state.num_processes, train_args.num_threads))
         if model_args.load_in_8bit or model_args.load_in_4bit:
             print("note: bitsandbytes on CPU is slower than fp32; the CPU recipes train in fp32", file=sys.stderr)
 

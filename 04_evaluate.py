@@ -30,7 +30,7 @@ class EvaluateArguments:
     top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling top-p."})
     max_new_tokens: int = field(default=48, metadata={"help": "Reply budget; owner turns are short (p90 of chars per turn is in the style card)."})
     max_context_tokens: int = field(default=384, metadata={"help": "Prompt budget: oldest turns dropped first, system prompt kept."})
-    max_length: int = field(default=512, metadata={"help": "Token budget of a sample for perplexity (same trimming)."})
+    max_length: int = field(default=512, metadata={"help": "Token budget of prompt + real owner turn for perplexity (a longer turn is cut at the end)."})
     batch_size: int = field(default=32, metadata={"help": "Contexts per generate/forward batch (left padding)."})
     latency_samples: int = field(default=4, metadata={"help": "Contexts generated alone (batch 1) to time latency_ms_p50."})
     pii_samples_per_probe: int = field(default=2, metadata={"help": "Sampled replies per PII probe prompt."})
@@ -61,13 +61,13 @@ def _evaluate(model, tokenizer, inputs: dict, args: EvaluateArguments, name: str
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    nll = sc.owner_token_nll(model, inputs["ppl_examples"], tokenizer.pad_token_id, args.batch_size, desc=f"{name}: perplexity")
-    gen = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-               max_context_tokens=args.max_context_tokens, seed=args.seed)
-    start = time.perf_counter()
-    replies = sc.generate_replies(model, tokenizer, inputs["contexts"], batch_size=args.batch_size, desc=f"{name}: replies", **gen)
-    gen_seconds = time.perf_counter() - start
+    gen = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    nll, generated = sc.score_and_generate(model, tokenizer, inputs["examples"], inputs["generate"], batch_size=args.batch_size,
+                                           desc=f"{name}: perplexity + replies", **gen)
+    replies = [r for r in generated if r is not None]
+    gen_seconds = sum({r["batch"]: r["seconds"] for r in replies}.values())  # each batch's prompt forward + generation
     gpu_util = _gpu_utilization() if cuda else None  # sampled right after the busiest phase
+    gen["max_context_tokens"] = args.max_context_tokens
     alone = [sc.generate_replies(model, tokenizer, [c], batch_size=1, **gen)[0]["seconds"] for c in inputs["contexts"][:args.latency_samples]]
     probes = sc.generate_replies(model, tokenizer, inputs["probes"] * args.pii_samples_per_probe, batch_size=args.batch_size, **gen)
     texts = [r["text"] for r in replies]
@@ -97,6 +97,8 @@ def main(args: EvaluateArguments) -> None:
     if not state.is_main_process:  # generation is not sharded: one process scores everything, identically
         state.wait_for_everyone()
         return
+    if not torch.cuda.is_available():
+        torch.set_num_threads(sc.cpu_threads())  # the other processes only wait: this one may use every core
 
     # --- inputs: test split (contexts, real replies), train split (memorization), style card -----------------
     if args.report_to not in ("none", "wandb"):
@@ -136,7 +138,8 @@ def main(args: EvaluateArguments) -> None:
     tokenizer = sc.load_twin_tokenizer(base, str(adapter))
     model = sc.load_peft_for_eval(base, str(adapter), tokenizer)
     inputs = {
-        "ppl_examples": [sc.owner_token_example(tokenizer, m, args.max_length) for m in samples],
+        "examples": [sc.eval_example(tokenizer, m, args.max_context_tokens, args.max_length) for m in samples],
+        "generate": [i in set(kept) for i in range(len(samples))],
         "contexts": [pairs[i][0] for i in kept],
         "context_texts": [_context_text(pairs[i][0]) for i in kept],
         "real": real,

@@ -140,6 +140,12 @@ def run_main(main_fn, *args: Any) -> None:
 # Chat format shared by 01 (training samples), 03, 04 and the app
 # ---------------------------------------------------------------------------
 
+def cpu_threads(num_processes: int = 1, requested: int | None = None) -> int:
+    """Torch threads for a CPU process: `accelerate launch` exports OMP_NUM_THREADS=1 unless --cpu is given, which
+    would leave all but one core idle; this gives each process its share of the cores it may run on."""
+    return requested or max(1, len(os.sched_getaffinity(0)) // max(1, num_processes))
+
+
 def build_system_prompt(chat_type: str, owner: str, others: list[str], title: str | None = None) -> str:
     """System message of a sample: the seed's instruction plus who is talking, one-on-one vs group."""
     if chat_type not in CHAT_TYPES:
@@ -1978,57 +1984,105 @@ def chat_token_ids(tokenizer, messages: list[dict], add_generation_prompt: bool 
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def owner_token_example(tokenizer, messages: list[dict], max_length: int) -> dict[str, list[int]]:
-    """Ids and labels of one sample: labels are the ids on owner tokens ({% generation %} mask) and -100 elsewhere.
+def eval_example(tokenizer, messages: list[dict], max_context_tokens: int, max_length: int) -> dict[str, list[int]]:
+    """One test sample as the prompt the model answers from and the owner's real turn after it.
 
-    Oldest turns are dropped (never the system prompt or the last turn) to fit `max_length`, then ids are
-    left-truncated, so the final owner turn is always scored.
+    The context is trimmed like a generation prompt (oldest turns first, system prompt kept) to
+    `max_context_tokens`; `labels` marks owner tokens ({% generation %} mask) over prompt + target, so
+    perplexity covers the owner's earlier turns in the context too, as in training. The target is cut so
+    prompt + target <= `max_length`.
     """
-    msgs, _ = trim_context(messages, lambda m: len(chat_token_ids(tokenizer, m)), max_length)
-    enc = tokenizer.apply_chat_template(msgs, return_dict=True, return_assistant_tokens_mask=True)
-    ids, mask = list(enc["input_ids"])[-max_length:], list(enc["assistant_masks"])[-max_length:]
-    return {"input_ids": ids, "labels": [i if m else -100 for i, m in zip(ids, mask)]}
+    context, _ = split_target(messages)
+    ctx, _ = trim_context(context, lambda m: len(chat_token_ids(tokenizer, m, add_generation_prompt=True)), max_context_tokens)
+    prompt = chat_token_ids(tokenizer, ctx, add_generation_prompt=True)
+    enc = tokenizer.apply_chat_template(ctx + messages[-1:], return_dict=True, return_assistant_tokens_mask=True)
+    ids, mask = list(enc["input_ids"]), list(enc["assistant_masks"])
+    if ids[:len(prompt)] != prompt:
+        raise ValueError("the chat template's generation prompt is not a prefix of the rendered owner turn")
+    labels = [i if m else -100 for i, m in zip(ids, mask)]
+    end = max((k + 1 for k, lab in enumerate(labels) if lab != -100), default=len(prompt) + 1)  # drop the template's trailing newline
+    end = min(end, max(max_length, len(prompt) + 1))
+    cut = max(0, len(prompt) - max_context_tokens)  # one turn longer than the budget: keep its end
+    return {"prompt_ids": prompt[cut:], "target_ids": ids[len(prompt):end], "labels": labels[cut:end]}
 
 
-def owner_token_nll(model, examples: list[dict[str, list[int]]], pad_token_id: int, batch_size: int = 8,
-                    desc: str | None = None) -> list[tuple[float, int]]:
-    """(summed negative log-likelihood, number of scored tokens) per example, in input order.
+def score_and_generate(model, tokenizer, examples: list[dict[str, list[int]]], generate: list[bool], *,
+                       max_new_tokens: int = 48, temperature: float = 0.7, top_p: float = 0.95, batch_size: int = 32,
+                       seed: int = 42, desc: str | None = None) -> tuple[list[tuple[float, int]], list[dict | None]]:
+    """Perplexity terms and generated replies of `eval_example`s with one prompt forward per batch.
 
-    Only owner positions are projected on the vocabulary (boolean `logits_to_keep`), so memory does not
-    grow with batch x length x vocab.
+    Per batch (longest prompts first, left-padded): the prompt forward fills the KV cache and scores the owner
+    tokens inside the context; the real target is scored on top of that cache; the cache is cropped back to the
+    prompt and `generate` samples the reply from it (seeded, stop at end-of-turn) where `generate[i]` is true.
+    So the context is encoded once for both jobs. Only owner positions are projected on the vocabulary.
+
+    Returns, in input order, (summed NLL, scored tokens) and {"text", "n_tokens" (incl. the stop token),
+    "seconds" (wall time of its batch's prompt forward + generation), "batch"} or None where nothing was generated.
     """
     import torch
     from tqdm.auto import tqdm
+    from transformers import DynamicCache, set_seed
 
     device = next(model.parameters()).device
-    order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
-    out: list[tuple[float, int]] = [(0.0, 0)] * len(examples)
-    starts = range(0, len(order), batch_size)
-    for s in tqdm(starts, desc=desc, disable=desc is None, leave=False):
+    pad = tokenizer.pad_token_id
+    stops = stop_token_ids(tokenizer)
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["prompt_ids"]))
+    nll_out: list[tuple[float, int]] = [(0.0, 0)] * len(examples)
+    replies: list[dict | None] = [None] * len(examples)
+    set_seed(seed)  # same seed, same batches -> base and twin draw the same random stream
+    for s in tqdm(range(0, len(order), batch_size), desc=desc, disable=desc is None, leave=False):
         idx = order[s:s + batch_size]
-        width = max(len(examples[i]["input_ids"]) for i in idx)
-        ids = torch.full((len(idx), width), pad_token_id, dtype=torch.long)
-        labels = torch.full((len(idx), width), -100, dtype=torch.long)
-        attn = torch.zeros((len(idx), width), dtype=torch.long)
-        for r, i in enumerate(idx):
-            n = len(examples[i]["input_ids"])
-            ids[r, :n] = torch.tensor(examples[i]["input_ids"])
-            labels[r, :n] = torch.tensor(examples[i]["labels"])
-            attn[r, :n] = 1
+        exs = [examples[i] for i in idx]
+        width_p, width_t = max(len(e["prompt_ids"]) for e in exs), max(len(e["target_ids"]) for e in exs)
+        ids = torch.full((len(idx), width_p + width_t), pad, dtype=torch.long)
+        labels = torch.full_like(ids, -100)
+        attn = torch.zeros_like(ids)
+        for r, e in enumerate(exs):  # prompt left-padded to width_p, target right-padded after it
+            p, t = len(e["prompt_ids"]), len(e["target_ids"])
+            ids[r, width_p - p:width_p + t] = torch.tensor(e["prompt_ids"] + e["target_ids"])
+            labels[r, width_p - p:width_p - p + len(e["labels"])] = torch.tensor(e["labels"])
+            attn[r, width_p - p:width_p + t] = 1
+        positions = (attn.cumsum(-1) - 1).clamp(min=0)
         keep = torch.zeros_like(attn, dtype=torch.bool)
         keep[:, :-1] = labels[:, 1:] != -100  # position t predicts token t + 1
-        if not keep.any():
-            continue
+        targets = torch.full_like(labels, -100)
+        targets[:, :-1] = labels[:, 1:]
+        ids, attn, positions, keep = ids.to(device), attn.to(device), positions.to(device), keep.to(device)
+        cache = DynamicCache(config=model.config)
+        start = time.perf_counter()
         with torch.inference_mode():
-            logits = model(input_ids=ids.to(device), attention_mask=attn.to(device), logits_to_keep=keep.to(device)).logits
-        logits = logits.reshape(-1, logits.shape[-1]).float()
-        targets = labels[:, 1:][keep[:, :-1]].to(device)
-        nll = torch.nn.functional.cross_entropy(logits, targets, reduction="none").cpu()
-        rows = keep.nonzero()[:, 0]
+            prompt_logits = model(input_ids=ids[:, :width_p], attention_mask=attn[:, :width_p], position_ids=positions[:, :width_p],
+                                  cache=cache, use_cache=True, logits_to_keep=keep[:, :width_p]).logits
+            prompt_s = time.perf_counter() - start
+            target_logits = model(input_ids=ids[:, width_p:], attention_mask=attn, position_ids=positions[:, width_p:],
+                                  cache=cache, use_cache=True, logits_to_keep=keep[:, width_p:]).logits
+        logits = torch.cat([prompt_logits.reshape(-1, prompt_logits.shape[-1]), target_logits.reshape(-1, target_logits.shape[-1])])
+        keep = keep.cpu()
+        scored = torch.cat([targets[:, :width_p][keep[:, :width_p]], targets[:, width_p:][keep[:, width_p:]]])
+        nll = torch.nn.functional.cross_entropy(logits.float(), scored.to(device), reduction="none").cpu()
+        rows = torch.cat([keep[:, :width_p].nonzero()[:, 0], keep[:, width_p:].nonzero()[:, 0]]).cpu()
         for r, i in enumerate(idx):
             sel = nll[rows == r]
-            out[i] = (float(sel.sum()), int(sel.numel()))
-    return out
+            nll_out[i] = (float(sel.sum()), int(sel.numel()))
+        gen_rows = [r for r, i in enumerate(idx) if generate[i]]
+        if not gen_rows:
+            continue
+        start = time.perf_counter()
+        cache.crop(-(width_t + 1))  # back to the prompt minus its last token, which generate feeds again
+        if len(gen_rows) < len(idx):
+            cache.batch_select_indices(torch.tensor(gen_rows, device=device))
+        with torch.inference_mode():
+            seqs = model.generate(input_ids=ids[gen_rows, :width_p], attention_mask=attn[gen_rows, :width_p],
+                                  cache=cache, max_new_tokens=max_new_tokens, eos_token_id=stops,
+                                  pad_token_id=pad, **sampling)
+        seconds = prompt_s + time.perf_counter() - start
+        for r, row in enumerate(gen_rows):
+            new = seqs[r, width_p:].tolist()
+            n = next((k + 1 for k, t in enumerate(new) if t in stops), len(new))
+            replies[idx[row]] = {"text": tokenizer.decode(new[:n], skip_special_tokens=True).strip(), "n_tokens": n,
+                                 "seconds": seconds, "batch": s // batch_size}
+    return nll_out, replies
 
 
 def perplexity_from_nll(pairs: list[tuple[float, int]]) -> float | None:
@@ -2473,7 +2527,7 @@ def scorecard_markdown(scorecard: dict[str, Any]) -> str:
 
 # --- app generation (helper E2): model hosting, streaming, reply/prefix caches, auto temperature ---
 
-QUANT_CHOICES = ("4bit", "8bit", "none", "q4_k_m", "q8_0", "f16", "f32")  # bnb on CUDA; GGUF types on CPU
+QUANT_CHOICES = ("4bit", "8bit", "none", "q4_0", "q4_k_m", "q8_0", "f16", "f32")  # bnb on CUDA; GGUF types on CPU
 
 
 def auto_temperature(previous_replies: list[str], context_tokens: int) -> float:
@@ -2816,7 +2870,7 @@ def load_twin(base_model: str | None = None, adapter: str | None = None, backend
         backend: "auto" (CUDA -> transformers + bitsandbytes; CPU -> llama.cpp when it converts, else transformers),
             "transformers" or "llama.cpp".
         quantization: CUDA "4bit" (NF4, default) | "8bit" | "none"; CPU transformers "none" | "int8" (dynamic);
-            llama.cpp "q4_k_m" (default) | "q8_0" | "f16" | "f32". Default from env SIMME_QUANT.
+            llama.cpp "q4_0" (default) | "q4_k_m" | "q8_0" | "f16" | "f32". Default from env SIMME_QUANT.
         cache_size: entries of the reply LRU cache (0 turns it off).
         n_threads: llama.cpp threads (default: all cores).
     Returns:
@@ -2835,13 +2889,13 @@ def load_twin(base_model: str | None = None, adapter: str | None = None, backend
     info: dict[str, Any] = {"base": base, "adapter": adapter, "device": "cuda" if cuda else "cpu"}
     if backend == "llama.cpp" or (backend == "auto" and not cuda):
         try:
-            llama, gguf_info = _load_llama_cpp(base, adapter, tokenizer, quant or "q4_k_m", n_threads)
+            llama, gguf_info = _load_llama_cpp(base, adapter, tokenizer, quant or DEFAULT_GGUF_QUANT, n_threads)
         except (ImportError, NotImplementedError) as err:  # auto: fall back to transformers
             if backend == "llama.cpp":
                 raise UserError(f"backend llama.cpp is unavailable: {err} (install llama-cpp-python; Llama-architecture BPE models only)") from None
             info["llama_cpp_unavailable"] = str(err)
         else:
-            info.update(gguf_info, quantization=quant or "q4_k_m", load_seconds=round(time.perf_counter() - start, 2))
+            info.update(gguf_info, quantization=quant or DEFAULT_GGUF_QUANT, load_seconds=round(time.perf_counter() - start, 2))
             return TwinModel(tokenizer, "llama.cpp", info, llama=llama, cache_size=cache_size)
     quant = quant or ("4bit" if cuda else "none")
     model = load_twin_transformers(base, adapter, tokenizer, quant)
@@ -2849,7 +2903,11 @@ def load_twin(base_model: str | None = None, adapter: str | None = None, backend
     return TwinModel(tokenizer, "transformers", info, model=model, cache_size=cache_size)
 
 
-GGUF_FTYPES = {"f32": 0, "f16": 1, "q8_0": 7, "q4_k_m": 15}  # llama.cpp LLAMA_FTYPE_* values
+GGUF_FTYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "q4_k_m": 15}  # llama.cpp LLAMA_FTYPE_* values
+# Q4_0: llama.cpp repacks it for AVX2/AVX-512 at load. On 2 cores with SmolLM2-135M it measured 577 tokens/s
+# prefill and 90 tokens/s decode against 375 and 78 for Q4_K_M, whose k-quants need rows divisible by 256
+# (576 is not) and fall back to Q5_0/Q8_0 there. bench/bench_generate.py --quant compares them.
+DEFAULT_GGUF_QUANT = "q4_0"
 _GGUF_EXPORT_VERSION = 1  # bump when the writer changes, so cached files are rebuilt
 
 
@@ -2955,7 +3013,7 @@ def write_llama_gguf(model, tokenizer, out_path: str | Path) -> Path:
     return out_path
 
 
-def export_twin_gguf(base: str, adapter: str | None, tokenizer, quant: str = "q4_k_m") -> Path:
+def export_twin_gguf(base: str, adapter: str | None, tokenizer, quant: str = DEFAULT_GGUF_QUANT) -> Path:
     """The base with the LoRA merged in, as a GGUF of type `quant`, cached under simme_cache_dir()/gguf/<key>/."""
     if quant not in GGUF_FTYPES:
         raise UserError(f"llama.cpp quantization must be one of {sorted(GGUF_FTYPES)}, got {quant!r}")

@@ -3,7 +3,7 @@ transformers.generate of the same model with the same LoRA adapter, alternating,
 
 python bench/bench_generate.py            # 5 reps, 64 new tokens after a ~200-token chat, 2 threads
 python bench/bench_generate.py --quick    # 2 reps of 32 new tokens (<= 40 s on an idle 2-core machine, GGUF export cached)
-python bench/bench_generate.py --adapter outputs/03_adapter
+python bench/bench_generate.py --adapter outputs/03_adapter --quant q4_k_m   # another GGUF type
 
 Without --adapter, a LoRA with random nonzero weights (peft init_lora_weights=False) on every projection
 is made, so both paths really apply an adapter. Reported: decode tokens/s (tokens after the first / their
@@ -112,6 +112,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch and llama.cpp threads (the free Space has 2 vCPUs)")
     parser.add_argument("--base_model", default=None)
     parser.add_argument("--adapter", default=None, help="PEFT adapter dir (default: a random nonzero LoRA)")
+    parser.add_argument("--quant", default=None, choices=sorted(sc.GGUF_FTYPES),
+                        help=f"llama.cpp GGUF type of the app path (default {sc.DEFAULT_GGUF_QUANT}, the app's)")
     args = parser.parse_args()
     reps = 2 if args.quick else args.reps
     if args.quick:
@@ -125,7 +127,8 @@ def main() -> int:
     adapter = args.adapter or str(random_lora(base, Path(tmp.name) / "lora"))
 
     t = time.perf_counter()
-    twin = sc.load_twin(base, adapter, backend="auto", n_threads=args.threads)
+    twin = sc.load_twin(base, adapter, backend="auto", quantization=None if torch.cuda.is_available() else args.quant,
+                       n_threads=args.threads)
     load_s = time.perf_counter() - t
     twin.stop_ids = []  # always exactly new_tokens tokens, like min_new_tokens on the baseline
     chat = make_chat(twin.tokenizer, args.prompt_tokens)

@@ -139,7 +139,7 @@ def test_bootstrap_interval_contains_the_mean_and_needs_two_examples():
 
 # --- perplexity -------------------------------------------------------------------------------------------------
 
-def test_perplexity_scores_only_owner_tokens(tiny_model_dir):
+def test_perplexity_scores_only_owner_tokens_and_generation_reuses_the_prompt_cache(tiny_model_dir):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -148,14 +148,27 @@ def test_perplexity_scores_only_owner_tokens(tiny_model_dir):
     a = _sample("group", [("user", "Bo: hi"), ("assistant", "yo\nok"), ("user", "Cy: lol"), ("assistant", "haha")])
     b = _sample("group", [("user", "Bo: something entirely different and much longer"), ("assistant", "yo\nok"),
                           ("user", "Cy: lol"), ("assistant", "haha")])
-    ex = sc.owner_token_example(tok, a, max_length=256)
-    assert tok.decode([t for t in ex["labels"] if t != -100]) == "yo\nok<|im_end|>haha<|im_end|>"
-    (nll_a, n_a), (nll_b, n_b) = sc.owner_token_nll(model, [ex, sc.owner_token_example(tok, b, 256)], tok.pad_token_id, batch_size=2)
+    ex_a, ex_b = sc.eval_example(tok, a, 256, 512), sc.eval_example(tok, b, 256, 512)
+    assert ex_a["prompt_ids"] == sc.chat_token_ids(tok, a[:-1], add_generation_prompt=True)
+    assert tok.decode(ex_a["target_ids"]) == "haha<|im_end|>"
+    assert tok.decode([t for t in ex_a["labels"] if t != -100]) == "yo\nok<|im_end|>haha<|im_end|>"
+    # Batched, left-padded and cached (a is padded next to the longer b) = the model's own loss on a alone.
+    nll, replies = sc.score_and_generate(model, tok, [ex_a, ex_b], [True, False], max_new_tokens=6, temperature=0.0, batch_size=2)
+    (nll_a, n_a), (nll_b, n_b) = nll
     assert n_a == n_b == len(tok("yo\nok<|im_end|>haha<|im_end|>", add_special_tokens=False)["input_ids"])
-    with torch.no_grad():  # same as the model's own loss over the masked labels (batched + padded = alone)
-        ref = model(input_ids=torch.tensor([ex["input_ids"]]), labels=torch.tensor([ex["labels"]])).loss.item()
+    full = ex_a["prompt_ids"] + ex_a["target_ids"]
+    with torch.no_grad():
+        ref = model(input_ids=torch.tensor([full]), labels=torch.tensor([ex_a["labels"]])).loss.item()
     assert nll_a / n_a == pytest.approx(ref, rel=1e-4)
     assert sc.perplexity_from_nll([(nll_a, n_a)]) == pytest.approx(2.718281828 ** ref, rel=1e-4)
+    # The reply generated from the cropped prompt cache = plain greedy generate from the prompt.
+    assert replies[1] is None and replies[0]["n_tokens"] >= 1
+    with torch.no_grad():
+        plain = model.generate(torch.tensor([ex_a["prompt_ids"]]), max_new_tokens=6, do_sample=False,
+                               eos_token_id=sc.stop_token_ids(tok), pad_token_id=tok.pad_token_id)[0, len(ex_a["prompt_ids"]):]
+    stop = next((k + 1 for k, t in enumerate(plain.tolist()) if t in sc.stop_token_ids(tok)), len(plain))
+    assert replies[0]["text"] == tok.decode(plain[:stop], skip_special_tokens=True).strip()
+    assert replies[0]["n_tokens"] == stop
 
 
 # --- the stage ----------------------------------------------------------------------------------------------------
