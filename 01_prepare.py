@@ -198,6 +198,7 @@ def main(args: PrepareArguments) -> dict:
         "dropped": {r: dropped.get(r, 0) for r in sc.DROP_REASONS}, "duplicates_removed": duplicates,
         "files_failed": failures, "sessions": len(sessions), "turns": counters["turns"],
         "turns_truncated": counters["truncated"], "samples": n_samples, "samples_silent": counters["silent"],
+        "windows_too_long": counters["windows_too_long"],
         "max_length": args.max_length, "sources": {k[4:]: v for k, v in counters.items() if k.startswith("src:")},
         "pii_replaced": {k: len([1 for key in anon.pii_map if key[0] == k]) for k in ("phone", "email", "url", "address_en", "address_vi", "id", "card", "bank")} if anon else {},
         "elapsed_s": round(time.time() - t0, 1),
@@ -216,7 +217,8 @@ def main(args: PrepareArguments) -> dict:
     rows += [("files failed", len(failures)), ("sessions", len(sessions)), ("turns", counters["turns"]),
              ("turns truncated", counters["truncated"]),
              ("samples train / val / test", f"{n_samples['train']:,} / {n_samples['validation']:,} / {n_samples['test']:,}"),
-             ("  of which <silent>", counters["silent"]), ("anonymized", anonymize), ("elapsed (s)", report["elapsed_s"])]
+             ("  of which <silent>", counters["silent"]), ("windows over max_length, skipped", counters["windows_too_long"]),
+             ("anonymized", anonymize), ("elapsed (s)", report["elapsed_s"])]
     print(sc.print_table(rows, f"Ingest report -> {out_dir / 'ingest_report.json'}"))
     if args.strict and failures:
         raise sc.UserError(f"{len(failures)} file(s) could not be read (--strict); see files_failed in {out_dir / 'ingest_report.json'}")
@@ -289,6 +291,7 @@ def _build_thread(rec, owner, anon, tokenizer, args, msg_writer, sample_spool, s
                 sample = [system] + sample[2:]
                 n_tokens = len(sc.chat_token_ids(tokenizer, sample))
             if sample[-1]["role"] != sc.OWNER_ROLE or n_tokens > args.max_length:
+                counters["windows_too_long"] += 1  # the owner turn alone overflows max_length: reported, not trained
                 continue
             counters["silent"] += extra is not None
             sample_spool.write(json.dumps({sc.MESSAGES: sample, "chat_id": chat_id, "chat_type": chat_type,

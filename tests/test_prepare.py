@@ -273,6 +273,7 @@ def test_planted_pii_and_real_names_are_absent_from_every_output_file_and_log(pr
     silent = [r for s in ds.values() for r in s if r["messages"][-1]["content"] == sc.SILENT_REPLY]
     assert silent and all(m["role"] == sc.OTHER_ROLE for r in silent for m in r["messages"][1:-1])
     assert report["samples_silent"] == len(silent)
+    assert report["windows_too_long"] == 0  # every window of these short chats fits max_length
 
 
 def test_anonymizer_is_consistent_and_keeps_the_kind_of_each_value():
