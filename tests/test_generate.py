@@ -6,12 +6,18 @@ Run: .venv/bin/python -m pytest -q tests/test_generate.py
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 
 import simme_common as sc
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # Two tiny chats the fixture model learns by heart, so greedy replies (and where they end) are known.
 CHATS = {
@@ -168,3 +174,26 @@ def test_llama_cpp_greedy_tokens_match_transformers_with_the_same_adapter(tmp_pa
     assert len(hf_tokens) >= 8
     assert cpp_tokens[:12] == hf_tokens[:12]
     assert hf.generate(messages, **settings) != base_reply  # the adapter changes the reply, so it was applied on both
+
+
+def test_llama_cpp_default_quantization_generates_in_a_child_process(tmp_path):
+    """The app's CPU default (Q4_0, llama.cpp's own weight placement) must not crash natively: on AMX Xeons the
+    AMX weight buffer segfaults (ggml-org/llama.cpp#20824), so load_twin keeps Q4_0 on the repack buffer there.
+    Run in a child process so a segfault is a failing test, not a dead test session."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install llama-cpp-python)")
+    base = sc.resolve_base_model(None)
+    adapter = _random_lora(base, tmp_path / "adapter", alpha=2)
+    code = (
+        "import json, sys, simme_common as sc\n"
+        f"twin = sc.load_twin(sc.resolve_base_model(None), {str(adapter)!r}, backend='llama.cpp', n_threads=2)\n"
+        "messages = [{'role': 'system', 'content': sc.build_system_prompt('one_on_one', 'Ada', ['Bo'])},\n"
+        "            {'role': 'user', 'content': 'hey! are we still on for dinner tomorrow?'}]\n"
+        "reply = twin.generate(messages, temperature=0.0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=16)\n"
+        "print(json.dumps({'info': twin.info(), 'n_chars': len(reply)}))\n"
+    )
+    env = {**os.environ, "SIMME_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, f"llama.cpp child exited with {proc.returncode}: {proc.stderr[-2000:]}"
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["info"]["quantization"] == sc.DEFAULT_GGUF_QUANT and out["n_chars"] > 0
+    assert out["info"]["weight_buffer"] in ("default", "CPU_REPACK")  # Q4_0 layers are always repackable
