@@ -58,6 +58,8 @@ def main() -> int:
 
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     results: dict = {"machine": machine_info()}
+    if args.only and (OUT_DIR / "results.json").exists():  # rerun some benchmarks, keep the others' results
+        results = {**json.loads((OUT_DIR / "results.json").read_text()), "machine": machine_info()}
     failed = []
     for key, script in BENCHES.items():
         if args.only and key not in args.only:
