@@ -56,8 +56,8 @@ def chitchat_samples(out_dir: Path, n: int) -> Path:
     rows = []
     for conv_id, conv in chitchat_dataset.Dataset().items():
         turns = [" ".join(m["text"] for m in turn) for turn in conv["messages"]][:8]
-        # Short like 01's windows (<= 200 tokens): longer ones make the defaults' full-vocab logits and their
-        # copies take ~9 GB per worker, and five workers (baseline + ablation) do not fit in 24 GB.
+        # Short like 01's windows (<= 200 tokens; 600 characters is roughly 150): longer ones make the defaults'
+        # full-vocab logits and their copies take ~9 GB per worker, and five workers do not fit in 24 GB.
         while len(turns) > 2 and sum(map(len, turns)) > 600:
             turns.pop()
         if len(turns) < 2:

@@ -57,9 +57,10 @@ def main() -> int:
     args = parser.parse_args()
 
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    results: dict = {"machine": machine_info()}
-    if args.only and (OUT_DIR / "results.json").exists():  # rerun some benchmarks, keep the others' results
-        results = {**json.loads((OUT_DIR / "results.json").read_text()), "machine": machine_info()}
+    # --only reruns some benchmarks and keeps the others' results.
+    previous = OUT_DIR / "results.json"
+    results: dict = json.loads(previous.read_text()) if args.only and previous.exists() else {}
+    results["machine"] = machine_info()
     failed = []
     for key, script in BENCHES.items():
         if args.only and key not in args.only:
