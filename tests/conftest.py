@@ -8,6 +8,7 @@ Run: .venv/bin/python -m pytest -q tests
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,9 +16,23 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-FIXTURES = ROOT.parent / "shared" / "fixtures" / "messenger"
-if not FIXTURES.exists():  # CI clones main with shared/ beside it; a checkout may also carry its own copy
-    FIXTURES = ROOT / "shared" / "fixtures" / "messenger"
+
+
+def _find_fixtures() -> Path:
+    """shared/fixtures/messenger: beside this checkout (CI), inside it, or beside the local repository it was
+    cloned from (`git clone . /tmp/x` for a clean-clone test); $SIMME_FIXTURES_DIR overrides all."""
+    if os.environ.get("SIMME_FIXTURES_DIR"):
+        return Path(os.environ["SIMME_FIXTURES_DIR"])
+    roots = [ROOT.parent, ROOT]
+    origin = subprocess.run(["git", "-C", str(ROOT), "config", "--get", "remote.origin.url"],
+                            capture_output=True, text=True).stdout.strip()
+    if origin and Path(origin).is_dir():  # a local path, not a URL
+        roots.append(Path(origin).resolve().parent)
+    candidates = [r / "shared" / "fixtures" / "messenger" for r in roots]
+    return next((c for c in candidates if c.exists()), candidates[0])
+
+
+FIXTURES = _find_fixtures()
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
