@@ -2529,7 +2529,7 @@ def scorecard_markdown(scorecard: dict[str, Any]) -> str:
 
 # --- app generation (helper E2): model hosting, streaming, reply/prefix caches, auto temperature ---
 
-QUANT_CHOICES = ("4bit", "8bit", "none", "q4_0", "q4_k_m", "q8_0", "f16", "f32")  # bnb on CUDA; GGUF types on CPU
+QUANT_CHOICES = ("4bit", "8bit", "none", "iq4_nl", "q4_0", "q4_k_m", "q8_0", "f16", "f32")  # bnb on CUDA; GGUF types on CPU
 
 
 def auto_temperature(previous_replies: list[str], context_tokens: int) -> float:
@@ -2634,6 +2634,26 @@ class TwinModel:
         self._prefix_slots = prefix_slots
         self.stop_ids = stop_token_ids(tokenizer)
         self.stats = {"reply_cache_hits": 0, "prefix_tokens_reused": 0, "requests": 0}
+        self._jobs = None
+        if llama is not None:
+            # Every llama.cpp call runs on one long-lived thread. Its OpenMP runtime keeps one thread team per
+            # calling thread; a fresh thread per request (or calls from two threads) made extra teams on these
+            # 2 cores and decode measured 60 vs 81 tokens/s from a single thread (2026-12-03, bench_generate).
+            import queue
+
+            self._jobs = queue.SimpleQueue()
+            threading.Thread(target=self._serve_llama, name="simme-llama", daemon=True).start()
+            self._jobs.put(self._warm_up)
+
+    def _serve_llama(self) -> None:
+        while True:
+            self._jobs.get()()
+
+    def _warm_up(self) -> None:
+        """Page in the weights and start the thread team now, not on the first user's request."""
+        with self._lock:
+            self.llama.eval([self.stop_ids[0] if self.stop_ids else 0])
+            self.llama.reset()
 
     # -- public API --------------------------------------------------------
 
@@ -2648,6 +2668,72 @@ class TwinModel:
     def count_tokens(self, messages: list[dict]) -> int:
         """Number of prompt tokens the chat takes (including the generation prompt)."""
         return len(self.prompt_ids(messages))
+
+    def nll(self, ids: list[int]) -> tuple[float, int]:
+        """Teacher-forced (sum of NLL, number of scored tokens) of `ids`: each token after the first given the ones
+        before. Compares a quantized path with fp32 on the same text (bench_generate, tests); clears the KV reuse."""
+        return self._on_model(lambda: self._nll_llama(ids) if self.llama is not None else self._nll_transformers(ids))
+
+    def forget_prefix(self) -> None:
+        """Drop every reusable KV prefix, so the next request starts cold (benchmarks)."""
+        def forget():
+            self._prefixes = []
+            if self.llama is not None:
+                self.llama.reset()
+        self._on_model(forget)
+
+    def _on_model(self, fn):
+        """fn() under the model lock, on the llama.cpp thread when there is one; its result (or its error)."""
+        if self._jobs is None:
+            with self._lock:
+                return fn()
+        import queue
+
+        done: queue.SimpleQueue = queue.SimpleQueue()
+
+        def job():
+            try:
+                with self._lock:
+                    done.put((True, fn()))
+            except BaseException as err:
+                done.put((False, err))
+        self._jobs.put(job)
+        ok, value = done.get()
+        if not ok:
+            raise value
+        return value
+
+    def _nll_transformers(self, ids: list[int]) -> tuple[float, int]:
+        import torch
+
+        device = next(self.model.parameters()).device
+        with torch.inference_mode():
+            logits = self.model(torch.tensor([ids], device=device)).logits[0, :-1].float()
+            nll = torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:], device=device), reduction="sum")
+        return float(nll), len(ids) - 1
+
+    def _nll_llama(self, ids: list[int]) -> tuple[float, int]:
+        import numpy as np
+
+        llama = self.llama
+        if len(ids) > llama.n_ctx():
+            raise UserError(f"{len(ids)} tokens do not fit llama.cpp's context of {llama.n_ctx()} (SIMME_N_CTX)")
+        llama.reset()
+        llama._ctx.kv_cache_seq_rm(-1, 0, -1)
+        total, n_vocab = 0.0, llama.n_vocab()
+        for start in range(0, len(ids), llama.n_batch):
+            chunk = ids[start:start + llama.n_batch]
+            llama._batch.set_batch(batch=chunk, n_past=start, logits_all=True)  # logits for every position
+            llama._ctx.decode(llama._batch)
+            logits = np.ctypeslib.as_array(llama._ctx.get_logits(), shape=(len(chunk), n_vocab))
+            targets = np.array(ids[start + 1:start + len(chunk) + 1])
+            rows = logits[: len(targets)]
+            top = rows.max(axis=1)
+            lse = top + np.log(np.exp(rows - top[:, None]).sum(axis=1))
+            total += float((lse - rows[np.arange(len(targets)), targets]).astype(np.float64).sum())
+        llama._ctx.kv_cache_seq_rm(-1, 0, -1)
+        llama.reset()  # the KV cache no longer matches llama.cpp-python's record of the prompt
+        return total, len(ids) - 1
 
     def generate(self, messages: list[dict], **settings) -> str:
         """The whole reply (same arguments as `stream`)."""
@@ -2680,8 +2766,10 @@ class TwinModel:
         ids = self.prompt_ids(messages)
         tokens: queue.Queue = queue.Queue()
         stop = threading.Event()
-        worker = threading.Thread(target=self._worker, args=(ids, settings, tokens, stop), daemon=True)
-        worker.start()
+        if self._jobs is not None:
+            self._jobs.put(lambda: self._worker(ids, settings, tokens, stop))
+        else:
+            threading.Thread(target=self._worker, args=(ids, settings, tokens, stop), daemon=True).start()
         generated: list[int] = []
         text, finished = "", False
         try:
@@ -2713,6 +2801,9 @@ class TwinModel:
 
     def _worker(self, ids: list[int], settings: dict, tokens, stop) -> None:
         """Run one generation under the model lock, putting new token ids on `tokens`, then None (or the error)."""
+        if stop.is_set():  # the caller left while this request waited for the model
+            tokens.put(None)
+            return
         try:
             with self._lock:
                 self.stats["requests"] += 1
@@ -2872,7 +2963,7 @@ def load_twin(base_model: str | None = None, adapter: str | None = None, backend
         backend: "auto" (CUDA -> transformers + bitsandbytes; CPU -> llama.cpp when it converts, else transformers),
             "transformers" or "llama.cpp".
         quantization: CUDA "4bit" (NF4, default) | "8bit" | "none"; CPU transformers "none" | "int8" (dynamic);
-            llama.cpp "q4_0" (default) | "q4_k_m" | "q8_0" | "f16" | "f32". Default from env SIMME_QUANT.
+            llama.cpp "iq4_nl" (default) | "q4_0" | "q4_k_m" | "q8_0" | "f16" | "f32". Default from env SIMME_QUANT.
         cache_size: entries of the reply LRU cache (0 turns it off).
         n_threads: llama.cpp threads (default: all cores).
     Returns:
@@ -2905,11 +2996,13 @@ def load_twin(base_model: str | None = None, adapter: str | None = None, backend
     return TwinModel(tokenizer, "transformers", info, model=model, cache_size=cache_size)
 
 
-GGUF_FTYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "q4_k_m": 15}  # llama.cpp LLAMA_FTYPE_* values
-# Q4_0: llama.cpp repacks it for AVX2/AVX-512 at load. On 2 cores with SmolLM2-135M it measured 577 tokens/s
-# prefill and 90 tokens/s decode against 375 and 78 for Q4_K_M, whose k-quants need rows divisible by 256
-# (576 is not) and fall back to Q5_0/Q8_0 there. bench/bench_generate.py --quant compares them.
-DEFAULT_GGUF_QUANT = "q4_0"
+GGUF_FTYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "q4_k_m": 15, "iq4_nl": 25}  # llama.cpp LLAMA_FTYPE_* values
+# IQ4_NL: 4.5 bits per weight like Q4_0, with a non-linear codebook, and llama.cpp repacks both for AVX2/AVX-512.
+# On 2 cores with SmolLM2-135M (2026-12-03, AMX Xeon) both prefill a 226-token chat in ~0.5 s and decode ~75
+# tokens/s, but on 6,590 tokens of real chats IQ4_NL costs +2.2 % NLL over fp32 and Q4_0 +4.0 % (top-1 agreement
+# 0.76 vs 0.71). Q4_K_M is slower here: k-quants need rows divisible by 256 (576 is not) and fall back to
+# Q5_0/Q8_0. `bench/bench_generate.py --quant` compares them on speed and NLL.
+DEFAULT_GGUF_QUANT = "iq4_nl"
 _GGUF_EXPORT_VERSION = 1  # bump when the writer changes, so cached files are rebuilt
 
 
@@ -3091,7 +3184,8 @@ def _load_llama_cpp(base: str, adapter: str | None, tokenizer, quant: str, n_thr
 
 _LLAMA_PARAMS_LOCK = threading.Lock()
 # The per-layer matmul weights (not norms, not the tied embedding that is also the LM head).
-_LAYER_WEIGHTS = r"^blk\.\d+\.(attn_(q|k|v|output)|ffn_(gate|up|down))\.weight$"
+_LAYER_WEIGHTS = r"^blk\.(\d+)\.(attn_(?:q|k|v|output)|ffn_(?:gate|up|down))\.weight$"
+_REPACKABLE = ("Q4_0", "IQ4_NL")  # types llama.cpp's CPU_REPACK buffer takes on x86 (Q8_0 there segfaulted)
 
 
 def llama_cpp_weight_buffers(gguf_path: Path) -> tuple[bool, Any] | None:
@@ -3099,8 +3193,8 @@ def llama_cpp_weight_buffers(gguf_path: Path) -> tuple[bool, Any] | None:
 
     On CPUs with AMX (Sapphire Rapids and later Xeons; this project's CI machines among them) llama.cpp prefers
     its AMX buffer for quantized weights, and its AMX matmul segfaults on the first decode (ggml-org/llama.cpp
-    #20824; seen here for Q4_0, Q4_K_M and Q8_0). Then: no extra buffers, except that Q4_0 layer weights are
-    pinned to the AVX2/AVX-512 repack buffer, which measured 1.8x prefill and 1.4x decode over plain Q4_0 here.
+    #20824; seen here for Q4_0, Q4_K_M and Q8_0). Then: no extra buffers, except that Q4_0/IQ4_NL layer weights
+    are pinned to the AVX2/AVX-512 repack buffer, which measured 1.8x prefill and 1.4x decode over plain Q4_0 here.
     """
     import llama_cpp
 
@@ -3123,16 +3217,31 @@ def llama_cpp_weight_buffers(gguf_path: Path) -> tuple[bool, Any] | None:
         return None
     import gguf
 
-    layers = [t for t in gguf.GGUFReader(str(gguf_path)).tensors if re.match(_LAYER_WEIGHTS, t.name)]
-    repackable = "CPU_REPACK" in bufts and layers and all(
-        t.tensor_type == gguf.GGMLQuantizationType.Q4_0 and int(t.shape[1]) % 8 == 0 for t in layers)
-    if not repackable:
+    pattern = repack_pattern([(t.name, t.tensor_type.name, int(t.shape[-1])) for t in gguf.GGUFReader(str(gguf_path)).tensors])
+    if "CPU_REPACK" not in bufts or pattern is None:
         return False, None
 
     class Override(ctypes.Structure):  # struct llama_model_tensor_buft_override
         _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
 
-    return False, (Override * 2)(Override(_LAYER_WEIGHTS.encode(), bufts["CPU_REPACK"]), Override(None, None))
+    return False, (Override * 2)(Override(pattern.encode(), bufts["CPU_REPACK"]), Override(None, None))
+
+
+def repack_pattern(tensors: list[tuple[str, str, int]]) -> str | None:
+    """A regex (llama.cpp's std::regex, ECMAScript) matching the layer weights the CPU repack buffer can take.
+
+    `tensors` are (GGUF name, GGML type name, rows). Mixed files keep some layers in other types (llama.cpp's
+    IQ4_NL gives the first ffn_down layers Q5_K), so each weight kind lists its repackable layers; None if none.
+    """
+    layers: dict[str, list[int]] = {}
+    for name, type_name, rows in tensors:
+        m = re.match(_LAYER_WEIGHTS, name)
+        if m and type_name in _REPACKABLE and rows % 8 == 0:
+            layers.setdefault(m.group(2), []).append(int(m.group(1)))
+    if not layers:
+        return None
+    parts = [f"(?:{'|'.join(map(str, sorted(ids)))})\\.{kind}" for kind, ids in sorted(layers.items())]
+    return r"^blk\.(?:" + "|".join(parts) + r")\.weight$"
 
 
 # --- app UI helpers: Gradio 6 history <-> training-format turns, context budget, feedback, blind test ---

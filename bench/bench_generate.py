@@ -8,7 +8,8 @@ python bench/bench_generate.py --adapter outputs/03_adapter --quant q4_k_m   # a
 Without --adapter, a LoRA with random nonzero weights (peft init_lora_weights=False) on every projection
 is made, so both paths really apply an adapter. Reported: decode tokens/s (tokens after the first / their
 time), first-token latency on a cold ~200-token context and on a follow-up turn (prefix KV reuse), the
-fraction of the memory-bandwidth floor (weight bytes read per token / measured read bandwidth), peak RSS;
+fraction of the memory-bandwidth floor (weight bytes read per token / measured read bandwidth), what the
+quantization costs (teacher-forced NLL of the chat against the fp32 model; 1.00 = lossless), peak RSS;
 on CUDA also the bitsandbytes 4-bit (NF4) and 8-bit paths against bf16.
 """
 
@@ -65,9 +66,8 @@ def random_lora(base: str, out: Path) -> Path:
 def time_twin(twin, chat: list[dict], new_tokens: int, cold: bool) -> dict:
     """One streamed greedy reply of exactly `new_tokens` tokens: first-token latency and decode tokens/s."""
     if cold:
+        twin.forget_prefix()  # llama.cpp and the transformers path would otherwise reuse the previous prompt's KV
         twin.prefix_cache = False
-        if twin.llama is not None:
-            twin.llama.reset()  # llama.cpp would otherwise reuse the previous prompt's KV cache
     t0 = time.perf_counter()
     first = None
     text = ""
@@ -162,6 +162,11 @@ def main() -> int:
     for key in samples:
         samples[key] = samples[key][1:]  # drop the warm-up round
 
+    # What the speed costs: NLL of the same tokens, app path vs the fp32 model (the baseline's weights).
+    ref_twin = sc.TwinModel(twin.tokenizer, "transformers", {}, model=ref_model)
+    nll = {"project": twin.nll(input_ids[0].tolist()), "baseline": ref_twin.nll(input_ids[0].tolist())}
+    nll_ratio = nll["project"][0] / nll["baseline"][0]
+
     # Bandwidth floor: every weight is read once per decoded token (tied embeddings read once, as the output matrix).
     bw = benchlib.mem_bandwidth_gbs()
     fp32_bytes = sum(p.numel() * p.element_size() for p in ref_model.parameters())
@@ -174,6 +179,7 @@ def main() -> int:
                              tps["project"], tps["baseline"], target=">= 4x"),
         benchlib.summary_row(f"first token, cold {n_prompt}-token context", "s", first["project"], first["baseline"],
                              higher_is_better=False, target="<= 0.3 s"),
+        benchlib.summary_row("NLL of the chat, app path / fp32 (quantization cost)", "ratio", [nll_ratio], target="<= 1.03"),
         benchlib.summary_row("first token, follow-up turn (prefix KV reuse) vs cold baseline", "s", first["project_turn"],
                              first["baseline"], higher_is_better=False, target="<= 0.3 s"),
     ]
@@ -183,6 +189,7 @@ def main() -> int:
         "decode_tps": {k: benchlib.stats(v) for k, v in tps.items()},
         "first_token_s": {k: benchlib.stats(v) for k, v in first.items()},
         "ratio_decode_tps": p_tps / b_tps,
+        "nll_per_token": {k: v[0] / v[1] for k, v in nll.items()}, "nll_ratio": nll_ratio,
         "bandwidth_gbs": bw,
         "floor_tps": {"project": bw * 1e9 / proj_bytes, "baseline": bw * 1e9 / fp32_bytes},
         "fraction_of_floor": {"project": p_tps / (bw * 1e9 / proj_bytes), "baseline": b_tps / (bw * 1e9 / fp32_bytes)},

@@ -173,27 +173,54 @@ def test_llama_cpp_greedy_tokens_match_transformers_with_the_same_adapter(tmp_pa
     base_reply = plain.generate(messages, **settings)
     assert len(hf_tokens) >= 8
     assert cpp_tokens[:12] == hf_tokens[:12]
+    hf_nll, cpp_nll = hf.nll(ids), cpp.nll(ids)  # teacher-forced: the same numbers at f32
+    assert cpp_nll[1] == hf_nll[1] == len(ids) - 1 and cpp_nll[0] == pytest.approx(hf_nll[0], rel=2e-3)
     assert hf.generate(messages, **settings) != base_reply  # the adapter changes the reply, so it was applied on both
 
 
 def test_llama_cpp_default_quantization_generates_in_a_child_process(tmp_path):
-    """The app's CPU default (Q4_0, llama.cpp's own weight placement) must not crash natively: on AMX Xeons the
-    AMX weight buffer segfaults (ggml-org/llama.cpp#20824), so load_twin keeps Q4_0 on the repack buffer there.
-    Run in a child process so a segfault is a failing test, not a dead test session."""
+    """The app's CPU default (IQ4_NL, llama.cpp's repacked weights) must not crash natively: on AMX Xeons the
+    AMX weight buffer segfaults (ggml-org/llama.cpp#20824), so load_twin keeps the weights on the repack buffer
+    there. Run in a child process so a segfault is a failing test, not a dead test session. Its NLL on a chat must
+    stay near the fp32 transformers path with the same adapter (a broken kernel or repack gives ratios >> 1)."""
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install llama-cpp-python)")
     base = sc.resolve_base_model(None)
     adapter = _random_lora(base, tmp_path / "adapter", alpha=2)
+    turns = [("user", "hey! are we still on for dinner tomorrow?"), ("assistant", "yes!!\nwhere tho"),
+             ("user", "the thai place near the station, 7pm?"), ("assistant", "perfect 👍\nsee u there")]
+    messages = _chat(turns[0][1]) + [{"role": r, "content": t} for r, t in turns[1:]]
     code = (
         "import json, sys, simme_common as sc\n"
         f"twin = sc.load_twin(sc.resolve_base_model(None), {str(adapter)!r}, backend='llama.cpp', n_threads=2)\n"
-        "messages = [{'role': 'system', 'content': sc.build_system_prompt('one_on_one', 'Ada', ['Bo'])},\n"
-        "            {'role': 'user', 'content': 'hey! are we still on for dinner tomorrow?'}]\n"
+        f"messages = {messages[:2]!r}\n"
         "reply = twin.generate(messages, temperature=0.0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=16)\n"
-        "print(json.dumps({'info': twin.info(), 'n_chars': len(reply)}))\n"
+        f"nll = twin.nll(sc.chat_token_ids(twin.tokenizer, {messages!r}))\n"
+        "print(json.dumps({'info': twin.info(), 'n_chars': len(reply), 'nll': nll}))\n"
     )
     env = {**os.environ, "SIMME_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, f"llama.cpp child exited with {proc.returncode}: {proc.stderr[-2000:]}"
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["info"]["quantization"] == sc.DEFAULT_GGUF_QUANT and out["n_chars"] > 0
-    assert out["info"]["weight_buffer"] in ("default", "CPU_REPACK")  # Q4_0 layers are always repackable
+    assert out["info"]["weight_buffer"] in ("default", "CPU_REPACK")  # IQ4_NL layers are repackable
+    hf = sc.load_twin(base, str(adapter), backend="transformers")
+    ref = hf.nll(sc.chat_token_ids(hf.tokenizer, messages))
+    assert out["nll"][1] == ref[1] > 40
+    assert 0.97 < out["nll"][0] / ref[0] < 1.08, (out["nll"], ref)  # measured 1.03 (IQ4_NL and Q4_0 alike here)
+
+
+def test_repack_pattern_pins_only_repackable_layer_weights():
+    """Mixed GGUFs (IQ4_NL puts Q5_K in the first ffn_down layers) keep the other types off the repack buffer."""
+    import re
+
+    tensors = [("token_embd.weight", "Q8_0", 49152), ("blk.0.attn_norm.weight", "F32", 576)]
+    for layer in range(3):
+        tensors += [(f"blk.{layer}.attn_q.weight", "IQ4_NL", 576), (f"blk.{layer}.ffn_up.weight", "Q4_0", 1536),
+                    (f"blk.{layer}.ffn_down.weight", "Q5_K" if layer < 2 else "IQ4_NL", 576),
+                    (f"blk.{layer}.attn_k.weight", "IQ4_NL", 190 if layer == 1 else 192)]  # rows % 8 != 0: no repack
+    pattern = sc.repack_pattern(tensors)
+    pinned = {name for name, _, _ in tensors if re.search(pattern, name)}
+    assert pinned == {f"blk.{i}.attn_q.weight" for i in range(3)} | {f"blk.{i}.ffn_up.weight" for i in range(3)} | {
+        "blk.2.ffn_down.weight", "blk.0.attn_k.weight", "blk.2.attn_k.weight"}
+    assert not re.search(pattern, "blk.12.attn_q.weight")  # layer 1 and 2 patterns do not match layer 12
+    assert sc.repack_pattern([("blk.0.ffn_down.weight", "Q8_0", 576), ("output_norm.weight", "F32", 576)]) is None
