@@ -2815,15 +2815,20 @@ class TwinModel:
         except BaseException as err:  # surfaced to the consumer thread, which re-raises it
             tokens.put(err)
 
-    def _take_prefix(self, ids: list[int]):
-        """A private copy of the stored KV cache sharing the longest prefix with `ids` (cropped), or None."""
-        import copy
-
+    def _best_prefix(self, ids: list[int]):
+        """The stored (token ids, cache) sharing the longest prefix with `ids`, and that length (< len(ids))."""
         best, best_len = None, 0
         for covered, cache in self._prefixes:
             n = min(common_prefix_len(covered, ids), len(ids) - 1)  # at least one prompt token must be fed
             if n > best_len:
                 best, best_len = (covered, cache), n
+        return best, best_len
+
+    def _take_prefix(self, ids: list[int]):
+        """A private copy of the stored KV cache sharing the longest prefix with `ids` (cropped), or None."""
+        import copy
+
+        best, best_len = self._best_prefix(ids)
         if best is None or best_len < 16:  # a few shared tokens are not worth a copy of the cache
             return None, 0
         cache = copy.deepcopy(best[1])
@@ -2890,10 +2895,21 @@ class TwinModel:
             self._store_prefix(seq[: out.cache.get_seq_length()], out.cache)
 
     def _produce_llama(self, ids: list[int], settings: dict, put, stop) -> None:
-        """Generate with llama.cpp from the same prompt tokens; llama.cpp reuses the previous prompt's prefix itself."""
+        """Generate with llama.cpp from the same prompt tokens, from the best stored KV prefix.
+
+        llama.cpp itself reuses the prefix its KV cache holds (the previous request). Snapshots of that cache
+        (one sequence, ~23 KB per token for SmolLM2) of the last `prefix_slots` chats let interleaved users each
+        continue their own chat instead of evicting one another.
+        """
         import random
 
         llama = self.llama
+        if self.prefix_cache:
+            live = min(common_prefix_len(llama._input_ids.tolist(), ids), len(ids) - 1)
+            best, n = self._best_prefix(ids)
+            if best is not None and n >= live + 16 and self._restore_llama(*best):
+                live = n
+            self.stats["prefix_tokens_reused"] += live
         # llama.cpp samples with its own seed: a fixed one would give every unseeded request the same sample.
         llama.set_seed(int(settings["seed"]) if settings["seed"] is not None else random.randrange(2**31))
         greedy = settings["temperature"] <= 0
@@ -2909,6 +2925,35 @@ class TwinModel:
             n += 1
             if n >= settings["max_new_tokens"]:
                 break
+        if self.prefix_cache and llama.n_tokens >= 16:
+            self._snapshot_llama()
+
+    def _snapshot_llama(self) -> None:
+        """Store the KV cache of llama.cpp's sequence 0 with the token ids it covers."""
+        import llama_cpp
+
+        ctx = self.llama._ctx.ctx
+        size = llama_cpp.llama_state_seq_get_size(ctx, 0)
+        buf = (ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_seq_get_data(ctx, buf, size, 0)
+        if written:
+            self._store_prefix(self.llama._input_ids.tolist(), bytes(memoryview(buf)[:written]))
+
+    def _restore_llama(self, covered: tuple[int, ...], state: bytes) -> bool:
+        """Load a stored KV snapshot into sequence 0 and tell llama-cpp-python which tokens it now holds."""
+        import llama_cpp
+
+        llama = self.llama
+        llama._ctx.kv_cache_seq_rm(0, 0, -1)
+        buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        if llama_cpp.llama_state_seq_set_data(llama._ctx.ctx, buf, len(state), 0) != len(state):
+            llama._ctx.kv_cache_seq_rm(0, 0, -1)
+            llama.reset()
+            return False
+        llama.input_ids[: len(covered)] = covered
+        llama.n_tokens = len(covered)
+        llama._requires_eval = True  # the logits are not those of the restored prompt
+        return True
 
 
 def load_twin_transformers(base: str, adapter: str | None, tokenizer, quant: str = "none", device: str | None = None):

@@ -178,6 +178,28 @@ def test_llama_cpp_greedy_tokens_match_transformers_with_the_same_adapter(tmp_pa
     assert hf.generate(messages, **settings) != base_reply  # the adapter changes the reply, so it was applied on both
 
 
+def test_llama_cpp_interleaved_chats_resume_from_their_own_kv_snapshot(tmp_path, monkeypatch):
+    """Chat A, then chat B (which replaces A in llama.cpp's KV cache), then A's follow-up: A's snapshot is
+    restored instead of prefilling A again, and the greedy reply is the one a cold start gives."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install llama-cpp-python)")
+    monkeypatch.setenv("SIMME_CACHE", str(tmp_path / "cache"))
+    twin = sc.load_twin(sc.resolve_base_model(None), None, backend="llama.cpp", quantization="f32", n_threads=2,
+                        cache_size=0)
+    settings = dict(temperature=0.0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=12)
+    a = _chat("hey! are we still on for dinner tomorrow? I booked the thai place near the station for 7")
+    b = [{"role": "system", "content": sc.build_system_prompt("group", "Ada", ["Cy", "Di"])},
+         {"role": "user", "content": "Cy: who is bringing the speaker on saturday"}]
+    reply_a = twin.generate(a, **settings)
+    twin.generate(b, **settings)
+    follow_up = a + [{"role": "assistant", "content": reply_a}, {"role": "user", "content": "great, see you there"}]
+    before = twin.stats["prefix_tokens_reused"]
+    warm = twin.generate(follow_up, **settings)
+    assert twin.stats["prefix_tokens_reused"] - before >= twin.count_tokens(a)  # A's prompt came from its snapshot
+    twin.forget_prefix()
+    twin.prefix_cache = False
+    assert twin.generate(follow_up, **settings) == warm
+
+
 def test_llama_cpp_default_quantization_generates_in_a_child_process(tmp_path):
     """The app's CPU default (IQ4_NL, llama.cpp's repacked weights) must not crash natively: on AMX Xeons the
     AMX weight buffer segfaults (ggml-org/llama.cpp#20824), so load_twin keeps the weights on the repack buffer
