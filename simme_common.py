@@ -2636,9 +2636,10 @@ class TwinModel:
         self.stats = {"reply_cache_hits": 0, "prefix_tokens_reused": 0, "requests": 0}
         self._jobs = None
         if llama is not None:
-            # Every llama.cpp call runs on one long-lived thread. Its OpenMP runtime keeps one thread team per
-            # calling thread; a fresh thread per request (or calls from two threads) made extra teams on these
-            # 2 cores and decode measured 60 vs 81 tokens/s from a single thread (2026-12-03, bench_generate).
+            # Every llama.cpp call runs on one long-lived thread: its OpenMP runtime keeps a thread team per
+            # calling thread, so calls from the main thread plus a fresh thread per request oversubscribe 2 cores.
+            # In one process (2026-12-03): main-thread decode 81 tokens/s, then per-request threads 60; in separate
+            # processes the two were within this VM's noise. One thread also serializes llama.cpp's state.
             import queue
 
             self._jobs = queue.SimpleQueue()
