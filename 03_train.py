@@ -78,7 +78,7 @@ def _load_model(model_path: str, model_args, sft_config):
     except OSError as err:
         raise sc.UserError(f"cannot load the model {model_path!r} ({str(err).splitlines()[0]}); pass a local model directory with --model_name_or_path") from None
     if quantization is not None:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=sft_config.gradient_checkpointing)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=sft_config.activation_checkpointing)
     return model
 
 
