@@ -76,7 +76,9 @@ class TwinApp:
         """Training-format model input for `history`, trimmed from the front to MAX_CONTEXT_TOKENS."""
         others = [name for name in others if name != self.owner] or others
         messages = sc.build_app_messages(history, chat_type=chat_type, owner=self.owner, others=others, title=title)
-        messages, dropped = sc.trim_context(messages, self.twin.count_tokens, MAX_CONTEXT_TOKENS)
+        # Dropped a quarter of the budget at a time, so the next turns reuse the same KV prefix.
+        messages, dropped = sc.trim_context(messages, self.twin.count_tokens, MAX_CONTEXT_TOKENS,
+                                            block_tokens=MAX_CONTEXT_TOKENS // 4)
         if dropped:
             gr.Warning(f"Long chat: the oldest {dropped} turn(s) no longer fit the {MAX_CONTEXT_TOKENS}-token context.")
         return messages

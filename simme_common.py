@@ -6,6 +6,7 @@ Pure functions grouped by stage. Importing this module does no work: heavy libra
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import dataclasses
 import json
@@ -3367,17 +3368,35 @@ def build_app_messages(
     return [{"role": "system", "content": system}] + flatten_history(history, chat_type)
 
 
-def trim_context(messages: list[dict], count_tokens, max_tokens: int) -> tuple[list[dict], int]:
+def trim_context(messages: list[dict], count_tokens, max_tokens: int,
+                 block_tokens: int = 1) -> tuple[list[dict], int]:
     """Drop the oldest turns (never the system prompt or the last turn) until `count_tokens(messages) <= max_tokens`.
 
+    With `block_tokens` > 1 (the app: a quarter of the budget) turns are dropped in blocks of about that many tokens,
+    cut at points fixed from the start of the chat, so a growing chat keeps the same first turn for several turns in
+    a row: its KV cache is reused (a follow-up costs only the new tokens) instead of every turn shifting the start
+    and re-prefilling the whole budget. The kept context stays between about budget - block and the budget.
+    The default (1) keeps as many turns as fit (evaluation).
     Returns the kept messages and how many turns were dropped.
     """
     head = messages[:1] if messages and messages[0]["role"] == "system" else []
     turns = messages[len(head):]
-    dropped = 0
-    while len(turns) > 1 and count_tokens(head + turns) > max_tokens:
-        turns, dropped = turns[1:], dropped + 1
-    return head + turns, dropped
+    if len(turns) <= 1 or count_tokens(head + turns) <= max_tokens:
+        return head + turns, 0
+    cuts = list(range(len(turns)))
+    if block_tokens > 1:  # block starts depend only on the turns before them, so they never move
+        cuts, size = [0], 0
+        for i, turn in enumerate(turns[:-1]):
+            size += count_tokens([turn])
+            if size >= block_tokens:
+                cuts.append(i + 1)
+                size = 0
+    # A later start never has more tokens: binary search for the first start after which the rest fits.
+    first_fit = bisect.bisect_left(cuts, True, key=lambda cut: count_tokens(head + turns[cut:]) <= max_tokens)
+    start = cuts[min(first_fit, len(cuts) - 1)]
+    while start < len(turns) - 1 and count_tokens(head + turns[start:]) > max_tokens:
+        start += 1  # the last blocks alone are too long: fall back to turn by turn
+    return head + turns[start:], start
 
 
 def stream_bubbles(partial_reply: str) -> list[str]:

@@ -2,13 +2,14 @@
 transformers.generate of the same model with the same LoRA adapter, alternating, in one run.
 
 python bench/bench_generate.py            # 5 reps, 64 new tokens after a ~200-token chat, 2 threads
-python bench/bench_generate.py --quick    # 2 reps of 32 new tokens (<= 40 s on an idle 2-core machine, GGUF export cached)
+python bench/bench_generate.py --quick    # 2 reps of 32 new tokens, a 20-turn long chat (<= 90 s when idle, GGUF cached)
 python bench/bench_generate.py --adapter outputs/03_adapter --quant q4_k_m   # another GGUF type
 
 Without --adapter, a LoRA with random nonzero weights (peft init_lora_weights=False) on every projection
 is made, so both paths really apply an adapter. Reported: decode tokens/s (tokens after the first / their
 time), first-token latency on a cold ~200-token context, on a follow-up turn (prefix KV reuse) and on the
-same follow-up after another user's chat (stored KV snapshot), the
+same follow-up after another user's chat (stored KV snapshot), on the turns of a long chat past the app's
+context budget (trimmed a block at a time vs turn by turn), the
 fraction of the memory-bandwidth floor (weight bytes read per token / measured read bandwidth), what the
 quantization costs (teacher-forced NLL of the chat against the fp32 model; 1.00 = lossless), peak RSS;
 on CUDA also the bitsandbytes 4-bit (NF4) and 8-bit paths against bf16.
@@ -79,6 +80,25 @@ def time_twin(twin, chat: list[dict], new_tokens: int, cold: bool) -> dict:
     twin.prefix_cache = True
     n = len(twin.tokenizer(text, add_special_tokens=False)["input_ids"])
     return {"first_s": first - t0, "decode_tps": (n - 1) / (end - first) if end > first else float("nan"), "text": text}
+
+
+def long_chat_first_tokens(twin, turns: int, budget: int, block_tokens: int) -> list[float]:
+    """First-token seconds of each turn of a growing chat once it outgrows `budget` (the app's trimming)."""
+    system = {"role": "system", "content": sc.build_system_prompt("one_on_one", "Ada", ["Bo"])}
+    users = [text for role, text in TURNS if role == "user"]
+    twin.forget_prefix()
+    chat, firsts = [system], []
+    for i in range(turns):
+        chat.append({"role": "user", "content": f"{users[i % len(users)]} ({i})"})
+        messages, dropped = sc.trim_context(chat, twin.count_tokens, budget, block_tokens=block_tokens)
+        t0, first, text = time.perf_counter(), None, ""
+        for text in twin.stream(messages, temperature=0.0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=16,
+                                use_cache=False):
+            first = first or time.perf_counter() - t0
+        chat.append({"role": "assistant", "content": text or "ok"})
+        if dropped:
+            firsts.append(first)
+    return firsts
 
 
 def time_hf(model, input_ids, new_tokens: int) -> dict:
@@ -172,6 +192,14 @@ def main() -> int:
     for key in samples:
         samples[key] = samples[key][1:]  # drop the warm-up round
 
+    # Long chats: the app trims a quarter of the budget at a time (the KV prefix survives several turns) against
+    # trimming turn by turn (the start moves every turn, so every turn re-prefills the whole budget).
+    budget, long_turns = 512, 20 if args.quick else 40
+    long_chat = {"project": [], "baseline": []}
+    for _ in range(1 if args.quick else 2):
+        long_chat["baseline"] += long_chat_first_tokens(twin, long_turns, budget, block_tokens=1)
+        long_chat["project"] += long_chat_first_tokens(twin, long_turns, budget, block_tokens=budget // 4)
+
     # What the speed costs: NLL of the same tokens, app path vs the fp32 model (the baseline's weights).
     ref_twin = sc.TwinModel(twin.tokenizer, "transformers", {}, model=ref_model)
     nll = {"project": twin.nll(input_ids[0].tolist()), "baseline": ref_twin.nll(input_ids[0].tolist())}
@@ -194,11 +222,15 @@ def main() -> int:
                              first["baseline"], higher_is_better=False, target="<= 0.3 s"),
         benchlib.summary_row("first token, follow-up turn after another user's chat (KV snapshot) vs cold baseline",
                              "s", first["project_return"], first["baseline"], higher_is_better=False, target="<= 0.3 s"),
+        benchlib.summary_row(f"first token, turns past the {budget}-token budget: block trimming vs turn by turn (mean)",
+                             "s", [sum(long_chat["project"]) / len(long_chat["project"])],
+                             [sum(long_chat["baseline"]) / len(long_chat["baseline"])], higher_is_better=False),
     ]
     result = {
         "backend": twin.backend, "info": twin.info(), "threads": args.threads, "prompt_tokens": n_prompt,
         "new_tokens": args.new_tokens, "reps": reps, "load_s": round(load_s, 2),
         "decode_tps": {k: benchlib.stats(v) for k, v in tps.items()},
+        "long_chat_first_token_s": {k: benchlib.stats(v) for k, v in long_chat.items()},
         "first_token_s": {k: benchlib.stats(v) for k, v in first.items()},
         "ratio_decode_tps": p_tps / b_tps,
         "nll_per_token": {k: v[0] / v[1] for k, v in nll.items()}, "nll_ratio": nll_ratio,

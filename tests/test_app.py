@@ -212,6 +212,22 @@ def test_context_is_trimmed_from_the_front_to_the_token_budget(app_mod, monkeypa
     assert app_mod.APP.twin.count_tokens(trimmed) <= app_mod.MAX_CONTEXT_TOKENS < app_mod.APP.twin.count_tokens(full)
 
 
+def test_trimming_keeps_the_same_start_for_several_turns_so_the_kv_prefix_is_reused():
+    count = lambda msgs: sum(len(m["content"].split()) + 4 for m in msgs)  # additive, like tokens per turn
+    system = {"role": "system", "content": "be me " * 10}
+    chat, starts = [system], []
+    for i in range(60):
+        chat.append({"role": "user" if i % 2 == 0 else "assistant", "content": "word " * (3 + i * 7 % 11)})
+        kept, dropped = sc.trim_context(chat, count, 200, block_tokens=50)
+        assert kept[0] == system and kept[1:] == chat[1 + dropped:] and count(kept) <= 200
+        assert dropped == 0 or count(kept) > 200 - 50 - 17  # at most a block (+ one turn of 17) below the budget
+        starts.append(dropped)
+        longest, d1 = sc.trim_context(chat, count, 200)  # default: as many turns as fit (04_evaluate)
+        assert count(longest) <= 200 and (d1 == 0 or count([system] + chat[d1:]) > 200) and d1 <= dropped
+    changes = sum(a != b for a, b in zip(starts, starts[1:]))
+    assert starts[-1] > 0 and changes <= 12  # about (tokens over budget) / block; turn by turn it would be 40+
+
+
 def test_auth_must_be_user_colon_password():
     assert sc.parse_auth("me:se:cret") == ("me", "se:cret") and sc.parse_auth(None) is None
     with pytest.raises(sc.UserError, match="SIMME_AUTH"):
