@@ -2631,7 +2631,8 @@ class TwinModel:
         self._replies_lock = threading.Lock()
         self.cache_size = cache_size
         self.prefix_cache = prefix_cache
-        self._prefixes: list[tuple[tuple[int, ...], Any]] = []  # (token ids covered, DynamicCache), most recent last
+        # (token ids covered, DynamicCache or llama.cpp KV snapshot), most recent last
+        self._prefixes: list[tuple[tuple[int, ...], Any]] = []
         self._prefix_slots = prefix_slots
         self.stop_ids = stop_token_ids(tokenizer)
         self.stats = {"reply_cache_hits": 0, "prefix_tokens_reused": 0, "requests": 0}
@@ -2938,17 +2939,17 @@ class TwinModel:
         size = llama_cpp.llama_state_seq_get_size(ctx, 0)
         buf = (ctypes.c_uint8 * size)()
         written = llama_cpp.llama_state_seq_get_data(ctx, buf, size, 0)
-        if written:
-            self._store_prefix(self.llama._input_ids.tolist(), bytes(memoryview(buf)[:written]))
+        if written:  # the buffer itself is kept (no copy): it is only read again by _restore_llama
+            self._store_prefix(self.llama._input_ids.tolist(), (buf, written))
 
-    def _restore_llama(self, covered: tuple[int, ...], state: bytes) -> bool:
+    def _restore_llama(self, covered: tuple[int, ...], snapshot: tuple[Any, int]) -> bool:
         """Load a stored KV snapshot into sequence 0 and tell llama-cpp-python which tokens it now holds."""
         import llama_cpp
 
         llama = self.llama
+        buf, size = snapshot
         llama._ctx.kv_cache_seq_rm(0, 0, -1)
-        buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
-        if llama_cpp.llama_state_seq_set_data(llama._ctx.ctx, buf, len(state), 0) != len(state):
+        if llama_cpp.llama_state_seq_set_data(llama._ctx.ctx, buf, size, 0) != size:
             llama._ctx.kv_cache_seq_rm(0, 0, -1)
             llama.reset()
             return False

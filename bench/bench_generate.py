@@ -38,9 +38,14 @@ TURNS = [
 ]
 
 
+def system_message(contact: str = "Bo") -> dict:
+    """The app's system prompt for a one-on-one chat of the owner Ada with `contact`."""
+    return {"role": "system", "content": sc.build_system_prompt("one_on_one", "Ada", [contact])}
+
+
 def make_chat(tokenizer, target_tokens: int, contact: str = "Bo") -> list[dict]:
     """A one-on-one context with `contact` of about `target_tokens` prompt tokens ending with a user turn."""
-    system = {"role": "system", "content": sc.build_system_prompt("one_on_one", "Ada", [contact])}
+    system = system_message(contact)
     turns: list[dict] = []
     while True:
         for role, text in TURNS:
@@ -84,20 +89,16 @@ def time_twin(twin, chat: list[dict], new_tokens: int, cold: bool) -> dict:
 
 def long_chat_first_tokens(twin, turns: int, budget: int, block_tokens: int) -> list[float]:
     """First-token seconds of each turn of a growing chat once it outgrows `budget` (the app's trimming)."""
-    system = {"role": "system", "content": sc.build_system_prompt("one_on_one", "Ada", ["Bo"])}
     users = [text for role, text in TURNS if role == "user"]
     twin.forget_prefix()
-    chat, firsts = [system], []
+    chat, firsts = [system_message()], []
     for i in range(turns):
         chat.append({"role": "user", "content": f"{users[i % len(users)]} ({i})"})
         messages, dropped = sc.trim_context(chat, twin.count_tokens, budget, block_tokens=block_tokens)
-        t0, first, text = time.perf_counter(), None, ""
-        for text in twin.stream(messages, temperature=0.0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=16,
-                                use_cache=False):
-            first = first or time.perf_counter() - t0
-        chat.append({"role": "assistant", "content": text or "ok"})
+        reply = time_twin(twin, messages, 16, cold=False)
+        chat.append({"role": "assistant", "content": reply["text"] or "ok"})
         if dropped:
-            firsts.append(first)
+            firsts.append(reply["first_s"])
     return firsts
 
 
