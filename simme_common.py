@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -2611,6 +2612,46 @@ def common_prefix_len(a: list[int] | tuple[int, ...], b: list[int] | tuple[int, 
     return n
 
 
+class ModelThread:
+    """One long-lived thread that makes every call of a native model, its construction included.
+
+    llama.cpp's OpenMP runtime keeps a thread team per calling thread. A Llama built on one thread and run from
+    another left the builder's team competing for the 2 cores: in one process (2026-12-03, Q4_0) decode ran at
+    28-64 tokens/s that way against 94-98 when built and run on the same thread (prefill 0.36-0.62 s vs 0.32 s).
+    """
+
+    def __init__(self, name: str = "simme-llama"):
+        import queue
+
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._serve, name=name, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            self._jobs.get()()
+
+    def submit(self, fn) -> None:
+        """Run fn() on the thread, after the calls already queued; returns at once."""
+        self._jobs.put(fn)
+
+    def call(self, fn):
+        """fn() on the thread; its result, or its error raised here."""
+        import queue
+
+        done: queue.SimpleQueue = queue.SimpleQueue()
+
+        def job():
+            try:
+                done.put((True, fn()))
+            except BaseException as err:
+                done.put((False, err))
+        self._jobs.put(job)
+        ok, value = done.get()
+        if not ok:
+            raise value
+        return value
+
+
 class TwinModel:
     """A loaded twin (base + LoRA) behind one lock: streams replies, caches identical requests and reuses prompt prefixes.
 
@@ -2620,7 +2661,7 @@ class TwinModel:
     """
 
     def __init__(self, tokenizer, backend: str, info: dict, model=None, llama=None, cache_size: int = 64,
-                 prefix_cache: bool = True, prefix_slots: int = 4):
+                 prefix_cache: bool = True, prefix_slots: int = 4, llama_thread: ModelThread | None = None):
         import threading
         from collections import OrderedDict
 
@@ -2636,21 +2677,12 @@ class TwinModel:
         self._prefix_slots = prefix_slots
         self.stop_ids = stop_token_ids(tokenizer)
         self.stats = {"reply_cache_hits": 0, "prefix_tokens_reused": 0, "requests": 0}
-        self._jobs = None
+        # Every llama.cpp call runs on one thread (the one that built it; see ModelThread), which also serializes
+        # llama.cpp's state; transformers runs each request on its own thread under the lock.
+        self._thread = None
         if llama is not None:
-            # Every llama.cpp call runs on one long-lived thread: its OpenMP runtime keeps a thread team per
-            # calling thread, so calls from the main thread plus a fresh thread per request oversubscribe 2 cores.
-            # In one process (2026-12-03): main-thread decode 81 tokens/s, then per-request threads 60; in separate
-            # processes the two were within this VM's noise. One thread also serializes llama.cpp's state.
-            import queue
-
-            self._jobs = queue.SimpleQueue()
-            threading.Thread(target=self._serve_llama, name="simme-llama", daemon=True).start()
-            self._jobs.put(self._warm_up)
-
-    def _serve_llama(self) -> None:
-        while True:
-            self._jobs.get()()
+            self._thread = llama_thread or ModelThread()
+            self._thread.submit(self._warm_up)
 
     def _warm_up(self) -> None:
         """Page in the weights and start the thread team now, not on the first user's request."""
@@ -2687,24 +2719,10 @@ class TwinModel:
 
     def _on_model(self, fn):
         """fn() under the model lock, on the llama.cpp thread when there is one; its result (or its error)."""
-        if self._jobs is None:
+        def locked():
             with self._lock:
                 return fn()
-        import queue
-
-        done: queue.SimpleQueue = queue.SimpleQueue()
-
-        def job():
-            try:
-                with self._lock:
-                    done.put((True, fn()))
-            except BaseException as err:
-                done.put((False, err))
-        self._jobs.put(job)
-        ok, value = done.get()
-        if not ok:
-            raise value
-        return value
+        return locked() if self._thread is None else self._thread.call(locked)
 
     def _nll_transformers(self, ids: list[int]) -> tuple[float, int]:
         import torch
@@ -2769,8 +2787,8 @@ class TwinModel:
         ids = self.prompt_ids(messages)
         tokens: queue.Queue = queue.Queue()
         stop = threading.Event()
-        if self._jobs is not None:
-            self._jobs.put(lambda: self._worker(ids, settings, tokens, stop))
+        if self._thread is not None:
+            self._thread.submit(lambda: self._worker(ids, settings, tokens, stop))
         else:
             threading.Thread(target=self._worker, args=(ids, settings, tokens, stop), daemon=True).start()
         generated: list[int] = []
@@ -3011,7 +3029,8 @@ def load_twin(base_model: str | None = None, adapter: str | None = None, backend
         backend: "auto" (CUDA -> transformers + bitsandbytes; CPU -> llama.cpp when it converts, else transformers),
             "transformers" or "llama.cpp".
         quantization: CUDA "4bit" (NF4, default) | "8bit" | "none"; CPU transformers "none" | "int8" (dynamic);
-            llama.cpp "iq4_nl" (default) | "q4_0" | "q4_k_m" | "q8_0" | "f16" | "f32". Default from env SIMME_QUANT.
+            llama.cpp "q4_0" | "iq4_nl" | "q4_k_m" | "q8_0" | "f16" | "f32" (default: default_gguf_quant). Default from
+            env SIMME_QUANT.
         cache_size: entries of the reply LRU cache (0 turns it off).
         n_threads: llama.cpp threads (default: all cores).
     Returns:
@@ -3030,14 +3049,15 @@ def load_twin(base_model: str | None = None, adapter: str | None = None, backend
     info: dict[str, Any] = {"base": base, "adapter": adapter, "device": "cuda" if cuda else "cpu"}
     if backend == "llama.cpp" or (backend == "auto" and not cuda):
         try:
-            llama, gguf_info = _load_llama_cpp(base, adapter, tokenizer, quant or DEFAULT_GGUF_QUANT, n_threads)
+            llama_thread = ModelThread()
+            llama, gguf_info = llama_thread.call(lambda: _load_llama_cpp(base, adapter, tokenizer, quant, n_threads))
         except (ImportError, NotImplementedError) as err:  # auto: fall back to transformers
             if backend == "llama.cpp":
                 raise UserError(f"backend llama.cpp is unavailable: {err} (install llama-cpp-python; Llama-architecture BPE models only)") from None
             info["llama_cpp_unavailable"] = str(err)
         else:
-            info.update(gguf_info, quantization=quant or DEFAULT_GGUF_QUANT, load_seconds=round(time.perf_counter() - start, 2))
-            return TwinModel(tokenizer, "llama.cpp", info, llama=llama, cache_size=cache_size)
+            info.update(gguf_info, load_seconds=round(time.perf_counter() - start, 2))
+            return TwinModel(tokenizer, "llama.cpp", info, llama=llama, cache_size=cache_size, llama_thread=llama_thread)
     quant = quant or ("4bit" if cuda else "none")
     model = load_twin_transformers(base, adapter, tokenizer, quant)
     info.update(quantization=quant, load_seconds=round(time.perf_counter() - start, 2))
@@ -3045,12 +3065,15 @@ def load_twin(base_model: str | None = None, adapter: str | None = None, backend
 
 
 GGUF_FTYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "q4_k_m": 15, "iq4_nl": 25}  # llama.cpp LLAMA_FTYPE_* values
-# IQ4_NL: 4.5 bits per weight like Q4_0, with a non-linear codebook, and llama.cpp repacks both for AVX2/AVX-512.
-# On 2 cores with SmolLM2-135M (2026-12-03, AMX Xeon) both prefill a 226-token chat in ~0.5 s and decode ~75
-# tokens/s, but on 6,590 tokens of real chats IQ4_NL costs +2.2 % NLL over fp32 and Q4_0 +4.0 % (top-1 agreement
-# 0.76 vs 0.71). Q4_K_M is slower here: k-quants need rows divisible by 256 (576 is not) and fall back to
-# Q5_0/Q8_0. `bench/bench_generate.py --quant` compares them on speed and NLL.
+# Without AMX: IQ4_NL, 4.5 bits per weight like Q4_0 with a non-linear codebook; llama.cpp repacks both for
+# AVX2/AVX-512 and they run at the same speed, but on 6,590 tokens of real chats IQ4_NL costs +2.2 % NLL over fp32
+# and Q4_0 +4.0 % (top-1 agreement 0.76 vs 0.71). With AMX (our llama.cpp build): Q8_0, +0.0 % NLL, and its AMX
+# prefill is ~1.5x the repacked IQ4_NL's (2 cores, SmolLM2-135M, 2026-12-03; IQ4_NL has no AMX kernel). Q4_K_M is
+# slower here: k-quants need rows divisible by 256 (576 is not) and fall back to Q5_0/Q8_0.
+# `bench/bench_generate.py --quant` compares them on speed and NLL.
 DEFAULT_GGUF_QUANT = "iq4_nl"
+AMX_GGUF_QUANT = "q8_0"
+LLAMA_CPP_AMX_FIX = "+simme.amx"  # version label of the llama-cpp-python that `make setup` builds with our AMX fix
 _GGUF_EXPORT_VERSION = 1  # bump when the writer changes, so cached files are rebuilt
 
 
@@ -3192,13 +3215,18 @@ def export_twin_gguf(base: str, adapter: str | None, tokenizer, quant: str = DEF
     return out
 
 
-def _load_llama_cpp(base: str, adapter: str | None, tokenizer, quant: str, n_threads: int | None):
-    """llama.cpp model of the merged twin (GGUF exported and cached once); ImportError when llama-cpp-python is absent."""
+def _load_llama_cpp(base: str, adapter: str | None, tokenizer, quant: str | None, n_threads: int | None):
+    """llama.cpp model of the merged twin (GGUF exported and cached once); ImportError when llama-cpp-python is absent.
+
+    Call it on the thread that will run the model (ModelThread)."""
     import llama_cpp
 
+    bufts = llama_cpp_extra_bufts()
+    amx = llama_cpp_amx_usable(bufts, llama_cpp.__version__)
+    quant = quant or default_gguf_quant(amx)
     path = export_twin_gguf(base, adapter, tokenizer, quant)
     threads = n_threads or int(os.environ.get("SIMME_THREADS", 0)) or os.cpu_count() or 1
-    weight_buffers = llama_cpp_weight_buffers(path)
+    weight_buffers = llama_cpp_weight_buffers(path, bufts, amx)
     kwargs = dict(model_path=str(path), n_ctx=int(os.environ.get("SIMME_N_CTX", 2048)), n_threads=threads,
                   n_threads_batch=threads, n_batch=512, last_n_tokens_size=64, verbose=False, seed=0)
     if weight_buffers is None:
@@ -3222,11 +3250,12 @@ def _load_llama_cpp(base: str, adapter: str | None, tokenizer, quant: str, n_thr
             finally:
                 llama_cpp.llama_cpp.llama_model_default_params = default_params
         llama._simme_buft_overrides = overrides  # llama.cpp keeps pointers to the patterns
+    llama._simme_built_on = threading.get_ident()  # every later call must come from this thread (ModelThread)
     import atexit
 
     atexit.register(llama.close)  # freed before interpreter teardown (Llama.__del__ fails once ctypes is gone)
-    return llama, {"gguf": str(path), "n_threads": threads,
-                   "weight_buffer": "default" if weight_buffers is None else
+    return llama, {"gguf": str(path), "quantization": quant, "n_threads": threads,
+                   "weight_buffer": ("AMX" if amx else "default") if weight_buffers is None else
                    ("CPU_REPACK" if weight_buffers[1] is not None else "CPU (no repack)")}
 
 
@@ -3236,14 +3265,8 @@ _LAYER_WEIGHTS = r"^blk\.(\d+)\.(attn_(?:q|k|v|output)|ffn_(?:gate|up|down))\.we
 _REPACKABLE = ("Q4_0", "IQ4_NL")  # types llama.cpp's CPU_REPACK buffer takes on x86 (Q8_0 there segfaulted)
 
 
-def llama_cpp_weight_buffers(gguf_path: Path) -> tuple[bool, Any] | None:
-    """None to let llama.cpp place weights itself, or (use_extra_bufts, tensor overrides) that keep it off AMX.
-
-    On CPUs with AMX (Sapphire Rapids and later Xeons; this project's CI machines among them) llama.cpp prefers
-    its AMX buffer for quantized weights, and its AMX matmul segfaults on the first decode (ggml-org/llama.cpp
-    #20824; seen here for Q4_0, Q4_K_M and Q8_0). Then: no extra buffers, except that Q4_0/IQ4_NL layer weights
-    are pinned to the AVX2/AVX-512 repack buffer, which measured 1.8x prefill and 1.4x decode over plain Q4_0 here.
-    """
+def llama_cpp_extra_bufts() -> dict[str, int]:
+    """Name -> handle of the extra weight buffer types of the loaded llama.cpp's CPU backend ("AMX", "CPU_REPACK")."""
     import llama_cpp
 
     lib = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml.so"))  # the copy llama_cpp loaded
@@ -3261,7 +3284,32 @@ def llama_cpp_weight_buffers(gguf_path: Path) -> tuple[bool, Any] | None:
         while array and array[i]:
             bufts[lib.ggml_backend_buft_name(array[i]).decode()] = array[i]
             i += 1
-    if "AMX" not in bufts:
+    return bufts
+
+
+def llama_cpp_amx_usable(bufts: Iterable[str], llama_cpp_version: str) -> bool:
+    """Whether llama.cpp may put weights in its AMX buffer: the CPU has AMX and the build carries our fix.
+
+    As released, ggml's AMX matmul loads an invalid tile config (GCC drops the stores to it) and segfaults on the
+    first prefill (ggml-org/llama.cpp#20824). `make setup` builds llama-cpp-python with
+    patches/llama-cpp-python-*-amx-tilecfg.patch, which also tags its version with LLAMA_CPP_AMX_FIX.
+    """
+    return "AMX" in bufts and LLAMA_CPP_AMX_FIX in llama_cpp_version
+
+
+def default_gguf_quant(amx: bool) -> str:
+    """Q8_0 where the AMX kernels run (lossless and the fastest prefill there), else IQ4_NL (see GGUF_FTYPES)."""
+    return AMX_GGUF_QUANT if amx else DEFAULT_GGUF_QUANT
+
+
+def llama_cpp_weight_buffers(gguf_path: Path, bufts: dict[str, int], amx: bool) -> tuple[bool, Any] | None:
+    """None to let llama.cpp place weights itself, or (use_extra_bufts, tensor overrides) that keep it off AMX.
+
+    Without a usable AMX buffer (`llama_cpp_amx_usable`; its absence or a stock build on an AMX Xeon, e.g. a Space)
+    there are no extra buffers, except that Q4_0/IQ4_NL layer weights are pinned to the AVX2/AVX-512 repack
+    buffer, which measured 1.8x prefill and 1.4x decode over plain Q4_0 here.
+    """
+    if "AMX" not in bufts or amx:
         return None
     import gguf
 

@@ -18,6 +18,7 @@ on CUDA also the bitsandbytes 4-bit (NF4) and 8-bit paths against bf16.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import tempfile
 import time
@@ -35,6 +36,7 @@ TURNS = [
     ("assistant", "ohh nice\nhow early tho"), ("user", "like 7? we could grab coffee first"),
     ("assistant", "7 is brutal lol\nbut ok im in"), ("user", "great, I'll pick you up. bring a jacket, it gets cold up there"),
     ("assistant", "will do 👍"), ("user", "also do you still have my charger from last time?"),
+    ("assistant", "yes!! its in my bag\nill bring it"),
 ]
 
 
@@ -44,16 +46,27 @@ def system_message(contact: str = "Bo") -> dict:
 
 
 def make_chat(tokenizer, target_tokens: int, contact: str = "Bo") -> list[dict]:
-    """A one-on-one context with `contact` of about `target_tokens` prompt tokens ending with a user turn."""
+    """A one-on-one context with `contact` of `target_tokens` prompt tokens (within a word) ending with a user turn."""
+    def n_tokens(last_user: str) -> int:
+        chat = [system] + turns + [{"role": "user", "content": last_user}]
+        return len(tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_dict=False))
+
     system = system_message(contact)
+    words = " ".join(text for role, text in TURNS if role == "user").split()
     turns: list[dict] = []
-    while True:
-        for role, text in TURNS:
-            turns.append({"role": role, "content": text})
-            chat = [system] + turns
-            n = len(tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_dict=False))
-            if role == "user" and n >= target_tokens:
-                return chat
+    for role, text in itertools.cycle(TURNS):  # whole turns while a one-word last message still fits after them
+        turns.append({"role": role, "content": text})
+        if n_tokens(words[0]) > target_tokens:
+            turns.pop()
+            if turns and turns[-1]["role"] == "user":  # the last message takes its place
+                turns.pop()
+            break
+    last: list[str] = []  # the last message: as many words as fit
+    for word in itertools.cycle(words):
+        if last and n_tokens(" ".join(last + [word])) > target_tokens:
+            break
+        last.append(word)
+    return [system] + turns + [{"role": "user", "content": " ".join(last)}]
 
 
 def random_lora(base: str, out: Path) -> Path:
@@ -70,20 +83,27 @@ def random_lora(base: str, out: Path) -> Path:
     return out
 
 
-def time_twin(twin, chat: list[dict], new_tokens: int, cold: bool) -> dict:
-    """One streamed greedy reply of exactly `new_tokens` tokens: first-token latency and decode tokens/s."""
+def time_twin(twin, chat: list[dict], new_tokens: int, cold: bool, exact: bool = True) -> dict:
+    """One streamed greedy reply: first-token latency and decode tokens/s. `exact`: exactly `new_tokens` tokens (no
+    stop at the end-of-turn token, like min_new_tokens on the baseline); else the twin's own reply, as in the app."""
+    stop_ids = twin.stop_ids
+    if exact:
+        twin.stop_ids = []
     if cold:
         twin.forget_prefix()  # llama.cpp and the transformers path would otherwise reuse the previous prompt's KV
         twin.prefix_cache = False
     t0 = time.perf_counter()
     first = None
     text = ""
-    for text in twin.stream(chat, temperature=0.0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=new_tokens,
-                            use_cache=False):
-        first = first or time.perf_counter()
+    try:
+        for text in twin.stream(chat, temperature=0.0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=new_tokens,
+                                use_cache=False):
+            first = first or time.perf_counter()
+    finally:
+        twin.stop_ids, twin.prefix_cache = stop_ids, True
     end = time.perf_counter()
-    twin.prefix_cache = True
-    n = len(twin.tokenizer(text, add_special_tokens=False)["input_ids"])
+    first = first or end
+    n = new_tokens if exact else len(twin.tokenizer(text, add_special_tokens=False)["input_ids"])
     return {"first_s": first - t0, "decode_tps": (n - 1) / (end - first) if end > first else float("nan"), "text": text}
 
 
@@ -95,7 +115,7 @@ def long_chat_first_tokens(twin, turns: int, budget: int, block_tokens: int) -> 
     for i in range(turns):
         chat.append({"role": "user", "content": f"{users[i % len(users)]} ({i})"})
         messages, dropped = sc.trim_context(chat, twin.count_tokens, budget, block_tokens=block_tokens)
-        reply = time_twin(twin, messages, 16, cold=False)
+        reply = time_twin(twin, messages, 16, cold=False, exact=False)
         chat.append({"role": "assistant", "content": reply["text"] or "ok"})
         if dropped:
             firsts.append(reply["first_s"])
@@ -135,7 +155,8 @@ def main() -> int:
     parser.add_argument("--base_model", default=None)
     parser.add_argument("--adapter", default=None, help="PEFT adapter dir (default: a random nonzero LoRA)")
     parser.add_argument("--quant", default=None, choices=sorted(sc.GGUF_FTYPES),
-                        help=f"llama.cpp GGUF type of the app path (default {sc.DEFAULT_GGUF_QUANT}, the app's)")
+                        help=f"llama.cpp GGUF type of the app path (default the app's: {sc.AMX_GGUF_QUANT} on AMX CPUs with "
+                             f"our llama.cpp build, else {sc.DEFAULT_GGUF_QUANT})")
     args = parser.parse_args()
     reps = 2 if args.quick else args.reps
     if args.quick:
@@ -152,7 +173,6 @@ def main() -> int:
     twin = sc.load_twin(base, adapter, backend="auto", quantization=None if torch.cuda.is_available() else args.quant,
                        n_threads=args.threads)
     load_s = time.perf_counter() - t
-    twin.stop_ids = []  # always exactly new_tokens tokens, like min_new_tokens on the baseline
     chat = make_chat(twin.tokenizer, args.prompt_tokens)
     n_prompt = twin.count_tokens(chat)
 
@@ -172,21 +192,23 @@ def main() -> int:
     def baseline() -> None:
         samples["baseline"].append(time_hf(ref_model, input_ids, args.new_tokens))
 
-    def follow_up() -> list[dict]:
-        prev = samples["project"][-1]["text"]
-        return chat + [{"role": "assistant", "content": prev}, {"role": "user", "content": "ok cool see you then"}]
+    def follow_up(reply: str) -> list[dict]:
+        return chat + [{"role": "assistant", "content": reply or "ok"}, {"role": "user", "content": "ok cool see you then"}]
 
     def project_turn() -> None:
-        # A follow-up turn: the previous context + reply are already in the KV cache (prefix reuse).
-        time_twin(twin, chat, args.new_tokens, cold=True)  # puts the first turn back in the cache
-        samples["project_turn"].append(time_twin(twin, follow_up(), args.new_tokens, cold=False))
+        # A follow-up turn: the twin's own first reply (ended by its end-of-turn token, as in the app) and the
+        # context before it are in the KV cache (prefix reuse). An exact-length first reply would run past the
+        # end-of-turn token, whose text re-tokenizes differently and defeats the reuse.
+        twin.forget_prefix()
+        first_reply = time_twin(twin, chat, args.new_tokens, cold=False, exact=False)["text"]
+        samples["project_turn"].append(time_twin(twin, follow_up(first_reply), args.new_tokens, cold=False))
 
     def project_return() -> None:
         # The same follow-up after another user's chat took the model: served from the stored KV snapshot.
         twin.forget_prefix()
-        time_twin(twin, chat, args.new_tokens, cold=False)
-        time_twin(twin, other_chat, args.new_tokens, cold=False)
-        samples["project_return"].append(time_twin(twin, follow_up(), args.new_tokens, cold=False))
+        first_reply = time_twin(twin, chat, args.new_tokens, cold=False, exact=False)["text"]
+        time_twin(twin, other_chat, args.new_tokens, cold=False, exact=False)
+        samples["project_return"].append(time_twin(twin, follow_up(first_reply), args.new_tokens, cold=False))
 
     benchlib.alternate({"project": project, "baseline": baseline, "project_turn": project_turn,
                         "project_return": project_return}, reps, warmup=1)
@@ -245,7 +267,6 @@ def main() -> int:
         gpu = {}
         for quant in ("none", "4bit", "8bit"):
             g = sc.load_twin(base, adapter, backend="transformers", quantization=quant)
-            g.stop_ids = []
             runs = [time_twin(g, chat, args.new_tokens, cold=True) for _ in range(reps + 1)][1:]
             gpu[quant] = {"decode_tps": benchlib.stats([r["decode_tps"] for r in runs]),
                           "first_token_s": benchlib.stats([r["first_s"] for r in runs]),

@@ -198,14 +198,30 @@ def test_llama_cpp_interleaved_chats_resume_from_their_own_kv_snapshot(tmp_path,
     twin.forget_prefix()
     twin.prefix_cache = False
     assert twin.generate(follow_up, **settings) == warm
+    # built and run on one thread (a model built on another ran at half speed or worse: see ModelThread)
+    assert twin._on_model(threading.get_ident) == twin.llama._simme_built_on != threading.get_ident()
+
+
+def test_model_thread_runs_calls_in_order_on_one_thread_and_raises_their_errors():
+    worker = sc.ModelThread(name="simme-test")
+    seen: list[tuple[int, int]] = []
+    for i in range(3):
+        worker.submit(lambda i=i: seen.append((i, threading.get_ident())))
+    ident = worker.call(threading.get_ident)
+    assert [i for i, _ in seen] == [0, 1, 2] and {t for _, t in seen} == {ident} and ident != threading.get_ident()
+    with pytest.raises(ZeroDivisionError):
+        worker.call(lambda: 1 / 0)
+    assert worker.call(lambda: "still serving") == "still serving"
 
 
 def test_llama_cpp_default_quantization_generates_in_a_child_process(tmp_path):
-    """The app's CPU default (IQ4_NL, llama.cpp's repacked weights) must not crash natively: on AMX Xeons the
-    AMX weight buffer segfaults (ggml-org/llama.cpp#20824), so load_twin keeps the weights on the repack buffer
-    there. Run in a child process so a segfault is a failing test, not a dead test session. Its NLL on a chat must
-    stay near the fp32 transformers path with the same adapter (a broken kernel or repack gives ratios >> 1)."""
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install llama-cpp-python)")
+    """The app's CPU default must not crash natively: on AMX Xeons it is Q8_0 in the AMX buffer with the
+    llama.cpp that `make setup` builds (the released one segfaults there, ggml-org/llama.cpp#20824), and IQ4_NL on
+    the repack buffer with any other build or CPU. Run in a child process so a segfault is a failing test, not a
+    dead test session. Its NLL on a chat must stay near the fp32 transformers path with the same adapter (a broken
+    kernel or repack gives ratios >> 1)."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install llama-cpp-python)")
+    amx = sc.llama_cpp_amx_usable(sc.llama_cpp_extra_bufts(), llama_cpp.__version__)
     base = sc.resolve_base_model(None)
     adapter = _random_lora(base, tmp_path / "adapter", alpha=2)
     turns = [("user", "hey! are we still on for dinner tomorrow?"), ("assistant", "yes!!\nwhere tho"),
@@ -223,12 +239,23 @@ def test_llama_cpp_default_quantization_generates_in_a_child_process(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, f"llama.cpp child exited with {proc.returncode}: {proc.stderr[-2000:]}"
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["info"]["quantization"] == sc.DEFAULT_GGUF_QUANT and out["n_chars"] > 0
-    assert out["info"]["weight_buffer"] in ("default", "CPU_REPACK")  # IQ4_NL layers are repackable
+    assert out["info"]["quantization"] == sc.default_gguf_quant(amx) and out["n_chars"] > 0
+    # IQ4_NL layers are repackable; "default" on CPUs without AMX
+    assert out["info"]["weight_buffer"] in (("AMX",) if amx else ("default", "CPU_REPACK"))
     hf = sc.load_twin(base, str(adapter), backend="transformers")
     ref = hf.nll(sc.chat_token_ids(hf.tokenizer, messages))
     assert out["nll"][1] == ref[1] > 40
     assert 0.97 < out["nll"][0] / ref[0] < 1.08, (out["nll"], ref)  # measured 1.03 (IQ4_NL and Q4_0 alike here)
+
+
+def test_amx_is_used_only_with_the_fixed_llama_cpp_build():
+    """The released llama.cpp segfaults in its AMX buffer: only our build (version label) may use it."""
+    assert sc.llama_cpp_amx_usable({"AMX": 1, "CPU_REPACK": 2}, "0.3.36" + sc.LLAMA_CPP_AMX_FIX + "1")
+    assert not sc.llama_cpp_amx_usable({"AMX": 1, "CPU_REPACK": 2}, "0.3.36")
+    assert not sc.llama_cpp_amx_usable({"CPU_REPACK": 2}, "0.3.36" + sc.LLAMA_CPP_AMX_FIX + "1")
+    assert sc.default_gguf_quant(True) == "q8_0" and sc.default_gguf_quant(False) == "iq4_nl"
+    assert sc.llama_cpp_weight_buffers(Path("unused.gguf"), {"AMX": 1}, amx=True) is None
+    assert sc.llama_cpp_weight_buffers(Path("unused.gguf"), {}, amx=False) is None
 
 
 def test_repack_pattern_pins_only_repackable_layer_weights():
