@@ -38,7 +38,8 @@ $(VENV)/.llama_cpp: $(LLAMA_CPP_PATCH)
 	  tmp=$$(mktemp -d); src=$$tmp/llama_cpp_python-$(LLAMA_CPP_VERSION); \
 	  $(PY) -m pip download -q --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_CPP_VERSION) -d $$tmp; \
 	  tar xzf $$src.tar.gz -C $$tmp; \
-	  patch -s -p1 -d $$src < $(LLAMA_CPP_PATCH); \
+	  if command -v patch >/dev/null; then patch -s -p1 -d $$src < $(LLAMA_CPP_PATCH); \
+	  else (cd $$src && git apply -p1 $(CURDIR)/$(LLAMA_CPP_PATCH)); fi; \
 	  echo "Building llama-cpp-python $(LLAMA_CPP_VERSION) with the AMX fix (once per machine, ~8 min on 2 cores) ..."; \
 	  $(PY) -m pip wheel -q --no-deps $$src -w $$tmp/wheel; \
 	  mkdir -p "$$dir"; mv $$tmp/wheel/llama_cpp_python-*.whl "$$dir"/; rm -rf $$tmp; \

@@ -3269,7 +3269,11 @@ def llama_cpp_extra_bufts() -> dict[str, int]:
     """Name -> handle of the extra weight buffer types of the loaded llama.cpp's CPU backend ("AMX", "CPU_REPACK")."""
     import llama_cpp
 
-    lib = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml.so"))  # the copy llama_cpp loaded
+    lib_dir = Path(llama_cpp.__file__).parent / "lib"  # the copy llama_cpp loaded (.so, .dylib or .dll)
+    paths = [p for name in ("libggml.so", "libggml.dylib", "ggml.dll") for p in [lib_dir / name] if p.exists()]
+    if not paths:
+        return {}
+    lib = ctypes.CDLL(str(paths[0]))
     for name, res, args in [("ggml_backend_dev_by_type", ctypes.c_void_p, [ctypes.c_int]),
                             ("ggml_backend_dev_backend_reg", ctypes.c_void_p, [ctypes.c_void_p]),
                             ("ggml_backend_reg_get_proc_address", ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_char_p]),
