@@ -2679,9 +2679,10 @@ class TwinModel:
         self.stats = {"reply_cache_hits": 0, "prefix_tokens_reused": 0, "requests": 0}
         # Every llama.cpp call runs on one thread (the one that built it; see ModelThread), which also serializes
         # llama.cpp's state; transformers runs each request on its own thread under the lock.
-        self._thread = None
+        if (llama is None) != (llama_thread is None):
+            raise ValueError("a llama.cpp model comes with the ModelThread that built it (llama_thread), and only then")
+        self._thread = llama_thread
         if llama is not None:
-            self._thread = llama_thread or ModelThread()
             self._thread.submit(self._warm_up)
 
     def _warm_up(self) -> None:
