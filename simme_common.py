@@ -3075,6 +3075,7 @@ GGUF_FTYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "q4_k_m": 15, "iq4_nl":
 DEFAULT_GGUF_QUANT = "iq4_nl"
 AMX_GGUF_QUANT = "q8_0"
 LLAMA_CPP_AMX_FIX = "+simme.amx"  # version label of the llama-cpp-python that `make setup` builds with our AMX fix
+LLAMA_CPP_FA_PREFILL = ".faprefill"  # ... and with flash attention for prompt batches (patches/*-fa-prefill.patch)
 _GGUF_EXPORT_VERSION = 1  # bump when the writer changes, so cached files are rebuilt
 
 
@@ -3095,7 +3096,13 @@ def gguf_export_key(base: str, adapter: str | None) -> str:
         h.update(adapter.encode() if not files else b"")
         for f in files:
             if f.suffix in (".json", ".safetensors", ".bin", ".model", ".jinja"):
-                h.update(f.name.encode() + hashlib.sha256(f.read_bytes()).digest())
+                data = f.read_bytes()
+                if f.name == "adapter_config.json":  # peft saves target_modules from a set: order varies per process
+                    cfg = json.loads(data)
+                    if isinstance(cfg.get("target_modules"), list):
+                        cfg["target_modules"] = sorted(cfg["target_modules"])
+                    data = json.dumps(cfg, sort_keys=True).encode()
+                h.update(f.name.encode() + hashlib.sha256(data).digest())
     return h.hexdigest()[:16]
 
 
@@ -3187,6 +3194,7 @@ def export_twin_gguf(base: str, adapter: str | None, tokenizer, quant: str = DEF
     out_dir = simme_cache_dir() / "gguf" / gguf_export_key(base, adapter)
     out = out_dir / f"model-{quant}.gguf"
     if out.exists():
+        out_dir.touch()  # most recently used: kept by prune_gguf_cache
         return out
     from filelock import FileLock
 
@@ -3213,7 +3221,32 @@ def export_twin_gguf(base: str, adapter: str | None, tokenizer, quant: str = DEF
                 raise RuntimeError(f"llama.cpp failed to quantize {f32} to {quant} (code {rc})")
             tmp.rename(out)
             f32.unlink()  # 4 bytes per weight: only kept when f32 itself was asked for
+    removed = prune_gguf_cache(out_dir.parent, keep=int(os.environ.get("SIMME_GGUF_KEEP", 4)), current=out_dir)
+    if removed:
+        print(f"Removed {len(removed)} older GGUF export(s) from {out_dir.parent} (SIMME_GGUF_KEEP keeps the "
+              f"most recently used)", file=sys.stderr)
     return out
+
+
+def prune_gguf_cache(root: Path, keep: int, current: Path) -> list[Path]:
+    """Delete all but the `keep` most recently used export dirs under `root` (never `current`, nor one another
+    process is writing). Each retrained adapter adds a merged twin (~140 MB for the default model), and every one
+    of them holds the owner's style: old ones should not pile up."""
+    import shutil
+
+    from filelock import FileLock, Timeout
+
+    dirs = sorted((d for d in root.iterdir() if d.is_dir() and d != current), key=lambda d: d.stat().st_mtime,
+                  reverse=True)
+    removed = []
+    for d in dirs[max(keep - 1, 0):]:
+        try:
+            with FileLock(str(d / ".lock"), timeout=0):
+                shutil.rmtree(d, ignore_errors=True)
+        except Timeout:
+            continue
+        removed.append(d)
+    return removed
 
 
 def _load_llama_cpp(base: str, adapter: str | None, tokenizer, quant: str | None, n_threads: int | None):
@@ -3255,7 +3288,7 @@ def _load_llama_cpp(base: str, adapter: str | None, tokenizer, quant: str | None
     import atexit
 
     atexit.register(llama.close)  # freed before interpreter teardown (Llama.__del__ fails once ctypes is gone)
-    return llama, {"gguf": str(path), "quantization": quant, "n_threads": threads,
+    return llama, {"gguf": str(path), "quantization": quant, "n_threads": threads, "llama_cpp": llama_cpp.__version__,
                    "weight_buffer": ("AMX" if amx else "default") if weight_buffers is None else
                    ("CPU_REPACK" if weight_buffers[1] is not None else "CPU (no repack)")}
 

@@ -248,6 +248,45 @@ def test_llama_cpp_default_quantization_generates_in_a_child_process(tmp_path):
     assert 0.97 < out["nll"][0] / ref[0] < 1.08, (out["nll"], ref)  # measured 1.03 (IQ4_NL and Q4_0 alike here)
 
 
+def test_llama_cpp_prompt_batches_take_flash_attention_and_match_transformers(tmp_path):
+    """Our build runs prompt batches of >= 64 tokens through flash attention (faster prefill) and one-token decode
+    steps through mul_mat + soft_max on the same transposed V cache (fast decode). A long chat's NLL and greedy reply
+    must match the fp32 transformers path either way; SIMME_FA_PREFILL_MIN_TOKENS=0 turns the patch off, which must
+    change the numbers slightly (or flash attention was not used). Child processes: llama.cpp reads it once."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install llama-cpp-python)")
+    if sc.LLAMA_CPP_FA_PREFILL not in llama_cpp.__version__:
+        pytest.skip(f"llama-cpp-python {llama_cpp.__version__} is not our build (make setup)")
+    base = sc.resolve_base_model(None)
+    turns = ["hey! are we still on for dinner tomorrow?", "yes!!\nwhere tho", "the thai place near the station, 7pm?",
+             "perfect 👍\nsee u there", "can you bring the board game from last time, the one with the trains",
+             "ticket to ride? sure\nill bring snacks too", "amazing. also Cy might join, is that ok with you"]
+    messages = _chat(turns[0]) + [{"role": ("assistant", "user")[i % 2], "content": t} for i, t in enumerate(turns[1:])]
+    code = (
+        "import json, simme_common as sc\n"
+        "twin = sc.load_twin(sc.resolve_base_model(None), None, backend='llama.cpp', quantization='f32', n_threads=2)\n"
+        f"messages = {messages!r}\n"
+        "reply = twin.generate(messages, temperature=0.0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=12)\n"
+        "nll = twin.nll(sc.chat_token_ids(twin.tokenizer, messages + [{'role': 'assistant', 'content': 'ok'}]))\n"
+        "print(json.dumps({'reply': reply, 'nll': nll}))\n"
+    )
+    out = {}
+    for fa_min in ("64", "0"):
+        env = {**os.environ, "SIMME_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT),
+               "SIMME_FA_PREFILL_MIN_TOKENS": fa_min}
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+        assert proc.returncode == 0, f"llama.cpp child exited with {proc.returncode}: {proc.stderr[-2000:]}"
+        out[fa_min] = json.loads(proc.stdout.strip().splitlines()[-1])
+    hf = sc.load_twin(base, None, backend="transformers")
+    ids = sc.chat_token_ids(hf.tokenizer, messages + [{"role": "assistant", "content": "ok"}])
+    assert len(hf.prompt_ids(messages)) >= 100  # the prompt is one batch of >= 64 tokens
+    ref = hf.nll(ids)
+    assert out["64"]["nll"] != out["0"]["nll"]  # the two attention paths round differently
+    for fa_min in ("64", "0"):
+        assert out[fa_min]["nll"][1] == ref[1] and out[fa_min]["nll"][0] == pytest.approx(ref[0], rel=2e-3)
+    hf_reply = hf.generate(messages, temperature=0.0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=12)
+    assert out["64"]["reply"] == hf_reply
+
+
 def test_amx_is_used_only_with_the_fixed_llama_cpp_build():
     """The released llama.cpp segfaults in its AMX buffer: only our build (version label) may use it."""
     assert sc.llama_cpp_amx_usable({"AMX": 1, "CPU_REPACK": 2}, "0.3.36" + sc.LLAMA_CPP_AMX_FIX + "1")
@@ -256,6 +295,33 @@ def test_amx_is_used_only_with_the_fixed_llama_cpp_build():
     assert sc.default_gguf_quant(True) == "q8_0" and sc.default_gguf_quant(False) == "iq4_nl"
     assert sc.llama_cpp_weight_buffers(Path("unused.gguf"), {"AMX": 1}, amx=True) is None
     assert sc.llama_cpp_weight_buffers(Path("unused.gguf"), {}, amx=False) is None
+
+
+def test_prune_gguf_cache_keeps_the_most_recently_used_exports(tmp_path):
+    from filelock import FileLock
+
+    dirs = [tmp_path / f"export{i}" for i in range(6)]
+    for d in dirs:
+        d.mkdir()
+        (d / "model-q8_0.gguf").write_bytes(b"GGUF")
+    with FileLock(str(dirs[1] / ".lock")):  # another process is exporting into it
+        for i, d in enumerate(dirs):
+            os.utime(d, (1_000_000 + i, 1_000_000 + i))  # export5 is the most recently used
+        removed = sc.prune_gguf_cache(tmp_path, keep=3, current=dirs[0])  # just written, even if it looks old
+    assert sorted(removed) == [dirs[2], dirs[3]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export0", "export1", "export4", "export5"]
+
+
+def test_gguf_export_key_ignores_the_order_peft_saves_target_modules_in(tmp_path):
+    """peft writes target_modules from a set (order varies per process); the same adapter must hit the cache."""
+    keys = []
+    for i, modules in enumerate([["q_proj", "v_proj", "down_proj"], ["down_proj", "q_proj", "v_proj"], ["q_proj"]]):
+        d = tmp_path / f"adapter{i}"
+        d.mkdir()
+        (d / "adapter_config.json").write_text(json.dumps({"r": 8, "target_modules": modules}))
+        (d / "adapter_model.safetensors").write_bytes(b"weights")
+        keys.append(sc.gguf_export_key("base", str(d)))
+    assert keys[0] == keys[1] != keys[2]
 
 
 def test_repack_pattern_pins_only_repackable_layer_weights():
