@@ -214,6 +214,14 @@ def test_model_thread_runs_calls_in_order_on_one_thread_and_raises_their_errors(
     assert worker.call(lambda: "still serving") == "still serving"
 
 
+def _run_llama_child(code: str, cache: Path, **env: str) -> dict:
+    """Run `code` in a child Python (a native crash fails the test, not the session); the JSON of its last line."""
+    env = {**os.environ, "SIMME_CACHE": str(cache), "PYTHONPATH": str(ROOT), **env}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, f"llama.cpp child exited with {proc.returncode}: {proc.stderr[-2000:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def test_llama_cpp_default_quantization_generates_in_a_child_process(tmp_path):
     """The app's CPU default must not crash natively: on AMX Xeons it is Q8_0 in the AMX buffer with the
     llama.cpp that `make setup` builds (the released one segfaults there, ggml-org/llama.cpp#20824), and IQ4_NL on
@@ -235,10 +243,7 @@ def test_llama_cpp_default_quantization_generates_in_a_child_process(tmp_path):
         f"nll = twin.nll(sc.chat_token_ids(twin.tokenizer, {messages!r}))\n"
         "print(json.dumps({'info': twin.info(), 'n_chars': len(reply), 'nll': nll}))\n"
     )
-    env = {**os.environ, "SIMME_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, f"llama.cpp child exited with {proc.returncode}: {proc.stderr[-2000:]}"
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = _run_llama_child(code, tmp_path / "cache")
     assert out["info"]["quantization"] == sc.default_gguf_quant(amx) and out["n_chars"] > 0
     # IQ4_NL layers are repackable; "default" on CPUs without AMX
     assert out["info"]["weight_buffer"] in (("AMX",) if amx else ("default", "CPU_REPACK"))
@@ -269,13 +274,7 @@ def test_llama_cpp_prompt_batches_take_flash_attention_and_match_transformers(tm
         "nll = twin.nll(sc.chat_token_ids(twin.tokenizer, messages + [{'role': 'assistant', 'content': 'ok'}]))\n"
         "print(json.dumps({'reply': reply, 'nll': nll}))\n"
     )
-    out = {}
-    for fa_min in ("64", "0"):
-        env = {**os.environ, "SIMME_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT),
-               "SIMME_FA_PREFILL_MIN_TOKENS": fa_min}
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
-        assert proc.returncode == 0, f"llama.cpp child exited with {proc.returncode}: {proc.stderr[-2000:]}"
-        out[fa_min] = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = {fa_min: _run_llama_child(code, tmp_path / "cache", SIMME_FA_PREFILL_MIN_TOKENS=fa_min) for fa_min in ("64", "0")}
     hf = sc.load_twin(base, None, backend="transformers")
     ids = sc.chat_token_ids(hf.tokenizer, messages + [{"role": "assistant", "content": "ok"}])
     assert len(hf.prompt_ids(messages)) >= 100  # the prompt is one batch of >= 64 tokens
