@@ -3076,6 +3076,9 @@ DEFAULT_GGUF_QUANT = "iq4_nl"
 AMX_GGUF_QUANT = "q8_0"
 LLAMA_CPP_AMX_FIX = "+simme.amx"  # version label of the llama-cpp-python that `make setup` builds with our AMX fix
 LLAMA_CPP_FA_PREFILL = ".faprefill"  # ... and with flash attention for prompt batches (patches/*-fa-prefill.patch)
+LLAMA_CPP_AMX_BF16 = ".bf16prefill"  # ... and with AMX-BF16 tiles for prompt batches (patches/*-amx-bf16-prefill.patch)
+AMX_BF16_MIN_TOKENS = 32  # measured: from 32 rows the BF16 tiles win; below, reading 2x the weight bytes loses
+_AMX_BF16_IN_PROCESS: list[int] = []  # the value llama.cpp read (once per process, at the first AMX model load)
 _GGUF_EXPORT_VERSION = 1  # bump when the writer changes, so cached files are rebuilt
 
 
@@ -3261,6 +3264,14 @@ def _load_llama_cpp(base: str, adapter: str | None, tokenizer, quant: str | None
     path = export_twin_gguf(base, adapter, tokenizer, quant)
     threads = n_threads or int(os.environ.get("SIMME_THREADS", 0)) or os.cpu_count() or 1
     weight_buffers = llama_cpp_weight_buffers(path, bufts, amx)
+    bf16_min = None  # not our BF16 build, or no AMX
+    if amx and LLAMA_CPP_AMX_BF16 in llama_cpp.__version__ and quant == AMX_GGUF_QUANT:
+        if not _AMX_BF16_IN_PROCESS:  # llama.cpp reads the variable at the first AMX load, once per process
+            ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+            _AMX_BF16_IN_PROCESS.append(amx_bf16_min_tokens(path.stat().st_size, ram,
+                                                            os.environ.get("SIMME_AMX_BF16_MIN_TOKENS")))
+            os.environ["SIMME_AMX_BF16_MIN_TOKENS"] = str(_AMX_BF16_IN_PROCESS[0])
+        bf16_min = _AMX_BF16_IN_PROCESS[0]
     kwargs = dict(model_path=str(path), n_ctx=int(os.environ.get("SIMME_N_CTX", 2048)), n_threads=threads,
                   n_threads_batch=threads, n_batch=512, last_n_tokens_size=64, verbose=False, seed=0)
     if weight_buffers is None:
@@ -3289,6 +3300,7 @@ def _load_llama_cpp(base: str, adapter: str | None, tokenizer, quant: str | None
 
     atexit.register(llama.close)  # freed before interpreter teardown (Llama.__del__ fails once ctypes is gone)
     return llama, {"gguf": str(path), "quantization": quant, "n_threads": threads, "llama_cpp": llama_cpp.__version__,
+                   "amx_bf16_min_tokens": bf16_min,
                    "weight_buffer": ("AMX" if amx else "default") if weight_buffers is None else
                    ("CPU_REPACK" if weight_buffers[1] is not None else "CPU (no repack)")}
 
@@ -3333,6 +3345,22 @@ def llama_cpp_amx_usable(bufts: Iterable[str], llama_cpp_version: str) -> bool:
     patches/llama-cpp-python-*-amx-tilecfg.patch, which also tags its version with LLAMA_CPP_AMX_FIX.
     """
     return "AMX" in bufts and LLAMA_CPP_AMX_FIX in llama_cpp_version
+
+
+def amx_bf16_min_tokens(gguf_bytes: int, ram_bytes: int, env: str | None) -> int:
+    """Prompt batches of at least this many tokens take the AMX-BF16 tiles of our llama.cpp build (0 = off).
+
+    The build keeps a BF16 copy of every Q8_0 matmul weight next to it (~1.9x the GGUF's size, +255 MiB RSS for the
+    default model): made by default only while that copy takes at most 1/8 of the RAM, so a 135M-1B twin gets the
+    faster prefill and an 8B one is not doubled in memory. SIMME_AMX_BF16_MIN_TOKENS overrides (0 turns it off).
+    """
+    if env is not None and env.strip() != "":
+        try:
+            value = int(env)
+        except ValueError:
+            raise UserError(f"SIMME_AMX_BF16_MIN_TOKENS must be a whole number of tokens (0 = off), got {env!r}") from None
+        return max(value, 0)
+    return AMX_BF16_MIN_TOKENS if 1.9 * gguf_bytes <= ram_bytes / 8 else 0
 
 
 def default_gguf_quant(amx: bool) -> str:

@@ -214,10 +214,10 @@ def test_model_thread_runs_calls_in_order_on_one_thread_and_raises_their_errors(
     assert worker.call(lambda: "still serving") == "still serving"
 
 
-def _run_llama_child(code: str, cache: Path, **env: str) -> dict:
+def _run_llama_child(code: str, cache: Path, args: list[str] = (), **env: str) -> dict:
     """Run `code` in a child Python (a native crash fails the test, not the session); the JSON of its last line."""
     env = {**os.environ, "SIMME_CACHE": str(cache), "PYTHONPATH": str(ROOT), **env}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, f"llama.cpp child exited with {proc.returncode}: {proc.stderr[-2000:]}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -284,6 +284,74 @@ def test_llama_cpp_prompt_batches_take_flash_attention_and_match_transformers(tm
         assert out[fa_min]["nll"][1] == ref[1] and out[fa_min]["nll"][0] == pytest.approx(ref[0], rel=2e-3)
     hf_reply = hf.generate(messages, temperature=0.0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=12)
     assert out["64"]["reply"] == hf_reply
+
+
+def test_amx_prompt_batches_take_bf16_tiles_and_match_transformers(tmp_path):
+    """On AMX CPUs our build runs prompt batches of >= 32 tokens through AMX-BF16 tiles on a BF16 copy of the Q8_0
+    weights (faster prefill); decode keeps the Q8_0 kernels. On the default app path (Q8_0, with an adapter) the
+    prompt's logits must be at least as close to fp32 transformers as with the Q8_0 int8 tiles
+    (SIMME_AMX_BF16_MIN_TOKENS=0, no copy; measured mean |diff| 0.14-0.17 against 0.23-0.24), must differ from them
+    (or the BF16 tiles were not used), and a reply must still decode. Child processes: llama.cpp reads it once."""
+    import numpy as np
+    import torch
+
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install llama-cpp-python)")
+    if not sc.llama_cpp_amx_usable(sc.llama_cpp_extra_bufts(), llama_cpp.__version__):
+        pytest.skip("no AMX on this CPU, or not our llama.cpp build")
+    if sc.LLAMA_CPP_AMX_BF16 not in llama_cpp.__version__:
+        pytest.skip(f"llama-cpp-python {llama_cpp.__version__} is not our BF16 build (make setup)")
+    base = sc.resolve_base_model(None)
+    adapter = _random_lora(base, tmp_path / "adapter", alpha=2)
+    turns = ["hey! are we still on for dinner tomorrow?", "yes!!\nwhere tho", "the thai place near the station, 7pm?",
+             "perfect 👍\nsee u there", "can you bring the board game from last time, the one with the trains",
+             "ticket to ride? sure\nill bring snacks too", "amazing. also Cy might join, is that ok with you"]
+    messages = _chat(turns[0]) + [{"role": ("assistant", "user")[i % 2], "content": t} for i, t in enumerate(turns[1:])]
+    code = (
+        "import json, sys, numpy as np, simme_common as sc\n"
+        f"twin = sc.load_twin(sc.resolve_base_model(None), {str(adapter)!r}, backend='llama.cpp', n_threads=2)\n"
+        f"messages = {messages!r}\n"
+        "ids = twin.prompt_ids(messages)\n"
+        "def logits():  # every position's logits of the prompt, decoded as one batch\n"
+        "    llama = twin.llama\n"
+        "    llama.reset()\n"
+        "    llama._ctx.kv_cache_seq_rm(-1, 0, -1)\n"
+        "    llama._batch.set_batch(batch=ids, n_past=0, logits_all=True)\n"
+        "    llama._ctx.decode(llama._batch)\n"
+        "    out = np.ctypeslib.as_array(llama._ctx.get_logits(), shape=(len(ids), llama.n_vocab())).copy()\n"
+        "    llama._ctx.kv_cache_seq_rm(-1, 0, -1)\n"
+        "    llama.reset()\n"
+        "    return out\n"
+        "np.save(sys.argv[1], twin._on_model(logits))\n"
+        "reply = twin.generate(messages, temperature=0.0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=12)\n"
+        "print(json.dumps({'info': twin.info(), 'reply': reply}))\n"
+    )
+    out = {n: _run_llama_child(code, tmp_path / "cache", args=[str(tmp_path / f"logits{n}.npy")],
+                               SIMME_AMX_BF16_MIN_TOKENS=n) for n in ("32", "0")}
+    assert out["32"]["info"]["amx_bf16_min_tokens"] == 32 and out["0"]["info"]["amx_bf16_min_tokens"] == 0
+    assert out["32"]["info"]["quantization"] == "q8_0" and out["32"]["info"]["weight_buffer"] == "AMX"
+    hf = sc.load_twin(base, str(adapter), backend="transformers")
+    ids = hf.prompt_ids(messages)
+    assert len(ids) >= 100  # one batch of >= 32 rows
+    with torch.inference_mode():
+        ref = hf.model(torch.tensor([ids])).logits[0].float().numpy()
+    logits = {n: np.load(tmp_path / f"logits{n}.npy") for n in out}
+    err = {n: float(np.abs(logits[n] - ref).mean()) for n in out}
+    assert not np.array_equal(logits["32"], logits["0"])  # BF16 tiles and Q8_0 int8 tiles round differently
+    assert err["32"] <= 1.1 * err["0"] and err["0"] < 0.5, err
+    assert (logits["32"].argmax(1) == ref.argmax(1)).mean() >= 0.9
+    assert out["32"]["reply"] and out["0"]["reply"]  # decode (one row: the Q8_0 kernels) after a BF16 prefill
+
+
+def test_amx_bf16_copy_is_made_only_where_memory_allows():
+    """The BF16 copy costs ~1.9x the GGUF: on by default while it fits in 1/8 of the RAM; the variable overrides."""
+    gib = 2**30
+    assert sc.amx_bf16_min_tokens(145 * 2**20, 16 * gib, None) == sc.AMX_BF16_MIN_TOKENS  # the default twin, a Space
+    assert sc.amx_bf16_min_tokens(int(8.5 * gib), 64 * gib, None) == 0  # Llama-3.1-8B at Q8_0
+    assert sc.amx_bf16_min_tokens(int(8.5 * gib), 64 * gib, "48") == 48
+    assert sc.amx_bf16_min_tokens(145 * 2**20, 16 * gib, "0") == 0
+    assert sc.amx_bf16_min_tokens(145 * 2**20, 16 * gib, " ") == sc.AMX_BF16_MIN_TOKENS
+    with pytest.raises(sc.UserError, match="SIMME_AMX_BF16_MIN_TOKENS"):
+        sc.amx_bf16_min_tokens(145 * 2**20, 16 * gib, "on")
 
 
 def test_amx_is_used_only_with_the_fixed_llama_cpp_build():
