@@ -3267,7 +3267,10 @@ def _load_llama_cpp(base: str, adapter: str | None, tokenizer, quant: str | None
     bf16_min = None  # not our BF16 build, or no AMX
     if amx and LLAMA_CPP_AMX_BF16 in llama_cpp.__version__ and quant == AMX_GGUF_QUANT:
         if not _AMX_BF16_IN_PROCESS:  # llama.cpp reads the variable at the first AMX load, once per process
-            ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+            try:
+                ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+            except (AttributeError, OSError, ValueError):  # no sysconf (Windows): RAM unknown, no copy by default
+                ram = 0
             _AMX_BF16_IN_PROCESS.append(amx_bf16_min_tokens(path.stat().st_size, ram,
                                                             os.environ.get("SIMME_AMX_BF16_MIN_TOKENS")))
             os.environ["SIMME_AMX_BF16_MIN_TOKENS"] = str(_AMX_BF16_IN_PROCESS[0])
