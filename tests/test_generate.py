@@ -214,6 +214,14 @@ def test_model_thread_runs_calls_in_order_on_one_thread_and_raises_their_errors(
     assert worker.call(lambda: "still serving") == "still serving"
 
 
+def _long_chat() -> list[dict]:
+    """A one-on-one chat of 100+ prompt tokens ending with a user turn (one prompt batch of >= 64 tokens)."""
+    turns = ["hey! are we still on for dinner tomorrow?", "yes!!\nwhere tho", "the thai place near the station, 7pm?",
+             "perfect 👍\nsee u there", "can you bring the board game from last time, the one with the trains",
+             "ticket to ride? sure\nill bring snacks too", "amazing. also Cy might join, is that ok with you"]
+    return _chat(turns[0]) + [{"role": ("assistant", "user")[i % 2], "content": t} for i, t in enumerate(turns[1:])]
+
+
 def _run_llama_child(code: str, cache: Path, args: list[str] = (), **env: str) -> dict:
     """Run `code` in a child Python (a native crash fails the test, not the session); the JSON of its last line."""
     env = {**os.environ, "SIMME_CACHE": str(cache), "PYTHONPATH": str(ROOT), **env}
@@ -262,10 +270,7 @@ def test_llama_cpp_prompt_batches_take_flash_attention_and_match_transformers(tm
     if sc.LLAMA_CPP_FA_PREFILL not in llama_cpp.__version__:
         pytest.skip(f"llama-cpp-python {llama_cpp.__version__} is not our build (make setup)")
     base = sc.resolve_base_model(None)
-    turns = ["hey! are we still on for dinner tomorrow?", "yes!!\nwhere tho", "the thai place near the station, 7pm?",
-             "perfect 👍\nsee u there", "can you bring the board game from last time, the one with the trains",
-             "ticket to ride? sure\nill bring snacks too", "amazing. also Cy might join, is that ok with you"]
-    messages = _chat(turns[0]) + [{"role": ("assistant", "user")[i % 2], "content": t} for i, t in enumerate(turns[1:])]
+    messages = _long_chat()
     code = (
         "import json, simme_common as sc\n"
         "twin = sc.load_twin(sc.resolve_base_model(None), None, backend='llama.cpp', quantization='f32', n_threads=2)\n"
@@ -302,10 +307,7 @@ def test_amx_prompt_batches_take_bf16_tiles_and_match_transformers(tmp_path):
         pytest.skip(f"llama-cpp-python {llama_cpp.__version__} is not our BF16 build (make setup)")
     base = sc.resolve_base_model(None)
     adapter = _random_lora(base, tmp_path / "adapter", alpha=2)
-    turns = ["hey! are we still on for dinner tomorrow?", "yes!!\nwhere tho", "the thai place near the station, 7pm?",
-             "perfect 👍\nsee u there", "can you bring the board game from last time, the one with the trains",
-             "ticket to ride? sure\nill bring snacks too", "amazing. also Cy might join, is that ok with you"]
-    messages = _chat(turns[0]) + [{"role": ("assistant", "user")[i % 2], "content": t} for i, t in enumerate(turns[1:])]
+    messages = _long_chat()
     code = (
         "import json, sys, numpy as np, simme_common as sc\n"
         f"twin = sc.load_twin(sc.resolve_base_model(None), {str(adapter)!r}, backend='llama.cpp', n_threads=2)\n"
