@@ -273,7 +273,12 @@ def test_ab_loads_adapter_b_and_refuses_a_missing_one_with_a_clear_error(app_mod
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    lora = LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False)  # random B: a different twin
+    import torch
+
+    # Random A and B, scaled up (alpha 32 / r 2) and seeded: an unseeded rank-2 delta at scale 1 sometimes left the tiny
+    # model's 8 greedy tokens unchanged (both twins answered "\n" x 8), depending on what drew from the global RNG before.
+    lora = LoraConfig(r=2, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    torch.manual_seed(0)
     get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), lora).save_pretrained(tmp_path / "adapter_b")
     app = app_mod.TwinApp(app_mod.APP.twin, owner=OWNER)
     assert "adapter_b" in app.load_b(str(tmp_path / "adapter_b")) and app.twin_b.info()["adapter"]
