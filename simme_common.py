@@ -2737,25 +2737,35 @@ class TwinModel:
     def _nll_llama(self, ids: list[int]) -> tuple[float, int]:
         import numpy as np
 
+        total = 0.0
+        for start, logits in self._llama_logits(ids):
+            targets = np.array(ids[start + 1:start + len(logits) + 1])
+            rows = logits[: len(targets)]
+            top = rows.max(axis=1)
+            lse = top + np.log(np.exp(rows - top[:, None]).sum(axis=1))
+            total += float((lse - rows[np.arange(len(targets)), targets]).astype(np.float64).sum())
+        return total, len(ids) - 1
+
+    def _llama_logits(self, ids: list[int]):
+        """(start, logits of every position of the batch at `start`) for `ids` decoded from an empty KV cache in
+        batches of n_batch, as a prompt is; each array is llama.cpp's buffer, valid until the next batch. Clears the
+        KV reuse. Call on the model thread."""
+        import numpy as np
+
         llama = self.llama
         if len(ids) > llama.n_ctx():
             raise UserError(f"{len(ids)} tokens do not fit llama.cpp's context of {llama.n_ctx()} (SIMME_N_CTX)")
         llama.reset()
         llama._ctx.kv_cache_seq_rm(-1, 0, -1)
-        total, n_vocab = 0.0, llama.n_vocab()
-        for start in range(0, len(ids), llama.n_batch):
-            chunk = ids[start:start + llama.n_batch]
-            llama._batch.set_batch(batch=chunk, n_past=start, logits_all=True)  # logits for every position
-            llama._ctx.decode(llama._batch)
-            logits = np.ctypeslib.as_array(llama._ctx.get_logits(), shape=(len(chunk), n_vocab))
-            targets = np.array(ids[start + 1:start + len(chunk) + 1])
-            rows = logits[: len(targets)]
-            top = rows.max(axis=1)
-            lse = top + np.log(np.exp(rows - top[:, None]).sum(axis=1))
-            total += float((lse - rows[np.arange(len(targets)), targets]).astype(np.float64).sum())
-        llama._ctx.kv_cache_seq_rm(-1, 0, -1)
-        llama.reset()  # the KV cache no longer matches llama.cpp-python's record of the prompt
-        return total, len(ids) - 1
+        try:
+            for start in range(0, len(ids), llama.n_batch):
+                chunk = ids[start:start + llama.n_batch]
+                llama._batch.set_batch(batch=chunk, n_past=start, logits_all=True)  # logits for every position
+                llama._ctx.decode(llama._batch)
+                yield start, np.ctypeslib.as_array(llama._ctx.get_logits(), shape=(len(chunk), llama.n_vocab()))
+        finally:
+            llama._ctx.kv_cache_seq_rm(-1, 0, -1)
+            llama.reset()  # the KV cache no longer matches llama.cpp-python's record of the prompt
 
     def generate(self, messages: list[dict], **settings) -> str:
         """The whole reply (same arguments as `stream`)."""
