@@ -70,7 +70,7 @@ def lingua_everywhere(text: str) -> str:
 
     if not re.search(r"[^\W\d_]", text or ""):
         return "other"
-    found = sc._lingua_detector().detect_language_of(text)
+    found = sc.text_features._lingua_detector().detect_language_of(text)
     return "other" if found is None else ("vi" if found.name == "VIETNAMESE" else "en")
 
 

@@ -1,0 +1,253 @@
+"""Parsing an export into threads: classic Messenger, E2EE and old Instagram files, drop reasons, merging the
+records of one conversation, and inferring the export's owner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .export_files import discover_export, entry_display_path, iter_thread_groups, read_thread_group
+from .runtime import UserError
+from .system_text import _SYSTEM_STARTERS, classify_system_text, fix_mojibake, normalize_text
+
+
+_ATTACHMENT_KEYS = ("photos", "videos", "audio_files", "gifs", "files", "sticker")
+
+
+DROP_REASONS = (
+    "unsent", "taken_down", "call", "reaction_pseudo", "membership_event", "attachment_placeholder",
+    "attachment_only", "system_other", "empty", "malformed", "duplicate",
+)
+
+
+# Keys that send a classic message through the full structural classifier instead of the text fast path.
+_SLOW_PATH_KEYS = frozenset(("is_unsent", "is_taken_down", "call_duration", "missed", "type", "users", "share") + _ATTACHMENT_KEYS)
+
+
+def _classify_classic_message(m: Any) -> tuple[str | None, str | None, int | None, str | None, str]:
+    """(drop_reason, sender, timestamp_ms, text, missing_field) of one raw classic message; text repaired later."""
+    if not isinstance(m, dict):
+        return "malformed", None, None, None, "message"
+    sender = m.get("sender_name")
+    ts = m.get("timestamp_ms")
+    if ts is None and isinstance(m.get("timestamp"), (int, float)):
+        ts = int(m["timestamp"]) * 1000  # early-2018 exports: seconds
+    if not isinstance(sender, str):
+        return "malformed", None, None, None, "sender_name"
+    if not isinstance(ts, (int, float)):
+        return "malformed", sender, None, None, "timestamp_ms"
+    content = m.get("content")
+    if m.get("is_unsent"):
+        return "unsent", sender, int(ts), content, ""
+    if m.get("is_taken_down"):
+        return "taken_down", sender, int(ts), content, ""
+    if "call_duration" in m or "missed" in m or m.get("type") == "Call":
+        return "call", sender, int(ts), content, ""
+    if "users" in m or m.get("type") in ("Subscribe", "Unsubscribe"):
+        return "membership_event", sender, int(ts), content, ""
+    if not isinstance(content, str) or not content.strip():
+        reason = "attachment_only" if any(k in m for k in _ATTACHMENT_KEYS) or "share" in m else "empty"
+        return reason, sender, int(ts), None, ""
+    return None, sender, int(ts), content, ""
+
+
+def parse_thread_documents(docs: list[tuple[Any, str, str, bool]]) -> dict:
+    """Turn the parsed files of one thread into cleaned, ascending messages plus drop counts.
+
+    Args:
+        docs: (document, kind, source, needs_mojibake_fix) per file; classic files are newest-first,
+            E2EE files oldest-first, in any file order.
+    Returns:
+        {title, participants, thread_type, messages: [(ts, sender, text, source)], total, dropped, you_lines,
+        senders, problems}: `you_lines` counts "You ..." system lines per sender (owner evidence).
+    """
+    from collections import Counter
+
+    dropped: Counter = Counter()
+    you_lines: Counter = Counter()
+    problems: list[str] = []
+    rows: list[tuple[int, int, str, str, str]] = []  # (ts, seq, sender, text, source) for a stable sort
+    participants: list[str] = []
+    everyone: set[str] = set()
+    title, thread_type, total, seq = None, None, 0, 0
+    for doc, kind, source, fix in docs:
+        fix_fn = fix_mojibake if fix else normalize_text
+        if kind == "classic":
+            raw_msgs = list(reversed(doc["messages"]))  # newest-first -> ascending; ties keep chronological order
+            names = [p.get("name") if isinstance(p, dict) else p for p in doc.get("participants") or []]
+            title = title or (fix_fn(doc["title"]) if isinstance(doc.get("title"), str) else None)
+            thread_type = thread_type or doc.get("thread_type")
+        else:
+            raw_msgs = doc["messages"]
+            names = list(doc.get("participants") or [])
+            title = title or (doc.get("threadName") if isinstance(doc.get("threadName"), str) else None)
+            source = "e2ee"
+        for n in names:
+            if isinstance(n, str) and n.strip() and fix_fn(n) not in participants:
+                participants.append(fix_fn(n))
+        classic = kind == "classic"
+        cache: dict[str, str] = {}
+        total += len(raw_msgs)
+        # System sentences start with a person's name (participant or sender) or a fixed word ("You", "The", ...):
+        # one C-level startswith spares ~all real messages the keyword scan and the full regex.
+        prefixes = _SYSTEM_STARTERS + tuple(v for p in participants if p for v in (p, p.lower()))
+        for m in raw_msgs:
+            # Fast path (most rows): a plain text message; anything unusual goes through the full classifier.
+            if classic and type(m) is dict and _SLOW_PATH_KEYS.isdisjoint(m):
+                text, sender, ts = m.get("content"), m.get("sender_name"), m.get("timestamp_ms")
+                fast = type(text) is str and type(sender) is str and type(ts) is int
+            else:
+                fast = False
+            if fast:
+                reason = None
+            else:
+                reason, sender, ts, text, missing = (_classify_classic_message if classic else _classify_e2ee_message)(m)
+                if reason == "malformed":
+                    dropped["malformed"] += 1
+                    if len(problems) < 3:
+                        index = next(i for i, x in enumerate(raw_msgs) if x is m)
+                        index = len(raw_msgs) - 1 - index if classic else index  # position in the file
+                        problems.append(f"message #{index} of a {len(raw_msgs)}-message file has no valid '{missing}'")
+                    continue
+            fixed = cache.get(sender)
+            if fixed is None:
+                fixed = cache[sender] = fix_fn(sender)
+                everyone.add(fixed)
+                if fixed:
+                    prefixes += (fixed, fixed.lower())
+            sender = fixed
+            if text is not None:
+                if not text.isascii():
+                    text = fix_fn(text)
+                if reason is None:
+                    text = text.strip("\r\n")
+                    if not text or text.isspace():
+                        reason = "empty"
+                    elif text.startswith(prefixes):  # names as displayed or lowercased; starters in both cases
+                        reason = classify_system_text(text)
+            if reason is not None:
+                dropped[reason] += 1
+                if text and reason != "reaction_pseudo" and text.lstrip()[:4].lower() in ("you ", "bạn"):
+                    you_lines[sender] += 1
+                continue
+            rows.append((ts, seq, sender, text, source))
+            seq += 1
+    rows.sort()  # (timestamp, arrival order): a stable sort by time
+    messages = [(ts, sender, text, src) for ts, _, sender, text, src in rows]
+    senders = Counter(r[2] for r in rows)
+    if thread_type is None:
+        # Members who left are missing from `participants` but their (even system) messages remain.
+        thread_type = "RegularGroup" if len(set(participants) | everyone) > 2 else None
+    return {"title": title, "participants": participants, "thread_type": thread_type, "messages": messages,
+            "all_senders": sorted(everyone),
+            "total": total, "dropped": dict(dropped), "you_lines": dict(you_lines), "senders": dict(senders),
+            "problems": problems}
+
+
+def _classify_e2ee_message(m: Any) -> tuple[str | None, str | None, int | None, str | None, str]:
+    """(drop_reason, sender, timestamp_ms, text, missing_field) of one E2EE ("secure storage") message."""
+    if not isinstance(m, dict):
+        return "malformed", None, None, None, "message"
+    sender, ts, text = m.get("senderName"), m.get("timestamp"), m.get("text")
+    if not isinstance(sender, str):
+        return "malformed", None, None, None, "senderName"
+    if not isinstance(ts, (int, float)):
+        return "malformed", sender, None, None, "timestamp"
+    if m.get("isUnsent") or m.get("type") == "placeholder":
+        return "unsent", sender, int(ts), text, ""
+    if not isinstance(text, str) or not text.strip():
+        return ("attachment_only" if m.get("media") or m.get("type") == "media" else "empty"), sender, int(ts), None, ""
+    return None, sender, int(ts), text, ""
+
+
+def parse_export(paths: list[str | Path], redact: bool = True):
+    """Yield one parsed thread at a time (dict from parse_thread_documents + key, kind, sources) and failures.
+
+    Streams: only one thread's files are in memory at once. Yields ("thread", record) and ("failure", {path, error}).
+    """
+    entries, failures = discover_export(paths)
+    for f in failures:
+        yield "failure", f
+    for group in iter_thread_groups(entries):
+        docs, fails, kinds = read_thread_group(group, redact)
+        for f in fails:
+            yield "failure", f
+        if not docs:
+            continue
+        if "instagram_old" in kinds:  # one file holding many threads
+            for i, d in enumerate(docs):
+                rec = parse_thread_documents([d])
+                rec.pop("problems")
+                rec.update(key=f"{group[0]['group']}#{i}", kind="classic")
+                yield "thread", rec
+            continue
+        rec = parse_thread_documents(docs)
+        rec.update(key=group[0]["group"], kind="e2ee" if kinds and all(k == "e2ee" for k in kinds) else "classic")
+        problems = rec.pop("problems")
+        if rec["total"] == 0 or problems:
+            shown = entry_display_path(group[0], redact)
+            if rec["total"] == 0:
+                yield "failure", {"path": shown, "error": f"{shown}: thread has no messages (empty 'messages' list)"}
+                continue
+            for p in problems:
+                yield "failure", {"path": shown, "error": f"{shown}: {p} (message skipped)"}
+        yield "thread", rec
+
+
+def merge_thread_records(records: list[dict]) -> dict:
+    """Merge records of one conversation (classic/e2ee_cutover + E2EE export): ascending, exact duplicates removed."""
+    from collections import Counter
+
+    if len(records) == 1 and not _has_duplicates(records[0]["messages"]):
+        return records[0]
+    dropped: Counter = Counter()
+    for r in records:
+        dropped.update(r["dropped"])
+    rows = sorted((m for r in records for m in r["messages"]), key=lambda m: m[0])
+    seen, kept = set(), []
+    for m in rows:
+        key = (m[0], m[1], m[2])  # same sender, timestamp and text
+        if key in seen:
+            dropped["duplicate"] += 1
+            continue
+        seen.add(key)
+        kept.append(m)
+    base = dict(records[0])
+    base.update(
+        messages=kept, dropped=dict(dropped), total=sum(r["total"] for r in records),
+        participants=list(dict.fromkeys(p for r in records for p in r["participants"])),
+        senders=dict(sum((Counter(r["senders"]) for r in records), Counter())),
+        all_senders=sorted(set().union(*(r.get("all_senders", []) for r in records))),
+        you_lines=dict(sum((Counter(r["you_lines"]) for r in records), Counter())),
+        title=next((r["title"] for r in records if r["kind"] == "classic" and r["title"]), base["title"]),
+    )
+    return base
+
+
+def _has_duplicates(messages: list[tuple]) -> bool:
+    """Whether a thread holds exact (timestamp, sender, text) duplicates."""
+    return len({(m[0], m[1], m[2]) for m in messages}) != len(messages)
+
+
+def infer_owner(thread_people: list[set[str]], you_lines: dict[str, int]) -> tuple[str, str]:
+    """The export's owner: the person present in the most threads ("You ..." system lines break ties).
+
+    Returns (owner, evidence sentence without names). Raises UserError listing the top candidates if ambiguous.
+    """
+    from collections import Counter
+
+    presence = Counter(p for people in thread_people for p in people if p and p != "Facebook user")
+    if not presence:
+        raise UserError("could not infer the owner: no participant names found; pass --owner \"Full Name\"")
+    ranked = sorted(presence, key=lambda p: (-presence[p], -you_lines.get(p, 0), p))
+    best = ranked[0]
+    n = len(thread_people)
+    if len(ranked) > 1:
+        second = ranked[1]
+        tie = presence[second] == presence[best] and you_lines.get(second, 0) == you_lines.get(best, 0)
+        if tie:
+            top = ", ".join(f"{p!r} ({presence[p]}/{n} threads)" for p in ranked[:3])
+            raise UserError(f"cannot tell who owns this export; top candidates: {top}. Pass --owner \"Full Name\"")
+    evidence = (f"present in {presence[best]}/{n} threads (next: {presence[ranked[1]] if len(ranked) > 1 else 0}), "
+                f"{you_lines.get(best, 0)} 'You ...' system lines")
+    return best, evidence

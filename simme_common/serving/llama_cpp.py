@@ -1,0 +1,185 @@
+"""The llama.cpp backend: weight buffers (AMX, CPU repack), the features of our patched build, loading a Llama."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from ..runtime import UserError
+from .gguf_export import AMX_GGUF_QUANT, default_gguf_quant, export_twin_gguf
+
+
+LLAMA_CPP_AMX_FIX = "+simme.amx"  # version label of the llama-cpp-python that `make setup` builds with our AMX fix
+
+
+LLAMA_CPP_FA_PREFILL = ".faprefill"  # ... and with flash attention for prompt batches (patches/*-fa-prefill.patch)
+
+
+LLAMA_CPP_AMX_BF16 = ".bf16prefill"  # ... and with AMX-BF16 tiles for prompt batches (patches/*-amx-bf16-prefill.patch)
+
+
+AMX_BF16_MIN_TOKENS = 32  # measured: from 32 rows the BF16 tiles win; below, reading 2x the weight bytes loses
+
+
+_AMX_BF16_IN_PROCESS: list[int] = []  # the value llama.cpp read (once per process, at the first AMX model load)
+
+
+def _load_llama_cpp(base: str, adapter: str | None, tokenizer, quant: str | None, n_threads: int | None):
+    """llama.cpp model of the merged twin (GGUF exported and cached once); ImportError when llama-cpp-python is absent.
+
+    Call it on the thread that will run the model (ModelThread)."""
+    import llama_cpp
+
+    bufts = llama_cpp_extra_bufts()
+    amx = llama_cpp_amx_usable(bufts, llama_cpp.__version__)
+    quant = quant or default_gguf_quant(amx)
+    path = export_twin_gguf(base, adapter, tokenizer, quant)
+    threads = n_threads or int(os.environ.get("SIMME_THREADS", 0)) or os.cpu_count() or 1
+    weight_buffers = llama_cpp_weight_buffers(path, bufts, amx)
+    bf16_min = None  # not our BF16 build, or no AMX
+    if amx and LLAMA_CPP_AMX_BF16 in llama_cpp.__version__ and quant == AMX_GGUF_QUANT:
+        if not _AMX_BF16_IN_PROCESS:  # llama.cpp reads the variable at the first AMX load, once per process
+            try:
+                ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+            except (AttributeError, OSError, ValueError):  # no sysconf (Windows): RAM unknown, no copy by default
+                ram = 0
+            _AMX_BF16_IN_PROCESS.append(amx_bf16_min_tokens(path.stat().st_size, ram,
+                                                            os.environ.get("SIMME_AMX_BF16_MIN_TOKENS")))
+            os.environ["SIMME_AMX_BF16_MIN_TOKENS"] = str(_AMX_BF16_IN_PROCESS[0])
+        bf16_min = _AMX_BF16_IN_PROCESS[0]
+    kwargs = dict(model_path=str(path), n_ctx=int(os.environ.get("SIMME_N_CTX", 2048)), n_threads=threads,
+                  n_threads_batch=threads, n_batch=512, last_n_tokens_size=64, verbose=False, seed=0)
+    if weight_buffers is None:
+        llama = llama_cpp.Llama(**kwargs)
+    else:
+        use_extra, overrides = weight_buffers
+        # Llama() takes no buffer options: amend the default model params it starts from, for this call only.
+        default_params = llama_cpp.llama_cpp.llama_model_default_params
+
+        def params():
+            p = default_params()
+            p.use_extra_bufts = use_extra
+            if overrides is not None:
+                p.tensor_buft_overrides = ctypes.cast(overrides, ctypes.c_void_p)
+            return p
+
+        with _LLAMA_PARAMS_LOCK:
+            llama_cpp.llama_cpp.llama_model_default_params = params
+            try:
+                llama = llama_cpp.Llama(**kwargs)
+            finally:
+                llama_cpp.llama_cpp.llama_model_default_params = default_params
+        llama._simme_buft_overrides = overrides  # llama.cpp keeps pointers to the patterns
+    llama._simme_built_on = threading.get_ident()  # every later call must come from this thread (ModelThread)
+    import atexit
+
+    atexit.register(llama.close)  # freed before interpreter teardown (Llama.__del__ fails once ctypes is gone)
+    return llama, {"gguf": str(path), "quantization": quant, "n_threads": threads, "llama_cpp": llama_cpp.__version__,
+                   "amx_bf16_min_tokens": bf16_min,
+                   "weight_buffer": ("AMX" if amx else "default") if weight_buffers is None else
+                   ("CPU_REPACK" if weight_buffers[1] is not None else "CPU (no repack)")}
+
+
+_LLAMA_PARAMS_LOCK = threading.Lock()
+
+
+# The per-layer matmul weights (not norms, not the tied embedding that is also the LM head).
+_LAYER_WEIGHTS = r"^blk\.(\d+)\.(attn_(?:q|k|v|output)|ffn_(?:gate|up|down))\.weight$"
+
+
+_REPACKABLE = ("Q4_0", "IQ4_NL")  # types llama.cpp's CPU_REPACK buffer takes on x86 (Q8_0 there segfaulted)
+
+
+def llama_cpp_extra_bufts() -> dict[str, int]:
+    """Name -> handle of the extra weight buffer types of the loaded llama.cpp's CPU backend ("AMX", "CPU_REPACK")."""
+    import llama_cpp
+
+    lib_dir = Path(llama_cpp.__file__).parent / "lib"  # the copy llama_cpp loaded (.so, .dylib or .dll)
+    paths = [p for name in ("libggml.so", "libggml.dylib", "ggml.dll") for p in [lib_dir / name] if p.exists()]
+    if not paths:
+        return {}
+    lib = ctypes.CDLL(str(paths[0]))
+    for name, res, args in [("ggml_backend_dev_by_type", ctypes.c_void_p, [ctypes.c_int]),
+                            ("ggml_backend_dev_backend_reg", ctypes.c_void_p, [ctypes.c_void_p]),
+                            ("ggml_backend_reg_get_proc_address", ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_char_p]),
+                            ("ggml_backend_buft_name", ctypes.c_char_p, [ctypes.c_void_p])]:
+        getattr(lib, name).restype, getattr(lib, name).argtypes = res, args
+    dev = lib.ggml_backend_dev_by_type(0)  # GGML_BACKEND_DEVICE_TYPE_CPU
+    addr = lib.ggml_backend_reg_get_proc_address(lib.ggml_backend_dev_backend_reg(dev), b"ggml_backend_dev_get_extra_bufts")
+    bufts: dict[str, int] = {}
+    if addr:
+        array = ctypes.CFUNCTYPE(ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p)(addr)(dev)
+        i = 0
+        while array and array[i]:
+            bufts[lib.ggml_backend_buft_name(array[i]).decode()] = array[i]
+            i += 1
+    return bufts
+
+
+def llama_cpp_amx_usable(bufts: Iterable[str], llama_cpp_version: str) -> bool:
+    """Whether llama.cpp may put weights in its AMX buffer: the CPU has AMX and the build carries our fix.
+
+    As released, ggml's AMX matmul loads an invalid tile config (GCC drops the stores to it) and segfaults on the
+    first prefill (ggml-org/llama.cpp#20824). `make setup` builds llama-cpp-python with
+    patches/llama-cpp-python-*-amx-tilecfg.patch, which also tags its version with LLAMA_CPP_AMX_FIX.
+    """
+    return "AMX" in bufts and LLAMA_CPP_AMX_FIX in llama_cpp_version
+
+
+def amx_bf16_min_tokens(gguf_bytes: int, ram_bytes: int, env: str | None) -> int:
+    """Prompt batches of at least this many tokens take the AMX-BF16 tiles of our llama.cpp build (0 = off).
+
+    The build keeps a BF16 copy of every Q8_0 matmul weight next to it (~1.9x the GGUF's size, +255 MiB RSS for the
+    default model): made by default only while that copy takes at most 1/8 of the RAM, so a 135M-1B twin gets the
+    faster prefill and an 8B one is not doubled in memory. SIMME_AMX_BF16_MIN_TOKENS overrides (0 turns it off).
+    """
+    if env is not None and env.strip() != "":
+        try:
+            value = int(env)
+        except ValueError:
+            raise UserError(f"SIMME_AMX_BF16_MIN_TOKENS must be a whole number of tokens (0 = off), got {env!r}") from None
+        return max(value, 0)
+    return AMX_BF16_MIN_TOKENS if 1.9 * gguf_bytes <= ram_bytes / 8 else 0
+
+
+def llama_cpp_weight_buffers(gguf_path: Path, bufts: dict[str, int], amx: bool) -> tuple[bool, Any] | None:
+    """None to let llama.cpp place weights itself, or (use_extra_bufts, tensor overrides) that keep it off AMX.
+
+    Without a usable AMX buffer (`llama_cpp_amx_usable`; its absence or a stock build on an AMX Xeon, e.g. a Space)
+    there are no extra buffers, except that Q4_0/IQ4_NL layer weights are pinned to the AVX2/AVX-512 repack
+    buffer, which measured 1.8x prefill and 1.4x decode over plain Q4_0 here.
+    """
+    if "AMX" not in bufts or amx:
+        return None
+    import gguf
+
+    pattern = repack_pattern([(t.name, t.tensor_type.name, int(t.shape[-1])) for t in gguf.GGUFReader(str(gguf_path)).tensors])
+    if "CPU_REPACK" not in bufts or pattern is None:
+        return False, None
+
+    class Override(ctypes.Structure):  # struct llama_model_tensor_buft_override
+        _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
+
+    return False, (Override * 2)(Override(pattern.encode(), bufts["CPU_REPACK"]), Override(None, None))
+
+
+def repack_pattern(tensors: list[tuple[str, str, int]]) -> str | None:
+    """A regex (llama.cpp's std::regex, ECMAScript) matching the layer weights the CPU repack buffer can take.
+
+    `tensors` are (GGUF name, GGML type name, rows). Mixed files keep some layers in other types (llama.cpp's
+    IQ4_NL gives the first ffn_down layers Q5_K), so each weight kind lists its repackable layers; None if none.
+    """
+    layers: dict[str, list[int]] = {}
+    for name, type_name, rows in tensors:
+        m = re.match(_LAYER_WEIGHTS, name)
+        if m and type_name in _REPACKABLE and rows % 8 == 0:
+            layers.setdefault(m.group(2), []).append(int(m.group(1)))
+    if not layers:
+        return None
+    parts = [f"(?:{'|'.join(map(str, sorted(ids)))})\\.{kind}" for kind, ids in sorted(layers.items())]
+    return r"^blk\.(?:" + "|".join(parts) + r")\.weight$"
