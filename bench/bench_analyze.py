@@ -13,7 +13,6 @@ lingua on every message, alternating on the same texts, plus how often the two a
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import shutil
 import sys
 import tempfile
@@ -24,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
 
 import simme_common as sc  # noqa: E402
+from simme_common.runtime import load_script  # noqa: E402
 
 ROOT = benchlib.ROOT
 
@@ -56,14 +56,6 @@ def build_chitchat_messages(out_dir: Path, max_messages: int | None = None) -> i
     return len(rows["text"])
 
 
-def load_stage():
-    """Import 02_analyze.py as a module (its file name starts with a digit)."""
-    spec = importlib.util.spec_from_file_location("stage_02_analyze", ROOT / "02_analyze.py")
-    mod = sys.modules["stage_02_analyze"] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def lingua_everywhere(text: str) -> str:
     """Baseline detector: lingua on every message that has letters (no cheap shortcut)."""
     import re
@@ -86,11 +78,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="5k messages, one stage run (<= 40 s)")
     parser.add_argument("--reps", type=int, default=None, help="stage runs per input (default 1: a full run takes minutes)")
+    benchlib.add_out_dir_arg(parser)
     args = parser.parse_args()
     from datasets import disable_caching, load_from_disk
 
     disable_caching()  # every run recomputes the features, as a fresh `make demo` would
-    stage = load_stage()
+    stage = load_script(ROOT / "02_analyze.py")
     tmp = Path(tempfile.mkdtemp(prefix="bench_analyze_"))
     reps = args.reps or 1
     t0 = time.perf_counter()
@@ -130,7 +123,7 @@ def main() -> int:
     elif not args.quick:
         print(f"skipping the bundled sample: {sample}/messages not found (run `make pipeline` first)")
     result["summary"] = summary
-    benchlib.write_result("analyze", result, args.quick)
+    benchlib.write_result("analyze", result, args.quick, args.out_dir)
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

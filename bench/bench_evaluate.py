@@ -13,7 +13,6 @@ batched and one-at-a-time runs generate comparable amounts of text (tokens/s is 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import shutil
 import sys
 import tempfile
@@ -24,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
 
 import simme_common as sc  # noqa: E402
+from simme_common.runtime import load_script  # noqa: E402
 
 ROOT = benchlib.ROOT
 
@@ -75,26 +75,12 @@ def prepared_dir(out_dir: Path, samples: list[list[dict]]) -> Path:
     return out_dir
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="4 contexts, 16 new tokens, one rep, no whole-stage run (<= 40 s)")
-    parser.add_argument("--contexts", type=int, default=None, help="contexts per generation timing (default 32, quick 4)")
-    parser.add_argument("--stage_contexts", type=int, default=200, help="contexts of the whole-stage run (0 skips it)")
-    args = parser.parse_args()
+def time_generation(model, tokenizer, contexts: list[list[dict]], new_tokens: int, reps: int) -> tuple[dict, list[dict]]:
+    """Batched generation (04's path) against one context at a time, alternating: (result fields, summary rows)."""
     import torch
 
-    started = time.perf_counter()
-    n = args.contexts or (4 if args.quick else 32)
-    tmp = Path(tempfile.mkdtemp(prefix="bench_evaluate_"))
-    samples = chitchat_samples(max(n, 0 if args.quick else args.stage_contexts))
-    tokenizer = sc.load_tokenizer(None)
-    adapter = tmp / "adapter"
-    model = make_adapter(adapter, tokenizer)
-    contexts = [sc.split_target(s)[0] for s in samples[:n]]
-    new_tokens = 16 if args.quick else 48
-    print(f"{n} contexts ready after {time.perf_counter() - started:.1f} s", flush=True)
+    n = len(contexts)
     generated: dict[str, int] = {}
-
     cpu_s: dict[str, list[float]] = {}
 
     def run(batch_size: int, name: str):
@@ -105,9 +91,7 @@ def main() -> int:
             cpu_s.setdefault(name, []).append(time.process_time() - before)
         return fn
 
-    # --- generation: batched (04's path) vs one context at a time, alternating ---------------------------------
-    times = benchlib.alternate({"project": run(32, "project"), "baseline": run(1, "baseline")}, reps=1 if args.quick else 2)
-    print(f"generation timed after {time.perf_counter() - started:.1f} s", flush=True)
+    times = benchlib.alternate({"project": run(32, "project"), "baseline": run(1, "baseline")}, reps=reps)
     per_context = {k: [t / n for t in v] for k, v in times.items()}
     summary = [benchlib.summary_row(f"generate {n} contexts ({new_tokens} new tokens max), per context", "s", per_context["project"],
                                     per_context["baseline"], higher_is_better=False)]
@@ -117,23 +101,53 @@ def main() -> int:
               "generation_cpu_s": cpu_s, "generated_tokens": generated,
               "tokens_per_s": {k: generated[k] / benchlib.stats(v)["median"] for k, v in times.items()},
               "extrapolated_200_contexts_base_and_twin_generation_s": 2 * 200 * benchlib.stats(per_context["project"])["median"]}
+    return result, summary
+
+
+def time_stage(samples: list[list[dict]], adapter: Path, tmp: Path) -> tuple[dict, dict]:
+    """The whole 04 stage on `samples`, base + twin: (result fields, summary row)."""
+    stage = load_script(ROOT / "04_evaluate.py")
+    prepared = prepared_dir(tmp / "prepared", samples)
+    stage_args = stage.EvaluateArguments(input_dir=str(prepared), analysis_dir=None, adapter_path=str(adapter),
+                                         output_dir=str(tmp / "eval"), max_examples=len(samples))
+    t0, c0 = time.perf_counter(), time.process_time()
+    stage.main(stage_args)
+    stage_s = time.perf_counter() - t0
+    row = benchlib.summary_row(f"04_evaluate, {len(samples)} contexts, base + twin", "s", [stage_s],
+                               higher_is_better=False, target="<= 600 s on 2 cores")
+    return {"stage_s": stage_s, "stage_cpu_s": time.process_time() - c0}, row
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="4 contexts, 16 new tokens, one rep, no whole-stage run (<= 40 s)")
+    parser.add_argument("--contexts", type=int, default=None, help="contexts per generation timing (default 32, quick 4)")
+    parser.add_argument("--stage_contexts", type=int, default=200, help="contexts of the whole-stage run (0 skips it)")
+    benchlib.add_out_dir_arg(parser)
+    args = parser.parse_args()
+
+    # --- inputs: chitchat contexts and a fresh adapter -------------------------------------------------------------
+    started = time.perf_counter()
+    n = args.contexts or (4 if args.quick else 32)
+    tmp = Path(tempfile.mkdtemp(prefix="bench_evaluate_"))
+    samples = chitchat_samples(max(n, 0 if args.quick else args.stage_contexts))
+    tokenizer = sc.load_tokenizer(None)
+    adapter = tmp / "adapter"
+    model = make_adapter(adapter, tokenizer)
+    contexts = [sc.split_target(s)[0] for s in samples[:n]]
+    print(f"{n} contexts ready after {time.perf_counter() - started:.1f} s", flush=True)
+
+    # --- generation: batched (04's path) vs one context at a time, alternating ---------------------------------
+    result, summary = time_generation(model, tokenizer, contexts, 16 if args.quick else 48, reps=1 if args.quick else 2)
+    print(f"generation timed after {time.perf_counter() - started:.1f} s", flush=True)
 
     # --- the whole stage on 200 contexts, base + twin (the <= 10 min target) -------------------------------------
     if not args.quick and args.stage_contexts:
-        spec = importlib.util.spec_from_file_location("stage_04_evaluate", ROOT / "04_evaluate.py")
-        stage = sys.modules["stage_04_evaluate"] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(stage)
-        prepared = prepared_dir(tmp / "prepared", samples[:args.stage_contexts])
-        stage_args = stage.EvaluateArguments(input_dir=str(prepared), analysis_dir=None, adapter_path=str(adapter),
-                                             output_dir=str(tmp / "eval"), max_examples=args.stage_contexts)
-        t0, c0 = time.perf_counter(), time.process_time()
-        stage.main(stage_args)
-        stage_s = time.perf_counter() - t0
-        result["stage_s"], result["stage_cpu_s"] = stage_s, time.process_time() - c0
-        summary.append(benchlib.summary_row(f"04_evaluate, {args.stage_contexts} contexts, base + twin", "s", [stage_s],
-                                            higher_is_better=False, target="<= 600 s on 2 cores"))
+        stage_result, row = time_stage(samples[:args.stage_contexts], adapter, tmp)
+        result.update(stage_result)
+        summary.append(row)
     result["summary"] = summary
-    benchlib.write_result("evaluate", result, args.quick)
+    benchlib.write_result("evaluate", result, args.quick, args.out_dir)
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
-import importlib.util
-import json
 import os
 import resource
 import subprocess
@@ -33,19 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
 
 import simme_common as sc  # noqa: E402
+from simme_common.runtime import load_script  # noqa: E402
 
 ROOT = benchlib.ROOT
 RECIPE = ROOT / "configs" / "cpu_demo.yaml"
 PROJECT, BASELINE = "project (cpu_demo.yaml)", "SFTTrainer defaults"
-
-
-def load_stage():
-    """03_train.py as a module (numbered file names cannot be imported)."""
-    spec = importlib.util.spec_from_file_location("train_03", ROOT / "03_train.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def chitchat_samples(out_dir: Path, n: int) -> Path:
@@ -105,7 +95,7 @@ def worker(name: str, input_dir: Path, out_dir: Path, quick: bool) -> None:
     """One variant in its own process (accelerate's state is per process): a training round per 'go' on stdin."""
     import torch
 
-    stage = load_stage()
+    stage = load_script(ROOT / "03_train.py")
     train_args, model_args, variants = variant_configs(stage, input_dir, out_dir, quick)
     from transformers import TrainerCallback
 
@@ -123,65 +113,49 @@ def worker(name: str, input_dir: Path, out_dir: Path, quick: bool) -> None:
     trainer, _ = stage.build_trainer(train_args, variants[name](), model_args)
     trainer.add_callback(StepTimer())
     params = sum(p.numel() for p in trainer.model.get_base_model().parameters())
-    print(json.dumps({"ready": name, "params": params, "threads": torch.get_num_threads()}), flush=True)
-    for line in sys.stdin:
-        if line.strip() != "go":
-            break
+
+    def train_round(line: str) -> dict | None:
+        if line != "go":
+            return None
         before, c0, t0, s0 = trainer._total_train_tokens, cpu_seconds(), time.perf_counter(), StepTimer.seconds
         trainer.train()
-        print(json.dumps({"tokens": trainer._total_train_tokens - before, "s": time.perf_counter() - t0,
-                          "step_s": StepTimer.seconds - s0, "cpu_s": cpu_seconds() - c0}), flush=True)
+        reply = {"tokens": trainer._total_train_tokens - before, "s": time.perf_counter() - t0,
+                 "step_s": StepTimer.seconds - s0, "cpu_s": cpu_seconds() - c0}
         # Five workers stay alive side by side: hand the round's activation memory back to the OS while idle
         # (glibc keeps freed heap otherwise; without this the full run reached 22 GB on a 24 GB machine).
         gc.collect()
         if sys.platform.startswith("linux"):
             ctypes.CDLL("libc.so.6").malloc_trim(0)
+        return reply
+
+    benchlib.serve({"ready": name, "params": params, "threads": torch.get_num_threads()}, train_round)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="2 rounds of 1 step on 64-token samples (<= 40 s)")
-    parser.add_argument("--reps", type=int, default=None, help="alternating rounds (default 2 quick, 3 full)")
-    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--input_dir", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--out_dir", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if args.worker:
-        worker(args.worker, Path(args.input_dir), Path(args.out_dir), args.quick)
-        return 0
-
-    tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
-    sample = ROOT / sc.PREPARED_DIR
-    input_dir = sample if (sample / "dataset").exists() and not args.quick else chitchat_samples(tmp / "data", 64 if args.quick else 512)
-    reps = args.reps or (2 if args.quick else 3)
-    names = list(variant_configs(load_stage(), input_dir, tmp, args.quick)[2])
-    procs = {}
+def race(names: list[str], input_dir: Path, tmp: Path, quick: bool, reps: int) -> tuple[dict, dict, float]:
+    """Every variant in its own worker, one untimed round, then `reps` alternating rounds: (ready info, rounds, GFLOP/s)."""
+    workers = {}
     for i, name in enumerate(names):
-        cmd = [sys.executable, __file__, "--worker", name, "--input_dir", str(input_dir), "--out_dir", str(tmp / f"w{i}")]
-        procs[name] = subprocess.Popen(cmd + (["--quick"] if args.quick else []), stdin=subprocess.PIPE,
-                                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
-    info = {name: _read_json(proc) for name, proc in procs.items()}
+        cmd = [sys.executable, __file__, "--worker", name, "--input_dir", str(input_dir), "--worker_dir", str(tmp / f"w{i}")]
+        workers[name] = benchlib.Worker(cmd + (["--quick"] if quick else []), stderr=subprocess.DEVNULL)
+    info = {name: w.ready() for name, w in workers.items()}
     rounds: dict[str, list[dict]] = {name: [] for name in names}
 
     def run(name: str):
-        def go():
-            procs[name].stdin.write("go\n")
-            procs[name].stdin.flush()
-            rounds[name].append(_read_json(procs[name]))
-        return go
-
-    warm = {name: run(name) for name in names}
+        return lambda: rounds[name].append(workers[name].call("go"))
 
     gflops = benchlib.gemm_gflops()
-    benchlib.alternate(warm, 1)  # untimed: the first steps pay one-time kernel and allocator setup
+    benchlib.alternate({name: run(name) for name in names}, 1)  # untimed: the first steps pay one-time kernel and allocator setup
     rounds = {name: [] for name in names}
     benchlib.alternate({name: run(name) for name in names}, reps)
     gflops = max(gflops, benchlib.gemm_gflops())
-    for proc in procs.values():
-        proc.stdin.close()
-        proc.wait(timeout=60)
+    for w in workers.values():
+        w.close()
+    return info, rounds, gflops
 
+
+def summarize(info: dict, rounds: dict, gflops: float) -> dict:
+    """tokens/s per variant, ratios to the defaults, the GEMM-floor fraction and the summary rows."""
+    names = list(rounds)
     params, threads = info[PROJECT]["params"], info[PROJECT]["threads"]
     rates = {name: [r["tokens"] / r["step_s"] for r in rs] for name, rs in rounds.items()}  # inside the steps
     round_rates = {name: [r["tokens"] / r["s"] for r in rs] for name, rs in rounds.items()}  # incl. train() setup
@@ -195,9 +169,8 @@ def main() -> int:
         {"metric": "fraction of the GEMM floor (4 x params x tok/s / matmul rate)", "unit": "", "project": floor[PROJECT],
          "baseline": floor[BASELINE], "target": ">= 0.40"},
     ]
-    result = {
-        "input": "bundled sample" if input_dir == sample else "chitchat samples", "params": params,
-        "gemm_gflops": gflops, "threads": threads, "load_avg_1m": os.getloadavg()[0],
+    return {
+        "params": params, "gemm_gflops": gflops, "threads": threads, "load_avg_1m": os.getloadavg()[0],
         "tokens_per_round": {name: rs[0]["tokens"] for name, rs in rounds.items()},
         "tokens_per_s": {name: benchlib.stats(r) for name, r in rates.items()},
         "tokens_per_s_incl_setup": {name: benchlib.stats(r) for name, r in round_rates.items()},
@@ -206,16 +179,30 @@ def main() -> int:
         "floor_fraction": floor,
         "summary": summary,
     }
-    benchlib.write_result("train", result, args.quick)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 rounds of 1 step on 64-token samples (<= 40 s)")
+    parser.add_argument("--reps", type=int, default=None, help="alternating rounds (default 2 quick, 3 full)")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--input_dir", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--worker_dir", default=None, help=argparse.SUPPRESS)
+    benchlib.add_out_dir_arg(parser)
+    args = parser.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.worker:
+        worker(args.worker, Path(args.input_dir), Path(args.worker_dir), args.quick)
+        return 0
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
+    sample = ROOT / sc.PREPARED_DIR
+    input_dir = sample if (sample / "dataset").exists() and not args.quick else chitchat_samples(tmp / "data", 64 if args.quick else 512)
+    names = list(variant_configs(load_script(ROOT / "03_train.py"), input_dir, tmp, args.quick)[2])
+    info, rounds, gflops = race(names, input_dir, tmp, args.quick, args.reps or (2 if args.quick else 3))
+    result = {"input": "bundled sample" if input_dir == sample else "chitchat samples", **summarize(info, rounds, gflops)}
+    benchlib.write_result("train", result, args.quick, args.out_dir)
     return 0
-
-
-def _read_json(proc) -> dict:
-    """Next JSON line a worker prints (other lines, e.g. library notices, are skipped)."""
-    for line in proc.stdout:
-        if line.startswith('{"'):  # the Trainer's own prints are Python dicts ({'loss': ...})
-            return json.loads(line)
-    raise RuntimeError(f"a bench worker exited early (code {proc.wait()}); run it alone to see why")
 
 
 if __name__ == "__main__":

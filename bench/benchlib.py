@@ -12,15 +12,21 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT_DIR = ROOT / "outputs" / "bench"
+OUT_DIR = ROOT / "outputs" / "bench"  # `make bench`'s folder; every entry point takes --out_dir (tests pass a tmp dir)
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+
+def add_out_dir_arg(parser) -> None:
+    """The --out_dir flag every benchmark entry point takes."""
+    parser.add_argument("--out_dir", type=Path, default=OUT_DIR, help=f"where results and caches go (default {OUT_DIR})")
 
 
 def alternate(fns: dict[str, Callable[[], object]], reps: int, warmup: int = 0) -> dict[str, list[float]]:
@@ -85,12 +91,29 @@ def mem_bandwidth_gbs(mb: int = 256, reps: int = 5) -> float:
     return x.numel() * 4 / best / 1e9
 
 
+# The CPU features that pick llama.cpp's and torch's kernels (AVX-512 BF16/VNNI, AMX tiles).
+_KERNEL_FLAGS = ("avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+                 "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16")
+
+
+def cpu_flags() -> list[str]:
+    """The kernel-relevant flags of /proc/cpuinfo's first CPU (empty where there is none, e.g. macOS)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            line = next((ln for ln in fh if ln.startswith("flags")), "")
+    except OSError:
+        return []
+    present = set(line.partition(":")[2].split())
+    return [flag for flag in _KERNEL_FLAGS if flag in present]
+
+
 def machine_info() -> dict[str, object]:
     """What the numbers were measured on."""
     info: dict[str, object] = {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
+        "cpu_flags": cpu_flags(),
         "python": platform.python_version(),
         "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
     }
@@ -105,11 +128,11 @@ def machine_info() -> dict[str, object]:
     return info
 
 
-def write_result(key: str, result: dict, quick: bool) -> Path:
-    """Write outputs/bench/<key>.json with the machine info and the quick flag; print it; return the path."""
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
+def write_result(key: str, result: dict, quick: bool, out_dir: Path) -> Path:
+    """Write <out_dir>/<key>.json with the machine info and the quick flag; print it; return the path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     record = {"key": key, "quick": quick, "machine": machine_info(), "peak_rss_mb": round(peak_rss_mb(), 1), **result}
-    path = OUT_DIR / f"{key}.json"
+    path = out_dir / f"{key}.json"
     path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
     print(json.dumps(record, indent=2, ensure_ascii=False))
     return path
@@ -129,3 +152,56 @@ def summary_row(metric: str, unit: str, project: list[float], baseline: list[flo
         row.update(baseline=b["median"], baseline_spread=b["spread"])
         row["ratio"] = (p["median"] / b["median"]) if higher_is_better else (b["median"] / p["median"])
     return row
+
+
+class Worker:
+    """A measured configuration in its own process (`serve` on the other end): one request line in, one JSON line out.
+
+    Own processes keep configurations apart: torch's OpenMP threads, llama.cpp's once-per-process settings and
+    accelerate's state would otherwise leak from one into the next.
+    """
+
+    def __init__(self, cmd: list[str], env: dict[str, str] | None = None, stderr=None):
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                     cwd=ROOT, env=env)
+        self._ready: dict | None = None
+
+    def ready(self) -> dict:
+        """The worker's first JSON line, sent once it has loaded (waits for it)."""
+        if self._ready is None:
+            self._ready = self.read()
+        return self._ready
+
+    def read(self) -> dict:
+        """Next JSON line the worker prints (other lines, e.g. library notices, are skipped)."""
+        for line in self.proc.stdout:
+            if line.startswith('{"'):  # the Trainer's own prints are Python dicts ({'loss': ...})
+                return json.loads(line)
+        raise RuntimeError(f"a bench worker exited early (code {self.proc.wait()}): {' '.join(self.proc.args)}")
+
+    def call(self, request: str) -> dict:
+        """Send one request line; the worker's JSON reply."""
+        self.ready()
+        self.proc.stdin.write(request + "\n")
+        self.proc.stdin.flush()
+        return self.read()
+
+    def close(self, timeout: float = 60) -> None:
+        """End of input: the worker's `serve` returns and the process exits."""
+        if self.proc.stdin and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def serve(ready: dict, handle: Callable[[str], dict | None]) -> None:
+    """The worker side of `Worker`: print `ready`, then one JSON reply per stdin line until EOF or `handle` -> None."""
+    print(json.dumps(ready), flush=True)
+    for line in sys.stdin:
+        reply = handle(line.strip())
+        if reply is None:
+            break
+        print(json.dumps(reply), flush=True)

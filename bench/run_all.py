@@ -2,6 +2,7 @@
 
 python bench/run_all.py            # full run (minutes; numbers for the README)
 python bench/run_all.py --quick    # <= 3 minutes: checks the harness end to end
+python bench/run_all.py --quick --out_dir /tmp/bench   # anywhere but outputs/bench/ (the tests do this)
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import OUT_DIR, ROOT, machine_info  # noqa: E402
+from benchlib import ROOT, add_out_dir_arg, machine_info  # noqa: E402
 
 # results.json has one top-level key per benchmark (analyze is the 02 stage's own target).
 BENCHES = {"prepare": "bench_prepare.py", "analyze": "bench_analyze.py", "train": "bench_train.py",
@@ -46,7 +47,8 @@ def render_markdown(results: dict) -> str:
                 f"{_fmt(res.get('peak_rss_mb'))} |"
             )
     m = results.get("machine", {})
-    head = f"Machine: {m.get('processor')} × {m.get('cpus')} cores, torch {m.get('torch')}, {m.get('date_utc')} UTC"
+    head = (f"Machine: {m.get('processor')} × {m.get('cpus')} cores ({' '.join(m.get('cpu_flags') or []) or 'flags unknown'}), "
+            f"torch {m.get('torch')}, {m.get('date_utc')} UTC")
     return head + "\n\n" + "\n".join(lines) + "\n"
 
 
@@ -54,11 +56,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small inputs, few repetitions (<= 3 min in all)")
     parser.add_argument("--only", nargs="*", choices=list(BENCHES), help="run only these benchmarks")
+    add_out_dir_arg(parser)
     args = parser.parse_args()
+    out_dir = args.out_dir.resolve()
 
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     # --only reruns some benchmarks and keeps the others' results.
-    previous = OUT_DIR / "results.json"
+    previous = out_dir / "results.json"
     results: dict = json.loads(previous.read_text()) if args.only and previous.exists() else {}
     results["machine"] = machine_info()
     failed = []
@@ -66,21 +70,21 @@ def main() -> int:
         if args.only and key not in args.only:
             continue
         t0 = time.time()
-        cmd = [sys.executable, str(ROOT / "bench" / script)] + (["--quick"] if args.quick else [])
+        cmd = [sys.executable, str(ROOT / "bench" / script), "--out_dir", str(out_dir)] + (["--quick"] if args.quick else [])
         print(f"== {key}: {' '.join(cmd[1:])}", flush=True)
         proc = subprocess.run(cmd, cwd=ROOT)
-        out = OUT_DIR / f"{key}.json"
+        out = out_dir / f"{key}.json"
         if proc.returncode != 0 or not out.exists():
             results[key] = {"error": f"exit code {proc.returncode}"}
             failed.append(key)
         else:
             results[key] = json.loads(out.read_text())
         print(f"== {key}: {time.time() - t0:.1f} s", flush=True)
-    (OUT_DIR / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     table = render_markdown(results)
-    (OUT_DIR / "results.md").write_text(table)
+    (out_dir / "results.md").write_text(table)
     print(table)
-    print(f"wrote {OUT_DIR / 'results.json'} and {OUT_DIR / 'results.md'}")
+    print(f"wrote {out_dir / 'results.json'} and {out_dir / 'results.md'}")
     return 1 if failed else 0
 
 

@@ -1,4 +1,5 @@
-"""The benchmark harness runs end to end in quick mode and writes the documented JSON schema (no speed asserts).
+"""The benchmark harness runs end to end in quick mode and writes the documented JSON schema (no speed asserts),
+into a temporary folder: outputs/bench/ keeps the last `make bench`.
 
 Run: .venv/bin/python -m pytest -q tests/test_bench.py
 """
@@ -11,11 +12,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_quick_bench_harness_writes_results_json_with_one_key_per_benchmark():
-    proc = subprocess.run([sys.executable, "bench/run_all.py", "--quick"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=900)
+def test_quick_bench_harness_writes_results_json_with_one_key_per_benchmark(tmp_path):
+    proc = subprocess.run([sys.executable, "bench/run_all.py", "--quick", "--out_dir", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    results = json.loads((ROOT / "outputs" / "bench" / "results.json").read_text())
+    results = json.loads((tmp_path / "results.json").read_text())
     for key in ("prepare", "train", "evaluate", "generate", "analyze"):
         res = results[key]
         assert res["quick"] is True and res["peak_rss_mb"] > 0, key
@@ -24,5 +25,5 @@ def test_quick_bench_harness_writes_results_json_with_one_key_per_benchmark():
             assert {"metric", "unit", "project"} <= set(row), (key, row)
             if "ratio" in row:
                 assert row["ratio"] > 0 and "baseline" in row, (key, row)
-    table = (ROOT / "outputs" / "bench" / "results.md").read_text()
+    table = (tmp_path / "results.md").read_text()
     assert table.count("\n| ") >= 5 and "FAILED" not in table
