@@ -45,6 +45,10 @@ from .samples import (
     split_sessions, group_bursts, pack_windows, silent_cut_points, render_lengths, truncate_to_tokens,
     split_by_time,
 )
+from .prepare import (
+    PII_KINDS, messages_schema, samples_schema, group_thread_parts, resolve_owner, SampleSettings,
+    ThreadSamples, build_thread_samples, IngestTally, ingest_report, ingest_summary_rows,
+)
 from .text_features import (
     LENGTH_CHAR_EDGES, LENGTH_WORD_EDGES, TYPING_GAP_EDGES, QUANTILES, MAX_BUBBLES_BIN, NOT_ENOUGH_DATA,
     extract_emojis, tokenize_words, detect_language, sentiment_score, textblob_polarity, histogram_probs,
@@ -110,7 +114,9 @@ __all__ = [
     "load_json_document", "instagram_old_to_documents", "read_thread_group", "iter_thread_groups",
     "DROP_REASONS", "parse_thread_documents", "parse_export", "merge_thread_records", "infer_owner",
     "classify_number", "Anonymizer", "find_pii", "split_sessions", "group_bursts", "pack_windows",
-    "silent_cut_points", "render_lengths", "truncate_to_tokens", "split_by_time", "LENGTH_CHAR_EDGES",
+    "silent_cut_points", "render_lengths", "truncate_to_tokens", "split_by_time",
+    "PII_KINDS", "messages_schema", "samples_schema", "group_thread_parts", "resolve_owner", "SampleSettings",
+    "ThreadSamples", "build_thread_samples", "IngestTally", "ingest_report", "ingest_summary_rows", "LENGTH_CHAR_EDGES",
     "LENGTH_WORD_EDGES", "TYPING_GAP_EDGES", "QUANTILES", "MAX_BUBBLES_BIN", "NOT_ENOUGH_DATA",
     "extract_emojis", "tokenize_words", "detect_language", "sentiment_score", "textblob_polarity",
     "histogram_probs", "distribution_similarity", "text_style_flags", "punctuation_profile", "message_features",
