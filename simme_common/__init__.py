@@ -60,7 +60,12 @@ from .style_card import (
 )
 from .analysis import (
     owner_turns, chat_labels, add_local_time, volume_stats, time_stats, word_stats, language_stats,
-    sentiment_stats,
+    sentiment_stats, FEATURE_COLUMNS, owner_name, analyze_messages,
+)
+from .plots import (
+    WEEKDAYS, OWNER_COLOR, OTHERS_COLOR, LANGUAGE_COLORS, PUNCTUATION_KEYS, plot_label, plot_volume_monthly,
+    plot_top_chats, plot_heatmap_weekday_hour, plot_reply_latency, plot_length_per_message, plot_bubbles_per_turn,
+    plot_top_words, plot_language_mix, plot_sentiment_over_time, plot_punctuation, draw_plots,
 )
 from .training import (
     trained_segments, device_option_problem,
@@ -123,7 +128,11 @@ __all__ = [
     "quantiles", "describe_distribution", "lexical_diversity", "bubbles_distribution", "language_mix",
     "code_switch_rate", "stop_words", "build_style_card", "scorable_reply", "reply_style_card", "emoji_profile",
     "style_similarity", "owner_turns", "chat_labels", "add_local_time", "volume_stats", "time_stats",
-    "word_stats", "language_stats", "sentiment_stats", "trained_segments", "device_option_problem",
+    "word_stats", "language_stats", "sentiment_stats", "FEATURE_COLUMNS", "owner_name", "analyze_messages",
+    "WEEKDAYS", "OWNER_COLOR", "OTHERS_COLOR", "LANGUAGE_COLORS", "PUNCTUATION_KEYS", "plot_label",
+    "plot_volume_monthly", "plot_top_chats", "plot_heatmap_weekday_hour", "plot_reply_latency",
+    "plot_length_per_message", "plot_bubbles_per_turn", "plot_top_words", "plot_language_mix",
+    "plot_sentiment_over_time", "plot_punctuation", "draw_plots", "trained_segments", "device_option_problem",
     "METRIC_KEYS", "METRIC_DEFINITIONS", "SEED_CLAIMS", "CI_METRICS", "GATE_TOLERANCES", "PII_PROBES",
     "MEMORIZATION_SPAN", "sentiment_alignments", "language_matches", "bleu_statistics", "bleu_from_statistics",
     "rouge_l_scores", "load_text_encoder", "encode_texts", "bertscore_f1", "repetition_scores",
