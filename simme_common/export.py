@@ -61,36 +61,53 @@ def parse_thread_documents(docs: list[tuple[Any, str, str, bool]]) -> dict:
         {title, participants, thread_type, messages: [(ts, sender, text, source)], total, dropped, you_lines,
         senders, problems}: `you_lines` counts "You ..." system lines per sender (owner evidence).
     """
-    from collections import Counter
-
-    dropped: Counter = Counter()
-    you_lines: Counter = Counter()
-    problems: list[str] = []
-    rows: list[tuple[int, int, str, str, str]] = []  # (ts, seq, sender, text, source) for a stable sort
-    participants: list[str] = []
-    everyone: set[str] = set()
-    title, thread_type, total, seq = None, None, 0, 0
+    thread = _ThreadParse()
     for doc, kind, source, fix in docs:
+        thread.add_document(doc, kind, source, fix)
+    return thread.result()
+
+
+class _ThreadParse:
+    """The state of parse_thread_documents while it reads the files of one thread."""
+
+    def __init__(self):
+        from collections import Counter
+
+        self.dropped: Counter = Counter()
+        self.you_lines: Counter = Counter()
+        self.problems: list[str] = []
+        self.rows: list[tuple[int, int, str, str, str]] = []  # (ts, seq, sender, text, source) for a stable sort
+        self.participants: list[str] = []
+        self.everyone: set[str] = set()
+        self.title, self.thread_type, self.total = None, None, 0
+
+    def add_document(self, doc: Any, kind: str, source: str, fix: bool) -> None:
+        """Read one file's header (title, type, participants) and its messages."""
         fix_fn = fix_mojibake if fix else normalize_text
         if kind == "classic":
             raw_msgs = list(reversed(doc["messages"]))  # newest-first -> ascending; ties keep chronological order
             names = [p.get("name") if isinstance(p, dict) else p for p in doc.get("participants") or []]
-            title = title or (fix_fn(doc["title"]) if isinstance(doc.get("title"), str) else None)
-            thread_type = thread_type or doc.get("thread_type")
+            self.title = self.title or (fix_fn(doc["title"]) if isinstance(doc.get("title"), str) else None)
+            self.thread_type = self.thread_type or doc.get("thread_type")
         else:
             raw_msgs = doc["messages"]
             names = list(doc.get("participants") or [])
-            title = title or (doc.get("threadName") if isinstance(doc.get("threadName"), str) else None)
+            self.title = self.title or (doc.get("threadName") if isinstance(doc.get("threadName"), str) else None)
             source = "e2ee"
         for n in names:
-            if isinstance(n, str) and n.strip() and fix_fn(n) not in participants:
-                participants.append(fix_fn(n))
-        classic = kind == "classic"
+            if isinstance(n, str) and n.strip() and fix_fn(n) not in self.participants:
+                self.participants.append(fix_fn(n))
+        self.total += len(raw_msgs)
+        self._add_messages(raw_msgs, kind == "classic", fix_fn, source)
+
+    def _add_messages(self, raw_msgs: list, classic: bool, fix_fn, source: str) -> None:
+        """Classify, repair and keep or count as dropped each message of one file (the hot loop: locals only)."""
+        rows, dropped, you_lines, everyone = self.rows, self.dropped, self.you_lines, self.everyone
+        seq = len(rows)
         cache: dict[str, str] = {}
-        total += len(raw_msgs)
         # System sentences start with a person's name (participant or sender) or a fixed word ("You", "The", ...):
         # one C-level startswith spares ~all real messages the keyword scan and the full regex.
-        prefixes = _SYSTEM_STARTERS + tuple(v for p in participants if p for v in (p, p.lower()))
+        prefixes = _SYSTEM_STARTERS + tuple(v for p in self.participants if p for v in (p, p.lower()))
         for m in raw_msgs:
             # Fast path (most rows): a plain text message; anything unusual goes through the full classifier.
             if classic and type(m) is dict and _SLOW_PATH_KEYS.isdisjoint(m):
@@ -103,11 +120,7 @@ def parse_thread_documents(docs: list[tuple[Any, str, str, bool]]) -> dict:
             else:
                 reason, sender, ts, text, missing = (_classify_classic_message if classic else _classify_e2ee_message)(m)
                 if reason == "malformed":
-                    dropped["malformed"] += 1
-                    if len(problems) < 3:
-                        index = next(i for i, x in enumerate(raw_msgs) if x is m)
-                        index = len(raw_msgs) - 1 - index if classic else index  # position in the file
-                        problems.append(f"message #{index} of a {len(raw_msgs)}-message file has no valid '{missing}'")
+                    self._count_malformed(raw_msgs, m, classic, missing)
                     continue
             fixed = cache.get(sender)
             if fixed is None:
@@ -132,16 +145,30 @@ def parse_thread_documents(docs: list[tuple[Any, str, str, bool]]) -> dict:
                 continue
             rows.append((ts, seq, sender, text, source))
             seq += 1
-    rows.sort()  # (timestamp, arrival order): a stable sort by time
-    messages = [(ts, sender, text, src) for ts, _, sender, text, src in rows]
-    senders = Counter(r[2] for r in rows)
-    if thread_type is None:
-        # Members who left are missing from `participants` but their (even system) messages remain.
-        thread_type = "RegularGroup" if len(set(participants) | everyone) > 2 else None
-    return {"title": title, "participants": participants, "thread_type": thread_type, "messages": messages,
-            "all_senders": sorted(everyone),
-            "total": total, "dropped": dict(dropped), "you_lines": dict(you_lines), "senders": dict(senders),
-            "problems": problems}
+
+    def _count_malformed(self, raw_msgs: list, m: Any, classic: bool, missing: str) -> None:
+        """Count a malformed message; describe the first three by their position in the file."""
+        self.dropped["malformed"] += 1
+        if len(self.problems) < 3:
+            index = next(i for i, x in enumerate(raw_msgs) if x is m)
+            index = len(raw_msgs) - 1 - index if classic else index  # position in the file
+            self.problems.append(f"message #{index} of a {len(raw_msgs)}-message file has no valid '{missing}'")
+
+    def result(self) -> dict:
+        """The parsed thread, messages sorted by (timestamp, arrival order)."""
+        from collections import Counter
+
+        self.rows.sort()  # (timestamp, arrival order): a stable sort by time
+        messages = [(ts, sender, text, src) for ts, _, sender, text, src in self.rows]
+        senders = Counter(r[2] for r in self.rows)
+        thread_type = self.thread_type
+        if thread_type is None:
+            # Members who left are missing from `participants` but their (even system) messages remain.
+            thread_type = "RegularGroup" if len(set(self.participants) | self.everyone) > 2 else None
+        return {"title": self.title, "participants": self.participants, "thread_type": thread_type,
+                "messages": messages, "all_senders": sorted(self.everyone),
+                "total": self.total, "dropped": dict(self.dropped), "you_lines": dict(self.you_lines),
+                "senders": dict(senders), "problems": self.problems}
 
 
 def _classify_e2ee_message(m: Any) -> tuple[str | None, str | None, int | None, str | None, str]:

@@ -5,7 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from .chat_format import SILENT_REPLY, split_bubbles
-from .text_features import LENGTH_CHAR_EDGES, LENGTH_WORD_EDGES, TYPING_GAP_EDGES, _mean, bubbles_distribution, code_switch_rate, describe_distribution, distribution_similarity, histogram_probs, language_mix, lexical_diversity, message_features, punctuation_profile, quantiles
+from .text_features import (
+    LENGTH_CHAR_EDGES, LENGTH_WORD_EDGES, TYPING_GAP_EDGES, _mean, bubbles_distribution, code_switch_rate,
+    describe_distribution, distribution_similarity, histogram_probs, language_mix, lexical_diversity,
+    message_features, punctuation_profile, quantiles,
+)
 
 
 def build_style_card(
@@ -29,51 +33,26 @@ def build_style_card(
     Returns:
         JSON-serialisable dict; every part that has no data is None ("not enough data").
     """
-    from collections import Counter
-
     texts = [b for t in turns for b in t]
     if features is None:
         features = [message_features(b, with_textblob=True) for b in texts]
     if len(features) != len(texts):
         raise ValueError(f"features has {len(features)} entries for {len(texts)} bubbles")
-    n = len(texts)
-    turn_feats, i = [], 0
-    for t in turns:
-        turn_feats.append(features[i:i + len(t)])
-        i += len(t)
-    turn_feats = [tf for tf in turn_feats if tf]
-    tokens = [w for f in features for w in f["words"]]
-    word_counts, emoji_counts = Counter(tokens), Counter(e for f in features for e in f["emojis"])
-    # Features that went through pandas hold NaN instead of None for unscored messages.
-    vader = [None if f["vader"] is None or f["vader"] != f["vader"] else f["vader"] for f in features]
+    turn_feats = _features_per_turn(turns, features)
     gaps = list(typing_gaps_s or [])
     latencies = list(reply_latencies_s or [])
-
     return {
         "schema_version": 1,
         "owner": owner,
-        "n_messages": n,
+        "n_messages": len(texts),
         "n_turns": len(turn_feats),
-        "length": {
-            "chars_per_message": describe_distribution([f["n_chars"] for f in features], LENGTH_CHAR_EDGES),
-            "words_per_message": describe_distribution([f["n_words"] for f in features], LENGTH_WORD_EDGES),
-            "chars_per_turn": describe_distribution([sum(f["n_chars"] for f in tf) for tf in turn_feats], LENGTH_CHAR_EDGES),
-            "words_per_turn": describe_distribution([sum(f["n_words"] for f in tf) for tf in turn_feats], LENGTH_WORD_EDGES),
-        },
+        "length": _length_section(features, turn_feats),
         "burst": {
             "bubbles_per_turn": bubbles_distribution([len(tf) for tf in turn_feats]),
             "mean": _mean([len(tf) for tf in turn_feats]),
         },
-        "emoji": {
-            "rate_per_message": sum(emoji_counts.values()) / n if n else None,
-            "share_with_emoji": sum(f["n_emojis"] > 0 for f in features) / n if n else None,
-            "emoji_only_share": sum(f["emoji_only"] for f in features) / n if n else None,
-            "top": {e: c / sum(emoji_counts.values()) for e, c in emoji_counts.most_common(top_emoji)} or None,
-        },
-        "vocabulary": {
-            "top": {w: c / len(tokens) for w, c in word_counts.most_common(top_k)} or None,
-            "lexical_diversity": lexical_diversity(tokens),
-        },
+        "emoji": _emoji_section(features, top_emoji),
+        "vocabulary": _vocabulary_section(features, top_k),
         "language": {
             "mix": language_mix([f["language"] for f in features]),
             "code_switch_rate": code_switch_rate([[f["language"] for f in tf] for tf in turn_feats]),
@@ -84,11 +63,63 @@ def build_style_card(
             "n": len(gaps), "quantiles": quantiles(gaps),
             "histogram": {"edges": list(TYPING_GAP_EDGES), "probs": histogram_probs(gaps, TYPING_GAP_EDGES)} if gaps else None,
         },
-        "sentiment": {
-            "vader_compound_mean": _mean(vader),
-            "textblob_polarity_mean": _mean([f["textblob"] for f in features]),
-            "scored_share": sum(v is not None for v in vader) / n if n else None,
-        },
+        "sentiment": _sentiment_section(features),
+    }
+
+
+def _features_per_turn(turns: list[list[str]], features: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The flat bubble features cut back into turns; turns without bubbles left out."""
+    turn_feats, i = [], 0
+    for t in turns:
+        turn_feats.append(features[i:i + len(t)])
+        i += len(t)
+    return [tf for tf in turn_feats if tf]
+
+
+def _length_section(features: list[dict[str, Any]], turn_feats: list[list[dict[str, Any]]]) -> dict[str, Any]:
+    """Characters and words per message and per turn."""
+    return {
+        "chars_per_message": describe_distribution([f["n_chars"] for f in features], LENGTH_CHAR_EDGES),
+        "words_per_message": describe_distribution([f["n_words"] for f in features], LENGTH_WORD_EDGES),
+        "chars_per_turn": describe_distribution([sum(f["n_chars"] for f in tf) for tf in turn_feats], LENGTH_CHAR_EDGES),
+        "words_per_turn": describe_distribution([sum(f["n_words"] for f in tf) for tf in turn_feats], LENGTH_WORD_EDGES),
+    }
+
+
+def _emoji_section(features: list[dict[str, Any]], top_emoji: int) -> dict[str, Any]:
+    """Emoji rate, share of messages with emoji or only emoji, and the top emoji's shares."""
+    from collections import Counter
+
+    n = len(features)
+    emoji_counts = Counter(e for f in features for e in f["emojis"])
+    return {
+        "rate_per_message": sum(emoji_counts.values()) / n if n else None,
+        "share_with_emoji": sum(f["n_emojis"] > 0 for f in features) / n if n else None,
+        "emoji_only_share": sum(f["emoji_only"] for f in features) / n if n else None,
+        "top": {e: c / sum(emoji_counts.values()) for e, c in emoji_counts.most_common(top_emoji)} or None,
+    }
+
+
+def _vocabulary_section(features: list[dict[str, Any]], top_k: int) -> dict[str, Any]:
+    """The top_k words' shares of all tokens and the lexical diversity."""
+    from collections import Counter
+
+    tokens = [w for f in features for w in f["words"]]
+    return {
+        "top": {w: c / len(tokens) for w, c in Counter(tokens).most_common(top_k)} or None,
+        "lexical_diversity": lexical_diversity(tokens),
+    }
+
+
+def _sentiment_section(features: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean VADER and TextBlob scores and the share of messages VADER scored."""
+    n = len(features)
+    # Features that went through pandas hold NaN instead of None for unscored messages.
+    vader = [None if f["vader"] is None or f["vader"] != f["vader"] else f["vader"] for f in features]
+    return {
+        "vader_compound_mean": _mean(vader),
+        "textblob_polarity_mean": _mean([f["textblob"] for f in features]),
+        "scored_share": sum(v is not None for v in vader) / n if n else None,
     }
 
 
