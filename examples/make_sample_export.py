@@ -231,6 +231,111 @@ def _group_thread(rng: random.Random, owner: str, start_ms: int, end_ms: int, n_
     return people, msgs, owner_silent
 
 
+def _conversations(args: SampleArguments, rng: random.Random) -> tuple[str, list[list[tuple[str, str, int]]]]:
+    """The owner's chitchat id and the retimed conversations to export (bench: repeated up to n_messages)."""
+    bench = args.n_messages is not None
+    owner_id, convs = _load_conversations(owner_only=not bench, max_conversations=args.max_conversations)
+    if bench:
+        base, convs, total = convs, [], 0
+        while total < args.n_messages:  # repeat the corpus (new timestamps) until big enough
+            conv = base[len(convs) % len(base)]
+            convs.append(conv)
+            total += len(conv)
+    return owner_id, _retime(convs, rng, datetime(2023, 1, 9, 18, tzinfo=timezone.utc).timestamp())
+
+
+def _threads_by_partner(convs: list, owner_id: str) -> dict[str, list[tuple[str, str, int]]]:
+    """All rows exchanged with each partner, keyed by the partner's chitchat id."""
+    threads: dict[str, list[tuple[str, str, int]]] = {}
+    for rows in convs:
+        # In the bench export the first non-owner speaker is the partner; the other speaker plays the owner.
+        others = [s for s, _, _ in rows if s != owner_id]
+        partner = others[0] if others else "self"
+        threads.setdefault(partner, []).extend(rows)
+    return threads
+
+
+class _ExportWriter:
+    """Writes the threads of one export: holds the seeded generators, the invented names, the planted PII
+    still to place and the counts for the summary line."""
+
+    def __init__(self, out: Path, rng: random.Random, fake, owner_id: str, messages_per_file: int):
+        self.classic_root = out / "facebook-export-2025"
+        self.e2ee_root = out / "secure_storage_messages"
+        self.rng, self.fake, self.owner_id, self.per_file = rng, fake, owner_id, messages_per_file
+        self.owner = fake.name()
+        self.names: dict[str, str] = {}
+        self.pii = [line.format(**PLANTED_PII) for line in PII_LINES]
+        self.stats = {"threads": 0, "classic_files": 0, "e2ee_files": 0, "messages": 0, "noise": 0, "e2ee_duplicates": 0}
+
+    def name_of(self, sender_id: str) -> str:
+        """A partner's invented name, unique and never the owner's."""
+        if sender_id not in self.names:
+            name = self.fake.name()
+            while name == self.owner or name in self.names.values():
+                name = self.fake.name()
+            self.names[sender_id] = name
+        return self.names[sender_id]
+
+    def partner_thread(self, i: int, partner: str, rows: list[tuple[str, str, int]], e2ee: bool) -> None:
+        """Write the i-th one-on-one thread (largest first); with `e2ee` its last 30% goes to an E2EE file."""
+        other = self.name_of(partner)
+        thread_dir = f"{_slug(other)}_{10**15 + i * 7919}"
+        msgs = self._classic_messages(sorted(rows, key=lambda r: r[2]), other, thread_dir)
+        section = "archived_threads" if i % 10 == 9 else "inbox"
+        if e2ee:
+            msgs, section = self._split_e2ee(msgs, other, 10 + i), "e2ee_cutover"
+        per_file = self.per_file if i != 0 else max(50, len(msgs) // 12)  # the top thread gets >= 10 parts
+        self.stats["classic_files"] += _write_classic(self.classic_root, section, thread_dir, other, [other, self.owner], msgs, per_file)
+        self.stats["threads"] += 1
+
+    def _classic_messages(self, rows: list[tuple[str, str, int]], other: str, thread_dir: str) -> list[dict]:
+        """Classic messages of one thread, with a few planted PII values, reactions and noise rows."""
+        rng, owner, msgs = self.rng, self.owner, []
+        for sender, text, ts in rows:
+            who = owner if sender == self.owner_id else other
+            if self.pii and sender == self.owner_id and rng.random() < 0.05:
+                text = self.pii.pop()
+            msg = _classic_msg(who, ts, text)
+            if rng.random() < 0.03:
+                msg["reactions"] = [{"reaction": rng.choice(["❤", "😂", "😮", "👍"]), "actor": owner if who != owner else other}]
+            msgs.append(msg)
+            if rng.random() < 0.02:
+                msgs.append(_noise(rng, owner, other, ts + rng.randrange(1, 5000), thread_dir))
+                self.stats["noise"] += 1
+        return msgs
+
+    def _split_e2ee(self, msgs: list[dict], other: str, n: int) -> list[dict]:
+        """Write the thread's last 30% (and a few overlapping messages) as E2EE file n; return the classic part."""
+        cut = int(len(msgs) * 0.7)
+        classic, later = msgs[:cut], msgs[cut:]
+        dup = [m for m in classic[-5:] if "content" in m][-3:]  # the two exports overlap by a few messages
+        self.stats["e2ee_duplicates"] += len(dup)
+        e2ee_msgs = [
+            {"senderName": m["sender_name"], "timestamp": m["timestamp_ms"], "text": m.get("content", ""),
+             "type": "text" if m.get("content") else ("placeholder" if m.get("is_unsent") else "media"),
+             "media": [{"uri": f"./media/{self.rng.randrange(10**12):x}.jpeg"}] if "photos" in m else [],
+             "reactions": [{"actor": r["actor"], "reaction": r["reaction"]} for r in m.get("reactions", [])],
+             "isUnsent": bool(m.get("is_unsent"))}
+            for m in dup + later
+        ]
+        for m in e2ee_msgs:
+            if m["isUnsent"]:
+                m["text"] = "User unsent a message"
+        doc = {"participants": [self.owner, other], "threadName": f"{other}_{n}", "messages": e2ee_msgs}
+        (self.e2ee_root / f"{other}_{n}.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False), encoding="utf-8")
+        self.stats["e2ee_files"] += 1
+        return classic
+
+    def group_thread(self, start_ms: int, end_ms: int, n_sessions: int) -> tuple[int, int]:
+        """Write the synthetic EN/VI group (with the PII values not placed yet); return (#messages, #owner-silent sessions)."""
+        people, gmsgs, silent = _group_thread(self.rng, self.owner, start_ms, end_ms, n_sessions, self.pii)
+        gdir = f"hoicaphe_{10**15 + 424242}"
+        self.stats["classic_files"] += _write_classic(self.classic_root, "inbox", gdir, "Hội Cà Phê ☕", people, gmsgs, self.per_file, group=True)
+        self.stats["threads"] += 1
+        return len(gmsgs), silent
+
+
 def main(args: SampleArguments) -> None:
     rng = random.Random(args.seed)
     from faker import Faker
@@ -240,95 +345,27 @@ def main(args: SampleArguments) -> None:
     out = Path(args.output_dir)
     if out.exists():
         shutil.rmtree(out)
-    classic_root = out / "facebook-export-2025"
-    e2ee_root = out / "secure_storage_messages"
-    e2ee_root.mkdir(parents=True)
+    (out / "secure_storage_messages").mkdir(parents=True)
 
     # -- conversations, owner and partners ----------------------------------------------------------
-    bench = args.n_messages is not None
-    owner_id, convs = _load_conversations(owner_only=not bench, max_conversations=args.max_conversations)
-    if bench:
-        base, convs, total = convs, [], 0
-        while total < args.n_messages:  # repeat the corpus (new timestamps) until big enough
-            conv = base[len(convs) % len(base)]
-            convs.append(conv)
-            total += len(conv)
-    convs = _retime(convs, rng, datetime(2023, 1, 9, 18, tzinfo=timezone.utc).timestamp())
-    owner = fake.name()
-    names: dict[str, str] = {}
-
-    def name_of(sender_id: str) -> str:
-        if sender_id not in names:
-            name = fake.name()
-            while name == owner or name in names.values():
-                name = fake.name()
-            names[sender_id] = name
-        return names[sender_id]
-
-    threads: dict[str, list[tuple[str, str, int]]] = {}
-    for rows in convs:
-        # In the bench export the first non-owner speaker is the partner; the other speaker plays the owner.
-        others = [s for s, _, _ in rows if s != owner_id]
-        partner = others[0] if others else "self"
-        threads.setdefault(partner, []).extend(rows)
+    owner_id, convs = _conversations(args, rng)
+    writer = _ExportWriter(out, rng, fake, owner_id, args.messages_per_file)
+    threads = _threads_by_partner(convs, owner_id)
 
     # -- classic threads (inbox / archived_threads / e2ee_cutover) + E2EE continuations ------------------
-    pii = [line.format(**PLANTED_PII) for line in PII_LINES]
     order = sorted(threads, key=lambda p: (-len(threads[p]), p))
-    e2ee_partners = set(order[1:7]) if not bench else set(order[1:40])
-    stats = {"threads": 0, "classic_files": 0, "e2ee_files": 0, "messages": 0, "noise": 0, "e2ee_duplicates": 0}
+    e2ee_partners = set(order[1:7]) if args.n_messages is None else set(order[1:40])
     for i, partner in enumerate(order):
-        rows = sorted(threads[partner], key=lambda r: r[2])
-        other = name_of(partner)
-        thread_dir = f"{_slug(other)}_{10**15 + i * 7919}"
-        msgs = []
-        for sender, text, ts in rows:
-            who = owner if sender == owner_id else other
-            if pii and sender == owner_id and rng.random() < 0.05:
-                text = pii.pop()
-            msg = _classic_msg(who, ts, text)
-            if rng.random() < 0.03:
-                msg["reactions"] = [{"reaction": rng.choice(["❤", "😂", "😮", "👍"]), "actor": owner if who != owner else other}]
-            msgs.append(msg)
-            if rng.random() < 0.02:
-                msgs.append(_noise(rng, owner, other, ts + rng.randrange(1, 5000), thread_dir))
-                stats["noise"] += 1
-        section = "archived_threads" if i % 10 == 9 else "inbox"
-        if partner in e2ee_partners:
-            cut = int(len(msgs) * 0.7)
-            classic, later = msgs[:cut], msgs[cut:]
-            dup = [m for m in classic[-5:] if "content" in m][-3:]  # the two exports overlap by a few messages
-            stats["e2ee_duplicates"] += len(dup)
-            e2ee_msgs = [
-                {"senderName": m["sender_name"], "timestamp": m["timestamp_ms"], "text": m.get("content", ""),
-                 "type": "text" if m.get("content") else ("placeholder" if m.get("is_unsent") else "media"),
-                 "media": [{"uri": f"./media/{rng.randrange(10**12):x}.jpeg"}] if "photos" in m else [],
-                 "reactions": [{"actor": r["actor"], "reaction": r["reaction"]} for r in m.get("reactions", [])],
-                 "isUnsent": bool(m.get("is_unsent"))}
-                for m in dup + later
-            ]
-            for m in e2ee_msgs:
-                if m["isUnsent"]:
-                    m["text"] = "User unsent a message"
-            n = 10 + i
-            doc = {"participants": [owner, other], "threadName": f"{other}_{n}", "messages": e2ee_msgs}
-            (e2ee_root / f"{other}_{n}.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False), encoding="utf-8")
-            stats["e2ee_files"] += 1
-            msgs, section = classic, "e2ee_cutover"
-        per_file = args.messages_per_file if i != 0 else max(50, len(msgs) // 12)  # the top thread gets >= 10 parts
-        stats["classic_files"] += _write_classic(classic_root, section, thread_dir, other, [other, owner], msgs, per_file)
-        stats["threads"] += 1
+        writer.partner_thread(i, partner, threads[partner], e2ee=partner in e2ee_partners)
 
     # -- the synthetic EN/VI group thread -------------------------------------------------------------------
     first_ts = min(r[2] for rows in convs for r in rows)
     last_ts = max(r[2] for rows in convs for r in rows)
-    people, gmsgs, silent = _group_thread(rng, owner, first_ts + 3 * 24 * 3600 * 1000, last_ts, args.group_sessions, pii)
-    gdir = f"hoicaphe_{10**15 + 424242}"
-    stats["classic_files"] += _write_classic(classic_root, "inbox", gdir, "Hội Cà Phê ☕", people, gmsgs, args.messages_per_file, group=True)
-    stats["threads"] += 1
-    (classic_root / "your_facebook_activity" / "messages" / "autofill_information.json").write_text('{"autofill_information_v2": {}}')
-    stats["messages"] = sum(len(v) for v in threads.values()) + len(gmsgs) + stats["noise"] + stats["e2ee_duplicates"]
-    print(f"Sample export written to {out} | owner (invented): {len(owner)} chars | "
+    n_group, silent = writer.group_thread(first_ts + 3 * 24 * 3600 * 1000, last_ts, args.group_sessions)
+    (writer.classic_root / "your_facebook_activity" / "messages" / "autofill_information.json").write_text('{"autofill_information_v2": {}}')
+    stats = writer.stats
+    stats["messages"] = sum(len(v) for v in threads.values()) + n_group + stats["noise"] + stats["e2ee_duplicates"]
+    print(f"Sample export written to {out} | owner (invented): {len(writer.owner)} chars | "
           f"{stats['threads']:,} threads ({len(order):,} one-on-one + 1 group, {silent} owner-silent group sessions) | "
           f"{stats['classic_files']:,} classic files, {stats['e2ee_files']:,} E2EE files | ~{stats['messages']:,} messages "
           f"({stats['noise']:,} noise rows, {stats['e2ee_duplicates']:,} overlapping duplicates) | "
