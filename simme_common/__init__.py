@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .runtime import (
     library_versions, git_commit, save_run_config, UserError, run_main, cpu_threads, simme_cache_dir,
-    process_peak_memory_mb,
+    process_peak_memory_mb, load_script,
 )
 from .tables import (
     print_table, format_metric, format_grid,
@@ -106,7 +106,7 @@ from .serving.chat_ui import (
 
 __all__ = [
     "is_vietnamese_name",     "library_versions", "git_commit", "save_run_config", "UserError", "run_main", "cpu_threads",
-    "simme_cache_dir", "process_peak_memory_mb", "print_table", "format_metric", "format_grid", "MESSAGES",
+    "simme_cache_dir", "process_peak_memory_mb", "load_script", "print_table", "format_metric", "format_grid", "MESSAGES",
     "OWNER_ROLE", "OTHER_ROLE", "CHAT_TYPES", "BUBBLE_DELIMITER", "SILENT_REPLY", "SYSTEM_PROMPT_BASE",
     "build_system_prompt", "format_user_turn", "split_bubbles", "CHATML_TRAINING_TEMPLATE",
     "LLAMA3_TRAINING_TEMPLATE", "training_chat_template", "end_of_turn_token", "ensure_training_template",

@@ -5,9 +5,7 @@ Run: .venv/bin/python -m pytest -q tests/test_analyze.py
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -17,16 +15,6 @@ import simme_common as sc
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ("chat_id", "chat_type", "sender", "is_owner", "timestamp_ms", "text", "session_id", "source")
-
-
-def load_script(name: str):
-    """Import a numbered stage script as a module (registered first: its dataclasses need sys.modules)."""
-    mod_name = "stage_" + name.removesuffix(".py")
-    if mod_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(mod_name, ROOT / name)
-        sys.modules[mod_name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[mod_name])
-    return sys.modules[mod_name]
 
 
 def messages_frame(rows: list[tuple]) -> pd.DataFrame:
@@ -52,7 +40,7 @@ def write_messages(tmp_path: Path, rows: list[tuple]) -> Path:
 
 def run_analyze(input_dir: Path, output_dir: Path, **kw) -> dict:
     """Run 02_analyze.main and return the written style card."""
-    mod = load_script("02_analyze.py")
+    mod = sc.load_script(ROOT / "02_analyze.py")
     mod.main(mod.AnalyzeArguments(input_dir=str(input_dir), output_dir=str(output_dir), **kw))
     return strict_json(output_dir / "style_card.json")
 
@@ -239,7 +227,7 @@ def test_bad_timezone_is_a_user_error(tmp_path):
 def test_report_on_fixtures_after_01_prepare(tmp_path, fixtures_dir, tiny_model_dir):
     if not (ROOT / "01_prepare.py").exists():
         pytest.skip("01_prepare.py is not in this checkout yet")
-    prep = load_script("01_prepare.py")
+    prep = sc.load_script(ROOT / "01_prepare.py")
     prep.main(prep.PrepareArguments(export_path=[str(fixtures_dir)], output_dir=str(tmp_path / "prepared"),
                                     model_name_or_path=str(tiny_model_dir)))
     out = tmp_path / "analysis"

@@ -6,9 +6,7 @@ Run: .venv/bin/python -m pytest -q tests/test_prepare.py
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import zipfile
 from pathlib import Path
 
@@ -20,22 +18,14 @@ ROOT = Path(__file__).resolve().parents[1]
 MSGVAULT = "kenn-io__msgvault/internal/fbmessenger/testdata"
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
 def prep():
-    return _load("prepare01", ROOT / "01_prepare.py")
+    return sc.load_script(ROOT / "01_prepare.py")
 
 
 @pytest.fixture(scope="module")
 def sample_mod():
-    return _load("make_sample_export", ROOT / "examples" / "make_sample_export.py")
+    return sc.load_script(ROOT / "examples" / "make_sample_export.py")
 
 
 def run(prep, tmp_path: Path, paths, tok: Path, **kw) -> tuple[dict, Path]:
