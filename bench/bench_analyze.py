@@ -23,7 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
 
 import simme_common as sc  # noqa: E402
-from simme_common.runtime import load_script  # noqa: E402
 
 ROOT = benchlib.ROOT
 
@@ -83,7 +82,7 @@ def main() -> int:
     from datasets import disable_caching, load_from_disk
 
     disable_caching()  # every run recomputes the features, as a fresh `make demo` would
-    stage = load_script(ROOT / "02_analyze.py")
+    stage = sc.load_script(ROOT / "02_analyze.py")
     tmp = Path(tempfile.mkdtemp(prefix="bench_analyze_"))
     reps = args.reps or 1
     t0 = time.perf_counter()

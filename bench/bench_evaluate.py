@@ -23,7 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
 
 import simme_common as sc  # noqa: E402
-from simme_common.runtime import load_script  # noqa: E402
 
 ROOT = benchlib.ROOT
 
@@ -106,7 +105,7 @@ def time_generation(model, tokenizer, contexts: list[list[dict]], new_tokens: in
 
 def time_stage(samples: list[list[dict]], adapter: Path, tmp: Path) -> tuple[dict, dict]:
     """The whole 04 stage on `samples`, base + twin: (result fields, summary row)."""
-    stage = load_script(ROOT / "04_evaluate.py")
+    stage = sc.load_script(ROOT / "04_evaluate.py")
     prepared = prepared_dir(tmp / "prepared", samples)
     stage_args = stage.EvaluateArguments(input_dir=str(prepared), analysis_dir=None, adapter_path=str(adapter),
                                          output_dir=str(tmp / "eval"), max_examples=len(samples))

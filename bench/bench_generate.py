@@ -1,9 +1,15 @@
 """Benchmark of the app's generation path (simme_common.load_twin, backend "auto") against plain fp32
-transformers.generate of the same model with the same LoRA adapter, alternating, in one run.
+transformers.generate of the same model with the same LoRA adapter, and of each of our llama.cpp patches with
+against without, alternating, in one run.
 
 python bench/bench_generate.py            # 5 reps, 64 new tokens after a ~200-token chat, 2 threads
 python bench/bench_generate.py --quick    # 2 reps of 32 new tokens, a 20-turn long chat (<= 90 s when idle, GGUF cached)
 python bench/bench_generate.py --adapter outputs/03_adapter --quant q4_k_m   # another GGUF type
+
+Every measured configuration runs in its own process (this file with --worker NAME: one request line in, one JSON
+line out), taking turns round by round. Sharing one process, the fp32 baseline's OpenMP threads competed with
+llama.cpp's (27.7 tok/s measured there, 100-112 for the app's path alone), and llama.cpp reads the patches'
+switches once per process.
 
 Without --adapter, a LoRA with random nonzero weights (peft init_lora_weights=False) on every projection
 is made, so both paths really apply an adapter. Reported: decode tokens/s (tokens after the first / their
@@ -13,12 +19,24 @@ context budget (trimmed a block at a time vs turn by turn), the
 fraction of the memory-bandwidth floor (weight bytes read per token / measured read bandwidth), what the
 quantization costs (teacher-forced NLL of the chat against the fp32 model; 1.00 = lossless), peak RSS;
 on CUDA also the bitsandbytes 4-bit (NF4) and 8-bit paths against bf16.
+
+Patch rows (patches/llama-cpp-python-0.3.36-*.patch; in the table, project = with and baseline = without): "with" is
+the app's path, "without" the same path with the patch's work switched off at run time, where our build then does
+what a stock llama-cpp-python 0.3.36 does, so no second build is needed:
+  amx-tilecfg       the AMX weight buffer off, i.e. the app's quantization and weight placement for a build whose AMX
+                    kernels are unusable (stock ggml's crash): first token and decode tokens/s
+  fa-prefill        SIMME_FA_PREFILL_MIN_TOKENS=0: prompt batches without flash attention; first token
+  amx-bf16-prefill  amx_bf16_min_tokens "0": Q8_0 prompt batches on the int8 AMX tiles only; first token
+A row whose patch cannot act here says why instead, e.g. "n/a (no AMX)".
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
+import json
+import os
 import sys
 import tempfile
 import time
@@ -38,6 +56,18 @@ TURNS = [
     ("assistant", "will do 👍"), ("user", "also do you still have my charger from last time?"),
     ("assistant", "yes!! its in my bag\nill bring it"),
 ]
+
+# patch -> (the worker that runs the app's path without it, what "without" is)
+PATCHES = {
+    "amx-tilecfg": ("no_amx", "AMX weight buffer off"),
+    "fa-prefill": ("no_fa_prefill", "SIMME_FA_PREFILL_MIN_TOKENS=0"),
+    "amx-bf16-prefill": ("no_amx_bf16", "SIMME_AMX_BF16_MIN_TOKENS=0"),
+}
+PATCH_TAGS = {"amx-tilecfg": sc.LLAMA_CPP_AMX_FIX, "fa-prefill": sc.LLAMA_CPP_FA_PREFILL,
+              "amx-bf16-prefill": sc.LLAMA_CPP_AMX_BF16}  # each patch's mark in llama_cpp.__version__
+# llama.cpp reads this one itself (getenv, once per process), so it goes into the worker's environment.
+WORKER_ENV = {"no_fa_prefill": {"SIMME_FA_PREFILL_MIN_TOKENS": "0"}}
+LONG_CHAT_BUDGET = 512  # the app's default context budget (AppSettings.max_context_tokens)
 
 
 def system_message(contact: str = "Bo") -> dict:
@@ -145,6 +175,290 @@ def time_hf(model, input_ids, new_tokens: int) -> dict:
     return {"first_s": first - t0, "decode_tps": (new_tokens - 1) / (end - first)}
 
 
+# --- worker side: one measured configuration per process ---------------------------------------------------------
+
+
+def load_app_twin(args):
+    """The app's twin as worker `args.worker` runs it: as the app does ("app"), or with one patch's work off."""
+    import torch
+
+    settings = sc.AppSettings.from_env()  # the environment app.py would read
+    options = dataclasses.replace(settings.llama_options(), n_threads=args.threads)
+    if args.worker == "no_amx_bf16":
+        options = dataclasses.replace(options, amx_bf16_min_tokens="0")
+    if args.worker == "no_amx":
+        # load_twin has no switch for the AMX buffer: this process's loader is told AMX is unusable, as it is with a
+        # stock build, and picks that case's quantization and weight placement.
+        from simme_common.serving import llama_cpp as serving_llama_cpp
+
+        serving_llama_cpp.llama_cpp_amx_usable = lambda bufts, version: False
+    quant = settings.quant if torch.cuda.is_available() else args.quant or settings.quant
+    return sc.load_twin(args.base_model, args.adapter, backend="auto", quantization=quant, llama=options)
+
+
+def load_fp32_twin(args):
+    """The baseline: the fp32 model with the adapter merged (the fastest plain form), on CUDA where there is one."""
+    import torch
+
+    tokenizer = sc.load_twin_tokenizer(args.base_model, args.adapter)
+    model = sc.load_twin_transformers(args.base_model, args.adapter, tokenizer, "none", device="cpu")
+    return sc.TwinModel(tokenizer, "transformers", {}, model=model.to("cuda") if torch.cuda.is_available() else model)
+
+
+def describe(twin) -> dict:
+    """Backend, info, llama.cpp's extra weight buffers and the weight bytes read per decoded token."""
+    info = json.loads(json.dumps(twin.info(), default=str))
+    if twin.backend == "llama.cpp":
+        return {"backend": twin.backend, "info": info, "bufts": sorted(sc.llama_cpp_extra_bufts()),
+                "weight_bytes": Path(info["gguf"]).stat().st_size}
+    # tied embeddings count once, as the output matrix
+    return {"backend": twin.backend, "info": info, "bufts": [],
+            "weight_bytes": sum(p.numel() * p.element_size() for p in twin.model.parameters())}
+
+
+def app_requests(twin, chat: list[dict], args) -> dict:
+    """What the app's twin answers: a cold reply, a follow-up turn, a return after another chat, a long chat."""
+    other_chat = make_chat(twin.tokenizer, args.prompt_tokens, contact="Cy")  # another user of the same app
+
+    def follow_up(reply: str) -> list[dict]:
+        return chat + [{"role": "assistant", "content": reply or "ok"}, {"role": "user", "content": "ok cool see you then"}]
+
+    def own_reply() -> str:
+        # The twin's first reply ends at its end-of-turn token, as in the app: an exact-length one would run past
+        # it, and that text re-tokenizes differently, which defeats the prefix reuse the follow-up measures.
+        twin.forget_prefix()
+        return time_twin(twin, chat, args.new_tokens, cold=False, exact=False)["text"]
+
+    def back_after_other_user() -> dict:
+        # The same follow-up after another user's chat took the model: served from the stored KV snapshot.
+        first_reply = own_reply()
+        time_twin(twin, other_chat, args.new_tokens, cold=False, exact=False)
+        return time_twin(twin, follow_up(first_reply), args.new_tokens, cold=False)
+
+    return {
+        "cold": lambda: time_twin(twin, chat, args.new_tokens, cold=True),
+        "turn": lambda: time_twin(twin, follow_up(own_reply()), args.new_tokens, cold=False),
+        "return": back_after_other_user,
+        "long": lambda turns, budget, block: {"firsts": long_chat_first_tokens(twin, int(turns), int(budget), int(block))},
+    }
+
+
+def cuda_runs(args) -> dict:
+    """On CUDA, the twin with bnb NF4 and LLM.int8 against bf16, same adapter: samples and peak memory per type."""
+    import torch
+
+    out = {}
+    for quant in ("none", "4bit", "8bit"):
+        g = sc.load_twin(args.base_model, args.adapter, backend="transformers", quantization=quant)
+        chat = make_chat(g.tokenizer, args.prompt_tokens)
+        runs = [time_twin(g, chat, args.new_tokens, cold=True) for _ in range(args.reps + 1)][1:]
+        out[quant] = {"decode_tps": [r["decode_tps"] for r in runs], "first_s": [r["first_s"] for r in runs],
+                      "memory_gb": round(torch.cuda.max_memory_allocated() / 1e9, 3)}
+        del g
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    return out
+
+
+def serve_worker(args) -> None:
+    """Load worker `args.worker`'s configuration, say so, then answer request lines ("op arg ...") until stdin closes."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.worker == "cuda":
+        benchlib.serve({"ready": "cuda"}, lambda line: cuda_runs(args) if line == "run" else None)
+        return
+    t = time.perf_counter()
+    fp32 = args.worker == "fp32"
+    twin = load_fp32_twin(args) if fp32 else load_app_twin(args)
+    load_s = time.perf_counter() - t
+    chat = make_chat(twin.tokenizer, args.prompt_tokens)
+    ids = twin.prompt_ids(chat)
+    if fp32:
+        input_ids = torch.tensor([ids], device=twin.model.device)
+        requests = {"cold": lambda: time_hf(twin.model, input_ids, args.new_tokens)}
+    else:
+        requests = app_requests(twin, chat, args)
+    requests["nll"] = lambda: {"nll": list(twin.nll(ids))}
+
+    def handle(line: str) -> dict | None:
+        op, *params = line.split() or [""]
+        return requests[op](*params) if op in requests else None
+
+    benchlib.serve({"ready": args.worker, "load_s": load_s, "prompt_tokens": len(ids), **describe(twin)}, handle)
+
+
+# --- parent side: workers, rounds, rows -----------------------------------------------------------------------------
+
+
+def patch_unavailable(patch: str, app: dict) -> str | None:
+    """Why `patch` cannot act on the app's twin here (the row's text), or None when its row can be measured."""
+    if app["backend"] != "llama.cpp":
+        return f"n/a (backend {app['backend']})"
+    if patch != "fa-prefill" and "AMX" not in app["bufts"]:
+        return "n/a (no AMX)"
+    version = app["info"].get("llama_cpp", "")
+    if PATCH_TAGS[patch] not in version:
+        return f"n/a (llama-cpp-python {version} is built without it; `make setup` builds it in)"
+    if patch == "amx-bf16-prefill" and not app["info"].get("amx_bf16_min_tokens"):
+        return f"n/a (BF16 tiles off here: {app['info'].get('quantization')} weights, or amx_bf16_min_tokens 0)"
+    return None
+
+
+def start_worker(args, name: str, base: str, adapter: str) -> benchlib.Worker:
+    """Worker `name` (a configuration of this file in its own process), loaded."""
+    cmd = [sys.executable, __file__, "--worker", name, "--base_model", base, "--adapter", adapter,
+           "--threads", str(args.threads), "--prompt_tokens", str(args.prompt_tokens),
+           "--new_tokens", str(args.new_tokens), "--reps", str(args.reps)] + (["--quant", args.quant] if args.quant else [])
+    worker = benchlib.Worker(cmd, env={**os.environ, **WORKER_ENV.get(name, {})})
+    worker.ready()  # one load at a time: the first exports (and caches) the GGUF that later ones read
+    return worker
+
+
+def start_workers(args, base: str, adapter: str, workers: dict) -> dict[str, str | None]:
+    """Fill `workers` with the app, the fp32 baseline and the without side of every patch that can act here; returns
+    each patch's reason when it cannot."""
+    workers["app"] = start_worker(args, "app", base, adapter)
+    reasons = {patch: patch_unavailable(patch, workers["app"].ready()) for patch in PATCHES}
+    for name in ["fp32"] + [PATCHES[patch][0] for patch, reason in reasons.items() if reason is None]:
+        workers[name] = start_worker(args, name, base, adapter)
+    return reasons
+
+
+def time_rounds(workers: dict, reps: int) -> dict[str, list[dict]]:
+    """Every worker's cold reply and the app's follow-up turns, taking turns for `reps` rounds after a warm-up round."""
+    requests = {"project": ("app", "cold"), "baseline": ("fp32", "cold"), "project_turn": ("app", "turn"),
+                "project_return": ("app", "return")}
+    requests.update({name: (name, "cold") for name in workers if name not in ("app", "fp32")})
+    samples: dict[str, list[dict]] = {key: [] for key in requests}
+
+    def ask(key: str, name: str, op: str):
+        return lambda: samples[key].append(workers[name].call(op))
+
+    benchlib.alternate({key: ask(key, *request) for key, request in requests.items()}, reps, warmup=1)
+    return {key: answers[1:] for key, answers in samples.items()}  # without the warm-up round
+
+
+def time_long_chats(app: benchlib.Worker, quick: bool) -> dict[str, list[float]]:
+    """First tokens of long chats past the budget: trimmed a quarter of the budget at a time (the KV prefix survives
+    several turns) against turn by turn (the start moves every turn, so every turn re-prefills the whole budget)."""
+    turns, budget = 20 if quick else 40, LONG_CHAT_BUDGET
+    long_chat: dict[str, list[float]] = {"project": [], "baseline": []}
+    for _ in range(1 if quick else 2):
+        long_chat["baseline"] += app.call(f"long {turns} {budget} 1")["firsts"]
+        long_chat["project"] += app.call(f"long {turns} {budget} {budget // 4}")["firsts"]
+    return long_chat
+
+
+def app_rows(app: dict, first: dict, tps: dict, long_chat: dict, nll_ratio: float) -> list[dict]:
+    """The app's path against the fp32 baseline: the summary rows."""
+    n_prompt, info = app["prompt_tokens"], app["info"]
+    return [
+        benchlib.summary_row(f"decode tokens/s, {app['backend']} {info.get('quantization')} vs fp32 generate", "tok/s",
+                             tps["project"], tps["baseline"], target=">= 4x"),
+        benchlib.summary_row(f"first token, cold {n_prompt}-token context", "s", first["project"], first["baseline"],
+                             higher_is_better=False, target="<= 0.3 s"),
+        benchlib.summary_row("NLL of the chat, app path / fp32 (quantization cost)", "ratio", [nll_ratio], target="<= 1.03"),
+        benchlib.summary_row("first token, follow-up turn (prefix KV reuse) vs cold baseline", "s", first["project_turn"],
+                             first["baseline"], higher_is_better=False, target="<= 0.3 s"),
+        benchlib.summary_row("first token, follow-up turn after another user's chat (KV snapshot) vs cold baseline",
+                             "s", first["project_return"], first["baseline"], higher_is_better=False, target="<= 0.3 s"),
+        benchlib.summary_row(f"first token, turns past the {LONG_CHAT_BUDGET}-token budget: block trimming vs turn "
+                             "by turn (mean)", "s", [sum(long_chat["project"]) / len(long_chat["project"])],
+                             [sum(long_chat["baseline"]) / len(long_chat["baseline"])], higher_is_better=False),
+    ]
+
+
+def patch_rows(ready: dict, first: dict, tps: dict, reasons: dict) -> tuple[list[dict], dict]:
+    """Per patch, its rows (project = with, baseline = without) or its reason; and what each without side was."""
+    rows, detail = [], {}
+    n_prompt = ready["app"]["prompt_tokens"]
+    for patch, (name, without) in PATCHES.items():
+        if patch == "amx-tilecfg" and name in ready:
+            w, wo = ready["app"]["info"], ready[name]["info"]
+            without += (f": {wo.get('quantization')} on {wo.get('weight_buffer')} "
+                        f"vs {w.get('quantization')} on {w.get('weight_buffer')}")
+        detail[patch] = {"without": without, "worker": name} if reasons[patch] is None else {"n/a": reasons[patch]}
+        metrics = [(f"first token, cold {n_prompt}-token context", "s", first, False)]
+        if patch == "amx-tilecfg":  # AMX also moves decode; the two prefill patches leave decode as it was
+            metrics.append(("decode tokens/s", "tok/s", tps, True))
+        for what, unit, samples, higher in metrics:
+            metric = f"patch {patch}: {what}, with vs without ({without})"
+            if reasons[patch] is not None:
+                rows.append({"metric": metric, "unit": unit, "project": reasons[patch], "target": ""})
+            else:
+                rows.append(benchlib.summary_row(metric, unit, samples["project"], samples[name], higher_is_better=higher))
+    return rows, detail
+
+
+def cuda_results(args, base: str, adapter: str) -> tuple[dict, list[dict]]:
+    """The CUDA comparison (its own process): per quantization the stats, and a summary row each."""
+    worker = start_worker(args, "cuda", base, adapter)
+    try:
+        runs = worker.call("run")
+    finally:
+        worker.close()
+    gpu = {quant: {"decode_tps": benchlib.stats(r["decode_tps"]), "first_token_s": benchlib.stats(r["first_s"]),
+                   "memory_gb": r["memory_gb"]} for quant, r in runs.items()}
+    rows = [benchlib.summary_row(f"CUDA decode tokens/s, bnb {quant} vs bf16", "tok/s", r["decode_tps"],
+                                 None if quant == "none" else [gpu["none"]["decode_tps"]["median"]])
+            for quant, r in runs.items()]
+    return gpu, rows
+
+
+def measure(args, base: str, adapter: str) -> dict:
+    """Every worker's numbers: ready info, round samples, long chats and NLL; workers closed before returning."""
+    workers: dict[str, benchlib.Worker] = {}
+    try:
+        reasons = start_workers(args, base, adapter, workers)
+        samples = time_rounds(workers, args.reps)
+        long_chat = time_long_chats(workers["app"], args.quick)
+        nll = {"project": workers["app"].call("nll")["nll"], "baseline": workers["fp32"].call("nll")["nll"]}
+        return {"ready": {name: w.ready() for name, w in workers.items()}, "samples": samples,
+                "long_chat": long_chat, "nll": nll, "reasons": reasons}
+    finally:
+        for worker in workers.values():
+            worker.close()
+
+
+def summarize(args, m: dict) -> dict:
+    """The result record (results.json's "generate") from `measure`'s numbers and the machine's read bandwidth."""
+    app, fp32 = m["ready"]["app"], m["ready"]["fp32"]
+    tps = {k: [s["decode_tps"] for s in v] for k, v in m["samples"].items()}
+    first = {k: [s["first_s"] for s in v] for k, v in m["samples"].items()}
+    p_tps, b_tps = benchlib.stats(tps["project"])["median"], benchlib.stats(tps["baseline"])["median"]
+    nll_ratio = m["nll"]["project"][0] / m["nll"]["baseline"][0]
+    # Bandwidth floor: every weight is read once per decoded token.
+    bw = benchlib.mem_bandwidth_gbs()
+    proj_bytes, fp32_bytes = app["weight_bytes"], fp32["weight_bytes"]
+    rows, patches = patch_rows(m["ready"], first, tps, m["reasons"])
+    return {
+        "backend": app["backend"], "info": app["info"], "threads": args.threads, "prompt_tokens": app["prompt_tokens"],
+        "new_tokens": args.new_tokens, "reps": args.reps, "load_s": round(app["load_s"], 2),
+        "decode_tps": {k: benchlib.stats(v) for k, v in tps.items()},
+        "long_chat_first_token_s": {k: benchlib.stats(v) for k, v in m["long_chat"].items()},
+        "first_token_s": {k: benchlib.stats(v) for k, v in first.items()},
+        "ratio_decode_tps": p_tps / b_tps,
+        "nll_per_token": {k: v[0] / v[1] for k, v in m["nll"].items()}, "nll_ratio": nll_ratio,
+        "bandwidth_gbs": bw,
+        "floor_tps": {"project": bw * 1e9 / proj_bytes, "baseline": bw * 1e9 / fp32_bytes},
+        "fraction_of_floor": {"project": p_tps / (bw * 1e9 / proj_bytes), "baseline": b_tps / (bw * 1e9 / fp32_bytes)},
+        "weight_bytes_per_token": {"project": proj_bytes, "baseline": fp32_bytes},
+        "patches": patches,
+        "summary": app_rows(app, first, tps, m["long_chat"], nll_ratio) + rows,
+    }
+
+
+def print_patch_rows(result: dict) -> None:
+    """The patch rows and the CPU flags they depend on, readable at the end of the output."""
+    print(f"CPU flags: {' '.join(benchlib.cpu_flags()) or 'unknown'} | llama-cpp-python {result['info'].get('llama_cpp')}")
+    for row in result["summary"]:
+        if row["metric"].startswith("patch "):
+            figures = (f"with {row['project']:.4g} | without {row['baseline']:.4g} | ratio {row['ratio']:.2f}x"
+                       if "ratio" in row else row["project"])
+            print(f"{row['metric']} ({row['unit']}): {figures}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 reps of 32 new tokens")
@@ -157,130 +471,26 @@ def main() -> int:
     parser.add_argument("--quant", default=None, choices=sorted(sc.GGUF_FTYPES),
                         help=f"llama.cpp GGUF type of the app path (default the app's: {sc.AMX_GGUF_QUANT} on AMX CPUs with "
                              f"our llama.cpp build, else {sc.DEFAULT_GGUF_QUANT})")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    benchlib.add_out_dir_arg(parser)
     args = parser.parse_args()
-    reps = 2 if args.quick else args.reps
+    if args.worker:
+        serve_worker(args)
+        return 0
     if args.quick:
-        args.new_tokens = min(args.new_tokens, 32)
+        args.reps, args.new_tokens = 2, min(args.new_tokens, 32)
 
     import torch
 
-    torch.set_num_threads(args.threads)
     base = sc.resolve_base_model(args.base_model)
-    tmp = tempfile.TemporaryDirectory()
-    adapter = args.adapter or str(random_lora(base, Path(tmp.name) / "lora"))
-
-    t = time.perf_counter()
-    twin = sc.load_twin(base, adapter, backend="auto", quantization=None if torch.cuda.is_available() else args.quant,
-                       n_threads=args.threads)
-    load_s = time.perf_counter() - t
-    chat = make_chat(twin.tokenizer, args.prompt_tokens)
-    n_prompt = twin.count_tokens(chat)
-
-    ref_model = sc.load_twin_transformers(base, adapter, twin.tokenizer, "none", device="cpu")  # fp32, adapter merged (the fastest plain form)
-    input_ids = torch.tensor([twin.prompt_ids(chat)])
-    cuda = torch.cuda.is_available()
-    if cuda:
-        ref_model = ref_model.to("cuda")
-        input_ids = input_ids.to("cuda")
-
-    other_chat = make_chat(twin.tokenizer, args.prompt_tokens, contact="Cy")  # another user of the same app
-    samples: dict[str, list[dict]] = {"project": [], "baseline": [], "project_turn": [], "project_return": []}
-
-    def project() -> None:
-        samples["project"].append(time_twin(twin, chat, args.new_tokens, cold=True))
-
-    def baseline() -> None:
-        samples["baseline"].append(time_hf(ref_model, input_ids, args.new_tokens))
-
-    def follow_up(reply: str) -> list[dict]:
-        return chat + [{"role": "assistant", "content": reply or "ok"}, {"role": "user", "content": "ok cool see you then"}]
-
-    def project_turn() -> None:
-        # A follow-up turn: the twin's own first reply (ended by its end-of-turn token, as in the app) and the
-        # context before it are in the KV cache (prefix reuse). An exact-length first reply would run past the
-        # end-of-turn token, whose text re-tokenizes differently and defeats the reuse.
-        twin.forget_prefix()
-        first_reply = time_twin(twin, chat, args.new_tokens, cold=False, exact=False)["text"]
-        samples["project_turn"].append(time_twin(twin, follow_up(first_reply), args.new_tokens, cold=False))
-
-    def project_return() -> None:
-        # The same follow-up after another user's chat took the model: served from the stored KV snapshot.
-        twin.forget_prefix()
-        first_reply = time_twin(twin, chat, args.new_tokens, cold=False, exact=False)["text"]
-        time_twin(twin, other_chat, args.new_tokens, cold=False, exact=False)
-        samples["project_return"].append(time_twin(twin, follow_up(first_reply), args.new_tokens, cold=False))
-
-    benchlib.alternate({"project": project, "baseline": baseline, "project_turn": project_turn,
-                        "project_return": project_return}, reps, warmup=1)
-    for key in samples:
-        samples[key] = samples[key][1:]  # drop the warm-up round
-
-    # Long chats: the app trims a quarter of the budget at a time (the KV prefix survives several turns) against
-    # trimming turn by turn (the start moves every turn, so every turn re-prefills the whole budget).
-    budget, long_turns = 512, 20 if args.quick else 40
-    long_chat = {"project": [], "baseline": []}
-    for _ in range(1 if args.quick else 2):
-        long_chat["baseline"] += long_chat_first_tokens(twin, long_turns, budget, block_tokens=1)
-        long_chat["project"] += long_chat_first_tokens(twin, long_turns, budget, block_tokens=budget // 4)
-
-    # What the speed costs: NLL of the same tokens, app path vs the fp32 model (the baseline's weights).
-    ref_twin = sc.TwinModel(twin.tokenizer, "transformers", {}, model=ref_model)
-    nll = {"project": twin.nll(input_ids[0].tolist()), "baseline": ref_twin.nll(input_ids[0].tolist())}
-    nll_ratio = nll["project"][0] / nll["baseline"][0]
-
-    # Bandwidth floor: every weight is read once per decoded token (tied embeddings read once, as the output matrix).
-    bw = benchlib.mem_bandwidth_gbs()
-    fp32_bytes = sum(p.numel() * p.element_size() for p in ref_model.parameters())
-    proj_bytes = Path(twin.info()["gguf"]).stat().st_size if twin.backend == "llama.cpp" else fp32_bytes
-    tps = {k: [s["decode_tps"] for s in v] for k, v in samples.items()}
-    first = {k: [s["first_s"] for s in v] for k, v in samples.items()}
-    p_tps, b_tps = benchlib.stats(tps["project"])["median"], benchlib.stats(tps["baseline"])["median"]
-    summary = [
-        benchlib.summary_row(f"decode tokens/s, {twin.backend} {twin.info().get('quantization')} vs fp32 generate", "tok/s",
-                             tps["project"], tps["baseline"], target=">= 4x"),
-        benchlib.summary_row(f"first token, cold {n_prompt}-token context", "s", first["project"], first["baseline"],
-                             higher_is_better=False, target="<= 0.3 s"),
-        benchlib.summary_row("NLL of the chat, app path / fp32 (quantization cost)", "ratio", [nll_ratio], target="<= 1.03"),
-        benchlib.summary_row("first token, follow-up turn (prefix KV reuse) vs cold baseline", "s", first["project_turn"],
-                             first["baseline"], higher_is_better=False, target="<= 0.3 s"),
-        benchlib.summary_row("first token, follow-up turn after another user's chat (KV snapshot) vs cold baseline",
-                             "s", first["project_return"], first["baseline"], higher_is_better=False, target="<= 0.3 s"),
-        benchlib.summary_row(f"first token, turns past the {budget}-token budget: block trimming vs turn by turn (mean)",
-                             "s", [sum(long_chat["project"]) / len(long_chat["project"])],
-                             [sum(long_chat["baseline"]) / len(long_chat["baseline"])], higher_is_better=False),
-    ]
-    result = {
-        "backend": twin.backend, "info": twin.info(), "threads": args.threads, "prompt_tokens": n_prompt,
-        "new_tokens": args.new_tokens, "reps": reps, "load_s": round(load_s, 2),
-        "decode_tps": {k: benchlib.stats(v) for k, v in tps.items()},
-        "long_chat_first_token_s": {k: benchlib.stats(v) for k, v in long_chat.items()},
-        "first_token_s": {k: benchlib.stats(v) for k, v in first.items()},
-        "ratio_decode_tps": p_tps / b_tps,
-        "nll_per_token": {k: v[0] / v[1] for k, v in nll.items()}, "nll_ratio": nll_ratio,
-        "bandwidth_gbs": bw,
-        "floor_tps": {"project": bw * 1e9 / proj_bytes, "baseline": bw * 1e9 / fp32_bytes},
-        "fraction_of_floor": {"project": p_tps / (bw * 1e9 / proj_bytes), "baseline": b_tps / (bw * 1e9 / fp32_bytes)},
-        "weight_bytes_per_token": {"project": proj_bytes, "baseline": fp32_bytes},
-    }
-
-    if cuda:  # the quantized adapter on GPU: bnb NF4 and LLM.int8 against bf16, same adapter
-        gpu = {}
-        for quant in ("none", "4bit", "8bit"):
-            g = sc.load_twin(base, adapter, backend="transformers", quantization=quant)
-            runs = [time_twin(g, chat, args.new_tokens, cold=True) for _ in range(reps + 1)][1:]
-            gpu[quant] = {"decode_tps": benchlib.stats([r["decode_tps"] for r in runs]),
-                          "first_token_s": benchlib.stats([r["first_s"] for r in runs]),
-                          "memory_gb": round(torch.cuda.max_memory_allocated() / 1e9, 3)}
-            summary.append(benchlib.summary_row(f"CUDA decode tokens/s, bnb {quant} vs bf16", "tok/s",
-                                                [r["decode_tps"] for r in runs],
-                                                None if quant == "none" else [gpu["none"]["decode_tps"]["median"]]))
-            del g
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-        result["cuda"] = gpu
-    result["summary"] = summary
-    benchlib.write_result("generate", result, args.quick)
-    tmp.cleanup()
+    with tempfile.TemporaryDirectory() as tmp:
+        adapter = args.adapter or str(random_lora(base, Path(tmp) / "lora"))
+        result = summarize(args, measure(args, base, adapter))
+        if torch.cuda.is_available():
+            result["cuda"], rows = cuda_results(args, base, adapter)
+            result["summary"] += rows
+    benchlib.write_result("generate", result, args.quick, args.out_dir)
+    print_patch_rows(result)
     return 0
 
 

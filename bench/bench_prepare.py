@@ -22,7 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
 
 import simme_common as sc  # noqa: E402
-from simme_common.runtime import load_script  # noqa: E402
 
 ROOT = benchlib.ROOT
 
@@ -32,7 +31,7 @@ def build_export(n_messages: int, out_dir: Path) -> Path:
     out = out_dir / f"prepare_export_{n_messages}"
     if (out / ".complete").exists():
         return out
-    mod = load_script(ROOT / "examples" / "make_sample_export.py")
+    mod = sc.load_script(ROOT / "examples" / "make_sample_export.py")
     mod.main(mod.SampleArguments(output_dir=str(out), n_messages=n_messages, messages_per_file=10_000))
     (out / ".complete").write_text("ok")
     return out
@@ -102,7 +101,7 @@ def race(export: Path, files: list[Path], reps: int) -> dict:
 
 def end_to_end(export: Path, out_dir: Path) -> dict:
     """The whole 01 stage once on the export: seconds, messages/s and its samples count."""
-    prep = load_script(ROOT / "01_prepare.py")
+    prep = sc.load_script(ROOT / "01_prepare.py")
     t1 = time.perf_counter()
     report = prep.main(prep.PrepareArguments(export_path=[str(export)], output_dir=str(out_dir / "prepare_e2e_out")))
     e2e = time.perf_counter() - t1

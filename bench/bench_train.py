@@ -31,7 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
 
 import simme_common as sc  # noqa: E402
-from simme_common.runtime import load_script  # noqa: E402
 
 ROOT = benchlib.ROOT
 RECIPE = ROOT / "configs" / "cpu_demo.yaml"
@@ -95,7 +94,7 @@ def worker(name: str, input_dir: Path, out_dir: Path, quick: bool) -> None:
     """One variant in its own process (accelerate's state is per process): a training round per 'go' on stdin."""
     import torch
 
-    stage = load_script(ROOT / "03_train.py")
+    stage = sc.load_script(ROOT / "03_train.py")
     train_args, model_args, variants = variant_configs(stage, input_dir, out_dir, quick)
     from transformers import TrainerCallback
 
@@ -144,7 +143,8 @@ def race(names: list[str], input_dir: Path, tmp: Path, quick: bool, reps: int) -
         return lambda: rounds[name].append(workers[name].call("go"))
 
     gflops = benchlib.gemm_gflops()
-    benchlib.alternate({name: run(name) for name in names}, 1)  # untimed: the first steps pay one-time kernel and allocator setup
+    # untimed: the first steps pay one-time kernel and allocator setup
+    benchlib.alternate({name: run(name) for name in names}, 1)
     rounds = {name: [] for name in names}
     benchlib.alternate({name: run(name) for name in names}, reps)
     gflops = max(gflops, benchlib.gemm_gflops())
@@ -198,7 +198,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
     sample = ROOT / sc.PREPARED_DIR
     input_dir = sample if (sample / "dataset").exists() and not args.quick else chitchat_samples(tmp / "data", 64 if args.quick else 512)
-    names = list(variant_configs(load_script(ROOT / "03_train.py"), input_dir, tmp, args.quick)[2])
+    names = list(variant_configs(sc.load_script(ROOT / "03_train.py"), input_dir, tmp, args.quick)[2])
     info, rounds, gflops = race(names, input_dir, tmp, args.quick, args.reps or (2 if args.quick else 3))
     result = {"input": "bundled sample" if input_dir == sample else "chitchat samples", **summarize(info, rounds, gflops)}
     benchlib.write_result("train", result, args.quick, args.out_dir)
