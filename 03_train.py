@@ -55,31 +55,21 @@ def parse_args(argv: list[str] | None = None):
         raise sc.UserError(str(err).splitlines()[0]) from None
 
 
-def _load_model(model_path: str, model_args, sft_config):
-    """Base model in the requested dtype, quantized (bitsandbytes, k-bit prepared) when asked."""
+def _load_model(model_path: str, tokenizer, model_args, sft_config, init_adapter):
+    """Base model in the requested dtype, quantized (bitsandbytes, k-bit prepared) when asked, with the previous
+    adapter on top (trainable) when continuing one."""
     import torch
     from accelerate import PartialState
-    from peft import prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM
     from trl import get_quantization_config
 
     quantization = get_quantization_config(model_args)
-    kwargs = {"dtype": getattr(torch, model_args.dtype) if model_args.dtype not in (None, "auto") else model_args.dtype}
-    if model_args.attn_implementation:
-        kwargs["attn_implementation"] = model_args.attn_implementation
-    if quantization is not None:
-        kwargs["quantization_config"] = quantization
-        if torch.cuda.is_available():
-            kwargs["device_map"] = {"": PartialState().local_process_index}
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            model_path, revision=model_args.model_revision, trust_remote_code=sft_config.trust_remote_code, **kwargs
-        )
-    except OSError as err:
-        raise sc.UserError(f"cannot load the model {model_path!r} ({str(err).splitlines()[0]}); pass a local model directory with --model_name_or_path") from None
-    if quantization is not None:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=sft_config.activation_checkpointing)
-    return model
+    device_map = {"": PartialState().local_process_index} if quantization is not None and torch.cuda.is_available() else None
+    return sc.load_model(
+        model_path, tokenizer, init_adapter, dtype=model_args.dtype, device_map=device_map,
+        quantization_config=quantization, trainable=True, gradient_checkpointing=sft_config.activation_checkpointing,
+        revision=model_args.model_revision, trust_remote_code=sft_config.trust_remote_code,
+        attn_implementation=model_args.attn_implementation,
+    )
 
 
 def build_trainer(train_args: TrainArguments, sft_config, model_args):
@@ -112,21 +102,15 @@ def build_trainer(train_args: TrainArguments, sft_config, model_args):
     # --- model: base (+ k-bit) + LoRA, or a previous adapter to continue -------------------------------------
     model_path = sc.resolve_base_model(model_args.model_name_or_path)
     tokenizer = sc.load_tokenizer(model_path)
-    model = _load_model(model_path, model_args, sft_config)
-    peft_config = get_peft_config(model_args)
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-        # The training template added ChatML markers to this vocabulary: give them rows and train those rows.
-        new_ids = list(range(model.get_input_embeddings().num_embeddings, len(tokenizer)))
-        model.resize_token_embeddings(len(tokenizer))
-        if peft_config is not None:
-            peft_config.trainable_token_indices = new_ids
-    if train_args.init_adapter:
-        from peft import PeftModel
-
-        if not (Path(train_args.init_adapter) / "adapter_config.json").exists():
-            raise sc.UserError(f"--init_adapter {train_args.init_adapter} holds no adapter_config.json; pass a 03_train.py output directory")
-        model = PeftModel.from_pretrained(model, train_args.init_adapter, is_trainable=True)
-        peft_config = None
+    init_adapter = sc.resolve_adapter(train_args.init_adapter)
+    if init_adapter is not None and not init_adapter.local:
+        raise sc.UserError(f"--init_adapter {init_adapter} is not a local directory; pass a 03_train.py output directory")
+    base_rows = _embedding_rows(model_path, sft_config)
+    model = _load_model(model_path, tokenizer, model_args, sft_config, init_adapter)
+    peft_config = get_peft_config(model_args) if init_adapter is None else None
+    if peft_config is not None and len(tokenizer) > base_rows:
+        # The training template added ChatML markers to this vocabulary: their new rows are trained too.
+        peft_config.trainable_token_indices = list(range(base_rows, len(tokenizer)))
     trainer = SFTTrainer(
         model=model,
         args=sft_config,
@@ -191,18 +175,18 @@ def main(train_args: TrainArguments, sft_config, model_args):
     return trainer
 
 
+def _embedding_rows(model_path: str, sft_config) -> int:
+    """Rows of the base model's input embedding (its config's vocab_size), before the tokenizer's added tokens."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(model_path, trust_remote_code=sft_config.trust_remote_code).vocab_size
+
+
 def _save_merged(model_path: str, out: Path, model_args) -> None:
     """Base weights (unquantized) + the saved adapter merged into OUT/merged, with the tokenizer."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    dtype = torch.bfloat16 if model_args.dtype == "bfloat16" else torch.float32
-    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
     tokenizer = sc.load_tokenizer(model_path)
-    if len(tokenizer) > base.get_input_embeddings().num_embeddings:
-        base.resize_token_embeddings(len(tokenizer))
-    merged = PeftModel.from_pretrained(base, str(out)).merge_and_unload()
+    dtype = "bfloat16" if model_args.dtype == "bfloat16" else "float32"
+    merged = sc.load_model(model_path, tokenizer, str(out), dtype=dtype, merge=True)
     merged.save_pretrained(out / "merged")
     tokenizer.save_pretrained(out / "merged")
 

@@ -86,6 +86,95 @@ def _evaluate(model, tokenizer, inputs: dict, args: EvaluateArguments, name: str
     return ordered, ci, texts
 
 
+def _test_inputs(args: EvaluateArguments) -> dict:
+    """Test samples (a seeded subset), their contexts and real replies, the training turns (memorization), the style card."""
+    data = sc.load_prepared_dataset(args.input_dir, splits=("test",))
+    test = data["test"].shuffle(seed=args.seed).select(range(min(args.max_examples, len(data["test"]))))
+    samples = list(test[sc.MESSAGES])
+    pairs = [sc.split_target(m) for m in samples]
+    # A silent target (the owner let a group talk) has no text to compare: it counts in perplexity (03 trains on
+    # it) but gets no generated reply; `silent_rate` shows how often a model stays silent where the owner spoke.
+    kept = [i for i, (_, real) in enumerate(pairs) if real.strip() != sc.SILENT_REPLY]
+    if not kept:
+        raise sc.UserError(f"the test split of {args.input_dir} has no owner reply with text (all targets are {sc.SILENT_REPLY}): export more chats")
+    owner_turns, other_turns = set(), []
+    if "train" in data:
+        columns = [c for c in ("chat_id", "session_start", sc.MESSAGES) if c in data["train"].column_names]
+        for row in data["train"].select_columns(columns).to_list():
+            for m in row[sc.MESSAGES]:
+                if m["role"] == sc.OWNER_ROLE and m["content"] != sc.SILENT_REPLY:
+                    owner_turns.add((row.get("chat_id"), row.get("session_start"), m["content"]))
+                elif m["role"] == sc.OTHER_ROLE:
+                    other_turns.append(m["content"])
+    card_path = Path(args.analysis_dir or "") / "style_card.json"
+    real = [pairs[i][1] for i in kept]
+    has_card = bool(args.analysis_dir) and card_path.is_file()
+    return {"samples": samples, "pairs": pairs, "kept": kept, "real": real, "n_test_split": len(data["test"]),
+            "owner_card": json.loads(card_path.read_text(encoding="utf-8")) if has_card else sc.reply_style_card(real),
+            "reference": "style_card" if has_card else "test_replies",
+            "memo_index": sc.memorization_index([t for *_, t in owner_turns], other_turns)}
+
+
+def _model_inputs(tokenizer, test: dict, args: EvaluateArguments, device: str | None) -> dict:
+    """What `_evaluate` feeds both models: tokenized examples, contexts, PII probes, the text encoder."""
+    kept, pairs = test["kept"], test["pairs"]
+    return {
+        "examples": [sc.eval_example(tokenizer, m, args.max_context_tokens, args.max_length) for m in test["samples"]],
+        "generate": [i in set(kept) for i in range(len(test["samples"]))],
+        "contexts": [pairs[i][0] for i in kept],
+        "context_texts": [_context_text(pairs[i][0]) for i in kept],
+        "real": test["real"],
+        "probes": sc.pii_probe_contexts(test["owner_card"].get("owner") or "the owner"),
+        "owner_card": test["owner_card"],
+        "encoder": sc.load_text_encoder(device),
+        "memo_index": test["memo_index"],
+    }
+
+
+def _gate(scorecard: dict, baseline: str) -> list[dict]:
+    """Gate rows against an earlier scorecard (also recorded in `scorecard["gate"]`)."""
+    try:
+        previous = json.loads(Path(baseline).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise sc.UserError(f"--baseline {baseline} is not a readable scorecard.json ({err})") from None
+    rows = sc.compare_scorecards(scorecard, previous)
+    scorecard["gate"] = {"baseline": baseline, "passed": all(r["status"] != "REGRESSED" for r in rows), "rows": rows}
+    return rows
+
+
+def _save(out: Path, scorecard: dict, test: dict, texts: dict, args: EvaluateArguments) -> None:
+    """scorecard.json, scorecard.md, samples.jsonl and run_config.json; the scorecard to W&B when asked."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scorecard.json").write_text(json.dumps(scorecard, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out / "scorecard.md").write_text(sc.scorecard_markdown(scorecard), encoding="utf-8")
+    with open(out / "samples.jsonl", "w", encoding="utf-8") as f:
+        for j, i in enumerate(test["kept"]):
+            context, real = test["pairs"][i]
+            f.write(json.dumps({"context": context, "real": real, "base": texts["base"][j], "twin": texts["twin"][j]},
+                               ensure_ascii=False) + "\n")
+    sc.save_run_config(out, args)
+    if args.report_to == "wandb":
+        import wandb
+
+        run = wandb.init(project="simme", job_type="evaluate", config=scorecard["settings"])
+        run.log({f"{side}/{k}": v for side in ("base", "finetuned") for k, v in scorecard[side].items() if v is not None})
+        run.finish()
+
+
+def _print_summary(scorecard: dict, gate: list[dict] | None, out: Path, started: float, baseline: str | None) -> None:
+    """The scorecard table, the run's summary and the gate's rows; exit 1 when the gate failed."""
+    print(sc.format_grid(["metric", "base", "twin [95% CI]", "seed claim"], sc.scorecard_rows(scorecard)))
+    print(sc.print_table([("contexts scored", scorecard["n_examples"]), ("output", str(out)), ("seconds", round(time.perf_counter() - started, 1))],
+                         "04_evaluate"))
+    if gate is not None:
+        rows = [[r["metric"], sc.format_metric(r["baseline"]), sc.format_metric(r["current"]), sc.format_metric(r["delta"]), str(r["allowed"]), r["status"]] for r in gate]
+        print(sc.format_grid(["metric", "baseline", "current", "delta", "allowed", "status"], rows))
+        if not scorecard["gate"]["passed"]:
+            print(f"GATE FAILED: the twin regressed against {baseline} (see REGRESSED rows)")
+            raise SystemExit(1)
+        print(f"gate passed against {baseline}")
+
+
 def main(args: EvaluateArguments) -> None:
     import torch
     from accelerate import PartialState
@@ -97,59 +186,29 @@ def main(args: EvaluateArguments) -> None:
     if not state.is_main_process:  # generation is not sharded: one process scores everything, identically
         state.wait_for_everyone()
         return
-    if not torch.cuda.is_available():
+    cuda = torch.cuda.is_available()
+    if not cuda:
         torch.set_num_threads(sc.cpu_threads())  # the other processes only wait: this one may use every core
 
     # --- inputs: test split (contexts, real replies), train split (memorization), style card -----------------
     if args.report_to not in ("none", "wandb"):
         raise sc.UserError(f"--report_to must be 'none' or 'wandb', got {args.report_to!r}")
-    adapter = Path(args.adapter_path)
-    if not (adapter / "adapter_config.json").exists():
-        raise sc.UserError(f"no LoRA adapter at {adapter} (adapter_config.json missing): run 03_train.py first or pass --adapter_path")
+    adapter = sc.resolve_adapter(args.adapter_path)
+    if adapter is None:
+        raise sc.UserError("--adapter_path is empty: pass the LoRA adapter directory written by 03_train.py")
     if args.baseline and not Path(args.baseline).is_file():
         raise sc.UserError(f"--baseline {args.baseline} does not exist: pass the scorecard.json of an earlier 04_evaluate run")
-    try:
-        data = sc.load_prepared_dataset(args.input_dir, splits=("test",))
-    except IndexError:  # datasets cannot reload a split that was saved empty (0 shards)
-        raise sc.UserError(f"a split of {args.input_dir}/dataset is empty and the test split needs samples: export more chats or lower 01's filters") from None
-    test = data["test"].shuffle(seed=args.seed).select(range(min(args.max_examples, len(data["test"]))))
-    samples = list(test[sc.MESSAGES])
-    pairs = [sc.split_target(m) for m in samples]
-    # A silent target (the owner let a group talk) has no text to compare: it counts in perplexity (03 trains on
-    # it) but gets no generated reply; `silent_rate` shows how often a model stays silent where the owner spoke.
-    kept = [i for i, (_, real) in enumerate(pairs) if real.strip() != sc.SILENT_REPLY]
-    if not kept:
-        raise sc.UserError(f"the test split of {args.input_dir} has no owner reply with text (all targets are {sc.SILENT_REPLY}): export more chats")
-    owner_turns, other_turns = set(), []
-    if "train" in data:
-        for row in data["train"].select_columns([c for c in ("chat_id", "session_start", sc.MESSAGES) if c in data["train"].column_names]).to_list():
-            for m in row[sc.MESSAGES]:
-                if m["role"] == sc.OWNER_ROLE and m["content"] != sc.SILENT_REPLY:
-                    owner_turns.add((row.get("chat_id"), row.get("session_start"), m["content"]))
-                elif m["role"] == sc.OTHER_ROLE:
-                    other_turns.append(m["content"])
-    card_path = Path(args.analysis_dir or "") / "style_card.json"
-    real = [pairs[i][1] for i in kept]
-    owner_card = json.loads(card_path.read_text(encoding="utf-8")) if args.analysis_dir and card_path.is_file() else sc.reply_style_card(real)
-    reference = "style_card" if args.analysis_dir and card_path.is_file() else "test_replies"
+    test = _test_inputs(args)
 
     # --- model: one PeftModel; the base pass disables the adapter -------------------------------------------
-    base = sc.resolve_base_model(args.model_name_or_path or sc.adapter_base_model(str(adapter)))
-    tokenizer = sc.load_twin_tokenizer(base, str(adapter))
-    model = sc.load_peft_for_eval(base, str(adapter), tokenizer)
-    inputs = {
-        "examples": [sc.eval_example(tokenizer, m, args.max_context_tokens, args.max_length) for m in samples],
-        "generate": [i in set(kept) for i in range(len(samples))],
-        "contexts": [pairs[i][0] for i in kept],
-        "context_texts": [_context_text(pairs[i][0]) for i in kept],
-        "real": real,
-        "probes": sc.pii_probe_contexts(owner_card.get("owner") or "the owner"),
-        "owner_card": owner_card,
-        "encoder": sc.load_text_encoder("cuda" if torch.cuda.is_available() else None),
-        "memo_index": sc.memorization_index([t for *_, t in owner_turns], other_turns),
-    }
-    print(f"Scoring {len(kept):,} test contexts ({len(samples):,} samples for perplexity, {len(samples) - len(kept):,} silent targets) "
-          f"| base {base} | adapter {adapter} | style reference: {reference}")
+    base = sc.resolve_base_model(args.model_name_or_path or adapter.recorded_base)
+    tokenizer = sc.load_twin_tokenizer(base, adapter)
+    dtype, device_map = ("bfloat16", {"": 0}) if cuda else ("float32", None)
+    model = sc.load_model(base, tokenizer, adapter, dtype=dtype, device_map=device_map).eval()
+    inputs = _model_inputs(tokenizer, test, args, "cuda" if cuda else None)
+    n, kept = len(test["samples"]), len(test["kept"])
+    print(f"Scoring {kept:,} test contexts ({n:,} samples for perplexity, {n - kept:,} silent targets) "
+          f"| base {base} | adapter {adapter} | style reference: {test['reference']}")
 
     # --- evaluate: same function, same seed ---------------------------------------------------------------
     with model.disable_adapter():
@@ -159,51 +218,22 @@ def main(args: EvaluateArguments) -> None:
     model.unmerge_adapter()
 
     # --- save -------------------------------------------------------------------------------------------------
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     settings = {
         "base_model": base, "adapter_path": str(adapter), "temperature": args.temperature, "top_p": args.top_p,
         "max_new_tokens": args.max_new_tokens, "max_context_tokens": args.max_context_tokens, "max_length": args.max_length,
-        "batch_size": args.batch_size, "seed": args.seed, "style_reference": reference,
-        "n_perplexity_samples": len(samples), "n_silent_targets_skipped": len(samples) - len(kept),
-        "n_test_split": len(data["test"]), "n_pii_probe_replies": len(inputs["probes"]) * args.pii_samples_per_probe,
-        "device": "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)",
+        "batch_size": args.batch_size, "seed": args.seed, "style_reference": test["reference"],
+        "n_perplexity_samples": n, "n_silent_targets_skipped": n - kept,
+        "n_test_split": test["n_test_split"], "n_pii_probe_replies": len(inputs["probes"]) * args.pii_samples_per_probe,
+        "device": "cuda" if cuda else f"cpu ({torch.get_num_threads()} threads)",
     }
-    scorecard = {"base": base_metrics, "finetuned": twin_metrics, "n_examples": len(kept), "settings": settings,
+    scorecard = {"base": base_metrics, "finetuned": twin_metrics, "n_examples": kept, "settings": settings,
                  "ci": {"base": base_ci, "finetuned": twin_ci}}
-    gate = None
-    if args.baseline:
-        try:
-            previous = json.loads(Path(args.baseline).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise sc.UserError(f"--baseline {args.baseline} is not a readable scorecard.json ({err})") from None
-        gate = sc.compare_scorecards(scorecard, previous)
-        scorecard["gate"] = {"baseline": args.baseline, "passed": all(r["status"] != "REGRESSED" for r in gate), "rows": gate}
-    (out / "scorecard.json").write_text(json.dumps(scorecard, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    (out / "scorecard.md").write_text(sc.scorecard_markdown(scorecard), encoding="utf-8")
-    with open(out / "samples.jsonl", "w", encoding="utf-8") as f:
-        for j, i in enumerate(kept):
-            row = {"context": pairs[i][0], "real": pairs[i][1], "base": base_texts[j], "twin": twin_texts[j]}
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    sc.save_run_config(out, args)
-    if args.report_to == "wandb":
-        import wandb
-
-        run = wandb.init(project="simme", job_type="evaluate", config=settings)
-        run.log({f"{side}/{k}": v for side in ("base", "finetuned") for k, v in scorecard[side].items() if v is not None})
-        run.finish()
+    gate = _gate(scorecard, args.baseline) if args.baseline else None
+    out = Path(args.output_dir)
+    _save(out, scorecard, test, {"base": base_texts, "twin": twin_texts}, args)
 
     # --- summary ----------------------------------------------------------------------------------------------
-    print(sc.format_grid(["metric", "base", "twin [95% CI]", "seed claim"], sc.scorecard_rows(scorecard)))
-    print(sc.print_table([("contexts scored", len(kept)), ("output", str(out)), ("seconds", round(time.perf_counter() - started, 1))],
-                         "04_evaluate"))
-    if gate is not None:
-        rows = [[r["metric"], sc.format_metric(r["baseline"]), sc.format_metric(r["current"]), sc.format_metric(r["delta"]), str(r["allowed"]), r["status"]] for r in gate]
-        print(sc.format_grid(["metric", "baseline", "current", "delta", "allowed", "status"], rows))
-        if not scorecard["gate"]["passed"]:
-            print(f"GATE FAILED: the twin regressed against {args.baseline} (see REGRESSED rows)")
-            raise SystemExit(1)
-        print(f"gate passed against {args.baseline}")
+    _print_summary(scorecard, gate, out, started, args.baseline)
     state.wait_for_everyone()
 
 

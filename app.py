@@ -4,12 +4,13 @@ nothing stored unless SIMME_FEEDBACK_DIR is set.
 
 python app.py                                              # http://127.0.0.1:7860, adapter outputs/03_adapter
 SIMME_ADAPTER=outputs/03_adapter SIMME_AUTH=me:secret GRADIO_SERVER_PORT=7861 python app.py
+
+Every setting is an environment variable SIMME_<FIELD> of simme_common.settings.AppSettings, read once by main().
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 import sys
 import threading
@@ -17,25 +18,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-START = time.perf_counter()
+import gradio as gr
 
-import gradio as gr  # noqa: E402
+import simme_common as sc
 
-import simme_common as sc  # noqa: E402
-
-ADAPTER = os.getenv("SIMME_ADAPTER", sc.ADAPTER_DIR)  # local path or Hub repo id of the LoRA adapter
-ADAPTER_B = os.getenv("SIMME_ADAPTER_B") or None  # optional second adapter for the A/B mode
-BASE_MODEL = os.getenv("SIMME_BASE_MODEL") or None  # None: the bundled SmolLM2-135M-Instruct
-BACKEND = os.getenv("SIMME_BACKEND", "auto")
-ANALYSIS_DIR = os.getenv("SIMME_ANALYSIS_DIR", sc.ANALYSIS_DIR)
-PREPARED_DIR = os.getenv("SIMME_PREPARED_DIR", sc.PREPARED_DIR)
-FEEDBACK_DIR = os.getenv("SIMME_FEEDBACK_DIR") or None  # unset: no feedback is stored anywhere
-AUTH = os.getenv("SIMME_AUTH")  # "user:password" turns on Gradio's login
-MAX_MESSAGE_CHARS = int(os.getenv("SIMME_MAX_MESSAGE_CHARS", "1000"))
-MAX_CONTEXT_TOKENS = int(os.getenv("SIMME_MAX_CONTEXT_TOKENS", "512"))  # older turns are trimmed from the front
-MAX_NEW_TOKENS = int(os.getenv("SIMME_MAX_NEW_TOKENS", "256"))
-QUEUE_SIZE = int(os.getenv("SIMME_QUEUE_SIZE", "32"))
-CONCURRENCY = int(os.getenv("SIMME_CONCURRENCY", "4"))  # generations running at once (one streamer each)
 ONE_ON_ONE, GROUP = "One-on-one", "Group"
 
 
@@ -55,6 +41,12 @@ def sender_choices(members: str, sender: str | None):
     return gr.update(choices=names, value=sender if sender in names else (names or [""])[0])
 
 
+def load_twin(settings: sc.AppSettings, adapter: str | None):
+    """A twin with the settings' base model, backend, quantization and llama.cpp options."""
+    return sc.load_twin(settings.base_model, adapter, backend=settings.backend, quantization=settings.quant,
+                        llama=settings.llama_options())
+
+
 def as_bubbles(reply: str) -> list[dict]:
     """A twin reply as assistant chat messages, one per bubble (a silent note when there is none)."""
     return [{"role": "assistant", "content": b} for b in sc.split_bubbles(reply) or [sc.SILENT_NOTE]]
@@ -63,9 +55,10 @@ def as_bubbles(reply: str) -> list[dict]:
 class TwinApp:
     """What the UI handlers share: the twin(s), the owner's name and style card, and the blind-test samples."""
 
-    def __init__(self, twin, *, owner="Me", contacts=(), style_card=None, blind_samples=(), twin_b=None,
-                 banner=None, feedback_dir=None):
-        self.twin, self.twin_b, self.banner, self.feedback_dir = twin, twin_b, banner, feedback_dir
+    def __init__(self, twin, *, settings: sc.AppSettings | None = None, owner="Me", contacts=(), style_card=None,
+                 blind_samples=(), twin_b=None, banner=None):
+        self.settings = settings or sc.AppSettings()
+        self.twin, self.twin_b, self.banner, self.feedback_dir = twin, twin_b, banner, self.settings.feedback_dir
         self.owner, self.contacts, self.style_card = owner, list(contacts), style_card
         self.blind_samples, self.rng, self._load_lock = list(blind_samples), random.Random(), threading.Lock()
         # "Real or twin?": the next round is made in the background while this one is judged (see new_round).
@@ -73,14 +66,14 @@ class TwinApp:
         self._prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="simme-blind")
 
     def context(self, history: list[dict], chat_type: str, others: list[str], title: str | None) -> list[dict]:
-        """Training-format model input for `history`, trimmed from the front to MAX_CONTEXT_TOKENS."""
+        """Training-format model input for `history`, trimmed from the front to the context budget."""
         others = [name for name in others if name != self.owner] or others
         messages = sc.build_app_messages(history, chat_type=chat_type, owner=self.owner, others=others, title=title)
         # Dropped a quarter of the budget at a time, so the next turns reuse the same KV prefix.
-        messages, dropped = sc.trim_context(messages, self.twin.count_tokens, MAX_CONTEXT_TOKENS,
-                                            block_tokens=MAX_CONTEXT_TOKENS // 4)
+        budget = self.settings.max_context_tokens
+        messages, dropped = sc.trim_context(messages, self.twin.count_tokens, budget, block_tokens=budget // 4)
         if dropped:
-            gr.Warning(f"Long chat: the oldest {dropped} turn(s) no longer fit the {MAX_CONTEXT_TOKENS}-token context.")
+            gr.Warning(f"Long chat: the oldest {dropped} turn(s) no longer fit the {budget}-token context.")
         return messages
 
     def gen_kwargs(self, messages, temperature, auto_temp, top_p, repetition_penalty, max_new_tokens, seed) -> dict:
@@ -90,15 +83,16 @@ class TwinApp:
             temperature = sc.auto_temperature(previous, self.twin.count_tokens(messages))
         seed = None if seed in (None, "") or int(seed) < 0 else int(seed)  # -1: a fresh sample each time
         return dict(temperature=float(temperature), top_p=float(top_p), repetition_penalty=float(repetition_penalty),
-                    max_new_tokens=min(int(max_new_tokens), MAX_NEW_TOKENS), seed=seed)
+                    max_new_tokens=min(int(max_new_tokens), self.settings.max_new_tokens), seed=seed)
 
     def _start(self, message: str | None, history: list[dict], mode, contact, members, sender):
         """Validate the message and add the user's bubble; None when it is refused (with a warning)."""
         message = (message or "").strip()
         if not message:
             return None
-        if len(message) > MAX_MESSAGE_CHARS:
-            gr.Warning(f"Messages are limited to {MAX_MESSAGE_CHARS:,} characters (this one has {len(message):,}).")
+        limit = self.settings.max_message_chars
+        if len(message) > limit:
+            gr.Warning(f"Messages are limited to {limit:,} characters (this one has {len(message):,}).")
             return None
         chat_type, speaker, others = chat_setup(mode, contact, members, sender)
         return history + [{"role": "user", "content": sc.format_user_turn(chat_type, speaker, message)}], chat_type, others
@@ -179,7 +173,7 @@ class TwinApp:
         """Load adapter B for the A/B mode (owner's use: runs with the server's rights)."""
         with self._load_lock:
             try:
-                self.twin_b = sc.load_twin(BASE_MODEL, path.strip(), backend=BACKEND) if path.strip() else None
+                self.twin_b = load_twin(self.settings, path.strip()) if path.strip() else None
             except sc.UserError as err:
                 raise gr.Error(str(err)) from None
         return f"Adapter B: `{path.strip()}`" if self.twin_b else "No adapter B."
@@ -218,6 +212,7 @@ class TwinApp:
 
 def build_demo(app: TwinApp, plots: list[str] = ()) -> gr.Blocks:
     """The Gradio UI: Chat (with A/B), Insights and Real or twin? tabs. Blocks apps have no flagging."""
+    cfg = app.settings
     with gr.Blocks(title="SimMe: chat with an AI twin") as demo:
         gr.Markdown(f"## SimMe\n**You are chatting with an AI twin**: a language model imitating how "
                     f"{app.owner} texts. It is not {app.owner}, and it can be wrong.")
@@ -247,16 +242,16 @@ def build_demo(app: TwinApp, plots: list[str] = ()) -> gr.Blocks:
                         auto_temp = gr.Checkbox(False, label="Auto temperature", info=auto_rule)
                         top_p = gr.Slider(0.1, 1.0, value=0.9, step=0.05, label="Top-p")
                         repetition_penalty = gr.Slider(1.0, 2.0, value=1.1, step=0.05, label="Repetition penalty")
-                        max_new_tokens = gr.Slider(8, MAX_NEW_TOKENS, value=min(96, MAX_NEW_TOKENS), step=8,
+                        max_new_tokens = gr.Slider(8, cfg.max_new_tokens, value=min(96, cfg.max_new_tokens), step=8,
                                                    label="Max new tokens")
                         has_gaps = sc.typing_gap_seconds(app.style_card) is not None
                         pace = gr.Checkbox(False, label="Pace bubbles with the owner's typing gaps", interactive=has_gaps,
-                                           info=None if has_gaps else f"needs {ANALYSIS_DIR}/style_card.json")
+                                           info=None if has_gaps else f"needs {cfg.analysis_dir}/style_card.json")
                         seed = gr.Number(-1, precision=0, label="Seed (-1: random)")
                     with gr.Accordion("A/B: compare two adapters", open=False):
-                        adapter_b = gr.Textbox(ADAPTER_B or "", label="Adapter B (path or Hub id)")
+                        adapter_b = gr.Textbox(cfg.adapter_b or "", label="Adapter B (path or Hub id)")
                         load_b = gr.Button("Load adapter B")
-                        status_b = gr.Markdown(f"Adapter B: `{ADAPTER_B}`" if app.twin_b else "No adapter B.")
+                        status_b = gr.Markdown(f"Adapter B: `{cfg.adapter_b}`" if app.twin_b else "No adapter B.")
                         send_ab = gr.Button("Send to A and B", variant="primary")
                         with gr.Row():
                             reply_1 = gr.Textbox(label="Reply 1", interactive=False)
@@ -268,7 +263,7 @@ def build_demo(app: TwinApp, plots: list[str] = ()) -> gr.Blocks:
             settings = [temperature, auto_temp, top_p, repetition_penalty, max_new_tokens]
             who = [mode, contact, members, sender, title]
             chat = dict(fn=app.respond, inputs=[msg, chatbot, *who, *settings, pace, seed], outputs=[chatbot, msg],
-                        concurrency_id="generate", concurrency_limit=CONCURRENCY)
+                        concurrency_id="generate", concurrency_limit=cfg.concurrency)
             running = [msg.submit(**chat, api_name="chat"), send.click(**chat, api_visibility="private")]
             # Clearing or switching mode stops a reply still streaming, so it cannot repaint the old chat.
             clear.click(lambda: ([], None, "", ""), None, [chatbot, pending, reply_1, reply_2], cancels=running,
@@ -279,14 +274,14 @@ def build_demo(app: TwinApp, plots: list[str] = ()) -> gr.Blocks:
             chatbot.like(app.like, [chatbot, *who], None, api_visibility="private")
             load_b.click(app.load_b, adapter_b, status_b, api_visibility="private")
             send_ab.click(app.respond_ab, [msg, chatbot, *who, *settings, seed], [chatbot, msg, reply_1, reply_2, pending],
-                          concurrency_id="generate", concurrency_limit=CONCURRENCY, api_name="chat_ab")
+                          concurrency_id="generate", concurrency_limit=cfg.concurrency, api_name="chat_ab")
             for slot, button in enumerate((pick_1, pick_2)):
                 button.click(lambda p, h, s=slot: app.pick(s, p, h), [pending, chatbot], [chatbot, reply_1, reply_2, pending],
                              api_visibility="private")
 
         with gr.Tab("Insights"):
-            report = Path(ANALYSIS_DIR).resolve() / "report.html"
-            if report.exists():  # served because launch() allows ANALYSIS_DIR
+            report = Path(cfg.analysis_dir).resolve() / "report.html"
+            if report.exists():  # served because launch() allows the analysis dir
                 gr.Markdown(f"[Open the full 02_analyze report](/gradio_api/file={report})")
             if plots:
                 for pair in (plots[i:i + 2] for i in range(0, len(plots), 2)):
@@ -295,11 +290,11 @@ def build_demo(app: TwinApp, plots: list[str] = ()) -> gr.Blocks:
                             gr.Image(plot, label=Path(plot).stem.replace("_", " "), interactive=False,
                                      buttons=["download", "fullscreen"])
             else:
-                gr.Markdown(f"No plots in `{ANALYSIS_DIR}`: run 02_analyze first (`accelerate launch 02_analyze.py`).")
+                gr.Markdown(f"No plots in `{cfg.analysis_dir}`: run 02_analyze first (`accelerate launch 02_analyze.py`).")
 
         with gr.Tab("Real or twin?"):
             if not app.blind_samples:
-                gr.Markdown(f"No held-out test split in `{PREPARED_DIR}/dataset`: run 01_prepare first.")
+                gr.Markdown(f"No held-out test split in `{cfg.prepared_dir}/dataset`: run 01_prepare first.")
             else:
                 gr.Markdown("One reply is what the owner really sent, the other is the twin's. Which one is real?")
                 context = gr.Chatbot(label="Held-out conversation", height=320, buttons=[])
@@ -312,52 +307,55 @@ def build_demo(app: TwinApp, plots: list[str] = ()) -> gr.Blocks:
                 verdict = gr.Markdown()
                 real_index, score = gr.State(None), gr.State({"rounds": 0, "correct": 0})
                 next_round.click(app.new_round, None, [context, option_1, option_2, real_index, verdict],
-                                 concurrency_id="generate", concurrency_limit=CONCURRENCY, api_visibility="private")
+                                 concurrency_id="generate", concurrency_limit=cfg.concurrency, api_visibility="private")
                 for slot, button in enumerate((guess_1, guess_2)):
                     button.click(lambda r, s, slot=slot: app.guess(slot, r, s), [real_index, score], [real_index, score, verdict],
                                  api_visibility="private")
     return demo
 
 
-def load_app() -> tuple[TwinApp, list[str]]:
-    """Load the twin(s) and the pipeline's outputs named by the env constants (missing pieces degrade politely)."""
+def load_app(settings: sc.AppSettings) -> tuple[TwinApp, list[str]]:
+    """Load the twin(s) and the pipeline's outputs named by the settings (missing pieces degrade politely)."""
     banner = None
     try:
-        twin = sc.load_twin(BASE_MODEL, ADAPTER, backend=BACKEND)
+        twin = load_twin(settings, settings.adapter)
     except sc.UserError as err:
-        twin = sc.load_twin(BASE_MODEL, None, backend=BACKEND)
+        twin = load_twin(settings, None)
         banner = f"{str(err).rstrip('.')}. Running the base model without an adapter."
-    twin_b = sc.load_twin(BASE_MODEL, ADAPTER_B, backend=BACKEND) if ADAPTER_B else None
-    card_path = Path(ANALYSIS_DIR) / "style_card.json"
-    style_card = json.loads(card_path.read_text()) if card_path.exists() else None
+    twin_b = load_twin(settings, settings.adapter_b) if settings.adapter_b else None
+    analysis, prepared = Path(settings.analysis_dir), Path(settings.prepared_dir)
+    style_card = json.loads((analysis / "style_card.json").read_text()) if (analysis / "style_card.json").exists() else None
     owner, contacts, blind = (style_card or {}).get("owner"), [], []
-    if (Path(PREPARED_DIR) / "messages").exists() or (Path(PREPARED_DIR) / "dataset").exists():
+    if (prepared / "messages").exists() or (prepared / "dataset").exists():
         from datasets import load_from_disk
 
-        if (Path(PREPARED_DIR) / "messages").exists():
-            rows = load_from_disk(str(Path(PREPARED_DIR) / "messages"))
+        if (prepared / "messages").exists():
+            rows = load_from_disk(str(prepared / "messages"))
             contacts, found = sc.rank_contacts(list(rows["sender"]), list(rows["is_owner"]))
             owner = owner or found
-        if (Path(PREPARED_DIR) / "dataset").exists():
-            test = load_from_disk(str(Path(PREPARED_DIR) / "dataset"))["test"]
+        if (prepared / "dataset").exists():
+            test = load_from_disk(str(prepared / "dataset"))["test"]
             blind = [m for m in test[sc.MESSAGES] if sc.is_blind_testable(m)]
-    plots = sorted(str(p) for p in Path(ANALYSIS_DIR).glob("*.png"))
-    app = TwinApp(twin, owner=owner or "Me", contacts=contacts[:50], style_card=style_card, blind_samples=blind,
-                  twin_b=twin_b, banner=banner, feedback_dir=FEEDBACK_DIR)
+    plots = sorted(str(p) for p in analysis.glob("*.png"))
+    app = TwinApp(twin, settings=settings, owner=owner or "Me", contacts=contacts[:50], style_card=style_card,
+                  blind_samples=blind, twin_b=twin_b, banner=banner)
     return app, plots
 
 
-try:
-    LOGIN = sc.parse_auth(AUTH)
-    APP, PLOTS = load_app()
-except sc.UserError as err:  # one clear sentence, no traceback (as the stages' run_main)
-    print(f"error: {err}", file=sys.stderr)
-    raise SystemExit(2) from None
-demo = build_demo(APP, PLOTS)
-print(f"SimMe app ready in {time.perf_counter() - START:.1f} s (backend: {APP.twin.backend})", flush=True)
-
-if __name__ == "__main__":
+def main() -> None:
+    """Read the settings once, load the twin, build the UI and serve it."""
+    started = time.perf_counter()
+    settings = sc.AppSettings.from_env()
+    login = sc.parse_auth(settings.auth)
+    app, plots = load_app(settings)
+    demo = build_demo(app, plots)
+    print(f"SimMe app ready in {time.perf_counter() - started:.1f} s (backend: {app.twin.backend})", flush=True)
     # Never share=True: the twin speaks for a real person. No run history: it would keep chats in the browser.
     # GRADIO_SERVER_PORT / GRADIO_SERVER_NAME pick the address.
-    demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY).launch(
-        auth=LOGIN, share=False, run_history=False, allowed_paths=[str(Path(ANALYSIS_DIR).resolve())], show_error=True)
+    demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency).launch(
+        auth=login, share=False, run_history=False, allowed_paths=[str(Path(settings.analysis_dir).resolve())],
+        show_error=True)
+
+
+if __name__ == "__main__":
+    sc.run_main(main)

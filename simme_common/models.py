@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -104,51 +105,48 @@ def load_tokenizer(name_or_path: str | None = None):
     return ensure_training_template(tok)
 
 
-def load_peft_for_eval(base: str, adapter: str, tokenizer) -> Any:
-    """Base model + LoRA adapter as an unmerged PeftModel (`with model.disable_adapter():` gives the base), eval mode."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
+@dataclass(frozen=True)
+class AdapterRef:
+    """A LoRA adapter resolved once: where it is, the base it was trained on, and whether it carries a tokenizer.
 
-    cuda = torch.cuda.is_available()
-    kwargs = {"dtype": torch.bfloat16, "device_map": {"": 0}} if cuda else {"dtype": torch.float32}
-    try:
-        model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
-    except OSError as err:
-        raise UserError(f"cannot load base model {base!r} ({err}); pass --model_name_or_path with a local model directory") from None
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tokenizer))  # the adapter was trained with added (ChatML) tokens
-    try:
-        model = PeftModel.from_pretrained(model, adapter)
-    except (RuntimeError, ValueError, KeyError) as err:
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise UserError(
-            f"the adapter in {adapter} does not fit base model {base} ({first}); pass --model_name_or_path "
-            f"with the base model it was trained on (see base_model_name_or_path in its adapter_config.json)"
-        ) from None
-    return model.eval()
+    `source` is a local directory holding adapter_config.json or a Hub repo id; `recorded_base` is the base in its
+    adapter_config.json when that base is reachable from here (a Hub id or an existing path), else None.
+    """
+
+    source: str
+    local: bool
+    recorded_base: str | None = None
+    has_tokenizer: bool = False
+
+    def __str__(self) -> str:
+        return self.source
 
 
-def resolve_adapter(adapter: str | None) -> str | None:
-    """A local PEFT adapter dir (with adapter_config.json) or a Hub repo id; UserError when a path is missing."""
+def resolve_adapter(adapter: str | Path | AdapterRef | None) -> AdapterRef | None:
+    """An AdapterRef for a local PEFT adapter dir or a Hub repo id (None for none); UserError saying what to do otherwise."""
+    if adapter is None or isinstance(adapter, AdapterRef):
+        return adapter
+    adapter = str(adapter).strip()
     if not adapter:
         return None
     path = Path(adapter).expanduser()
+    hint = f"train one with 03_train.py (it writes {ADAPTER_DIR}) or pass a PEFT adapter directory or Hub repo id"
     if path.is_dir():
         if not (path / "adapter_config.json").exists():
-            raise UserError(f"adapter directory {adapter!r} has no adapter_config.json: train one with 03_train.py or set SIMME_ADAPTER to a PEFT adapter")
-        return str(path)
+            raise UserError(f"no LoRA adapter at {adapter}: the directory has no adapter_config.json; {hint}")
+        return AdapterRef(str(path), True, _recorded_base(path), (path / "tokenizer_config.json").exists())
     looks_like_repo = adapter.count("/") == 1 and not adapter.startswith((".", "/", "~")) and not path.exists()
     if looks_like_repo and not Path(adapter.split("/")[0]).exists():
-        return adapter
-    raise UserError(f"adapter {adapter!r} not found: run 03_train.py first (it writes {ADAPTER_DIR}) or set SIMME_ADAPTER to an adapter dir or Hub id")
+        return AdapterRef(adapter, False)
+    raise UserError(f"no LoRA adapter at {adapter}: not found; {hint}")
 
 
-def adapter_base_model(adapter: str | None) -> str | None:
+def _recorded_base(adapter_dir: Path) -> str | None:
     """The base recorded in a local adapter's adapter_config.json when it is still reachable (a Hub id or an existing path)."""
-    if not adapter or not (Path(adapter) / "adapter_config.json").exists():
+    try:
+        recorded = json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError):
         return None
-    recorded = json.loads((Path(adapter) / "adapter_config.json").read_text()).get("base_model_name_or_path")
     if not recorded:
         return None
     if Path(recorded).expanduser().exists() or (recorded.count("/") == 1 and not recorded.startswith(("/", ".", "~"))):
@@ -156,52 +154,69 @@ def adapter_base_model(adapter: str | None) -> str | None:
     return None  # a path from another machine (e.g. ~/.cache/simme of the trainer): use the default base
 
 
-def load_twin_tokenizer(base: str, adapter: str | None):
+def adapter_base_model(adapter: str | AdapterRef | None) -> str | None:
+    """The base an adapter records, when reachable (None for no adapter or an unreachable one)."""
+    ref = resolve_adapter(adapter)
+    return ref.recorded_base if ref else None
+
+
+def load_twin_tokenizer(base: str, adapter: str | AdapterRef | None):
     """The adapter dir's tokenizer when it saved one (it may carry added tokens), else the base's; training template applied."""
     from transformers import AutoTokenizer
 
-    if adapter and Path(adapter).is_dir() and (Path(adapter) / "tokenizer_config.json").exists():
-        return ensure_training_template(AutoTokenizer.from_pretrained(adapter))
+    ref = resolve_adapter(adapter)
+    if ref is not None and ref.has_tokenizer:
+        return ensure_training_template(AutoTokenizer.from_pretrained(ref.source))
     return load_tokenizer(base)
 
 
-def load_twin_transformers(base: str, adapter: str | None, tokenizer, quant: str = "none", device: str | None = None):
-    """Base model (+ LoRA) for transformers: bnb 4/8-bit with the adapter on top on CUDA, merged fp32 (or dynamic int8) on CPU."""
+def load_model(base: str, tokenizer, adapter: str | AdapterRef | None = None, *, dtype: Any = "float32",
+               device_map: Any = None, quantization_config: Any = None, trainable: bool = False, merge: bool = False,
+               gradient_checkpointing: bool = False, **from_pretrained: Any):
+    """The one loader of a base model with an optional LoRA adapter on top (03, 04, the app and the GGUF export).
+
+    Args:
+        base: resolved base model id or path (`resolve_base_model`).
+        tokenizer: the twin's tokenizer; embeddings grow to its length (the training template may add ChatML tokens).
+        adapter: LoRA adapter (path, Hub id or AdapterRef), or None for the base alone.
+        dtype: torch dtype or its name; device_map, quantization_config: as for `from_pretrained`.
+        trainable: prepare a quantized base for k-bit training and load the adapter with trainable weights.
+        merge: merge the adapter into the weights (no LoRA matmuls per token); not with a quantized base.
+        **from_pretrained: other `from_pretrained` arguments (revision, attn_implementation, ...).
+    Returns:
+        The model (a PeftModel when an adapter is kept unmerged).
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = {}
-    cuda = torch.cuda.is_available() and device != "cpu"
-    if cuda:
-        kwargs["device_map"] = {"": 0}
-        kwargs["dtype"] = torch.bfloat16
-        if quant in ("4bit", "8bit"):
-            from transformers import BitsAndBytesConfig
-
-            kwargs["quantization_config"] = (
-                BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                   bnb_4bit_compute_dtype=torch.bfloat16)
-                if quant == "4bit" else BitsAndBytesConfig(load_in_8bit=True)
-            )
-    else:
-        kwargs["dtype"] = torch.float32
-        kwargs["device_map"] = {"": "cpu"}
+    ref = resolve_adapter(adapter)
+    kwargs = {k: v for k, v in from_pretrained.items() if v is not None}
+    kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
     try:
         model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
     except OSError as err:
-        raise UserError(f"cannot load base model {base!r}: {err}. Set SIMME_BASE_MODEL to a local model dir or reachable Hub id.") from None
+        raise UserError(f"cannot load base model {base!r} ({str(err).strip().splitlines()[0]}); pass a local model "
+                        f"directory or a Hub id you can reach (--model_name_or_path, or SIMME_BASE_MODEL for the app)") from None
+    if quantization_config is not None and trainable:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))  # the adapter was trained with added (ChatML) tokens
-    if adapter:
-        from peft import PeftModel
+    if ref is None:
+        return model
+    from peft import PeftModel
 
-        try:
-            model = PeftModel.from_pretrained(model, adapter)
-        except (OSError, ValueError) as err:
-            raise UserError(f"cannot load adapter {adapter!r} on {base!r}: {err}") from None
-        if "quantization_config" not in kwargs:
-            model = model.merge_and_unload()  # merged weights: no LoRA matmuls per token
-    model.eval()
-    if not cuda and quant == "int8":
-        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-    return model
+    try:
+        model = PeftModel.from_pretrained(model, ref.source, is_trainable=trainable)
+    except (OSError, RuntimeError, ValueError, KeyError) as err:
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"the adapter in {ref} does not fit base model {base} ({first}); pass the base model it was trained on "
+            f"(base_model_name_or_path in its adapter_config.json) with --model_name_or_path or SIMME_BASE_MODEL"
+        ) from None
+    return model.merge_and_unload() if merge and quantization_config is None else model

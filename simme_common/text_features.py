@@ -27,7 +27,6 @@ QUANTILES = (10, 25, 50, 75, 90)
 MAX_BUBBLES_BIN = 6  # bubbles_per_turn keys "1".."5" and "6+"
 
 
-NOT_ENOUGH_DATA = "not enough data"
 
 
 # Chat words the word lists miss; language-neutral tokens carry no evidence either way.

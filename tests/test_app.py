@@ -7,6 +7,7 @@ Run: .venv/bin/python -m pytest -q tests/test_app.py
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import os
@@ -57,18 +58,15 @@ def pipeline_dirs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def app_mod(tiny_model_dir, pipeline_dirs, tmp_path_factory):
-    """app.py imported in-process on the tiny model (its module-level load), with a missing adapter."""
+    """app.py imported in-process and loaded as main() does, on the tiny model with a missing adapter
+    (`app_mod.APP`, `app_mod.PLOTS`: what load_app returned)."""
     prepared, analysis = pipeline_dirs
     env = {"SIMME_BASE_MODEL": str(tiny_model_dir), "SIMME_ADAPTER": str(tmp_path_factory.mktemp("x") / "no_adapter"),
            "SIMME_BACKEND": "transformers", "SIMME_PREPARED_DIR": str(prepared), "SIMME_ANALYSIS_DIR": str(analysis)}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        sys.modules.pop("app", None)
-        yield importlib.import_module("app")
-    finally:
-        for k, v in old.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    sys.modules.pop("app", None)
+    module = importlib.import_module("app")
+    module.APP, module.PLOTS = module.load_app(sc.AppSettings.from_env(env))
+    return module
 
 
 def run_chat(app, message, history=(), mode="One-on-one", contact=CONTACTS[0], members="Ann, Bo", sender="Ann",
@@ -197,7 +195,7 @@ def test_generation_stops_at_the_end_of_turn_token(eos_prone_model_dir):
 # --- caps -----------------------------------------------------------------------------------------------
 
 def test_overlong_message_is_refused_and_kept_in_the_box(app_mod, monkeypatch):
-    monkeypatch.setattr(app_mod, "MAX_MESSAGE_CHARS", 20)
+    monkeypatch.setattr(app_mod.APP, "settings", dataclasses.replace(app_mod.APP.settings, max_message_chars=20))
     with pytest.warns(UserWarning, match="limited to 20 characters"):
         assert run_chat(app_mod.APP, "x" * 21) == [([], "x" * 21)]
 
@@ -205,11 +203,12 @@ def test_overlong_message_is_refused_and_kept_in_the_box(app_mod, monkeypatch):
 def test_context_is_trimmed_from_the_front_to_the_token_budget(app_mod, monkeypatch):
     history = [{"role": r, "content": f"turn {i} " + "word " * 10} for i, r in enumerate(["user", "assistant"] * 6)]
     full = app_mod.APP.context(history, "one_on_one", ["Nova"], None)
-    monkeypatch.setattr(app_mod, "MAX_CONTEXT_TOKENS", len(app_mod.APP.twin.prompt_ids(full)) // 2)
+    budget = len(app_mod.APP.twin.prompt_ids(full)) // 2
+    monkeypatch.setattr(app_mod.APP, "settings", dataclasses.replace(app_mod.APP.settings, max_context_tokens=budget))
     with pytest.warns(UserWarning, match="oldest"):
         trimmed = app_mod.APP.context(history, "one_on_one", ["Nova"], None)
     assert trimmed[0] == full[0] and trimmed[-1] == full[-1] and trimmed[1:] == full[-(len(trimmed) - 1):]
-    assert app_mod.APP.twin.count_tokens(trimmed) <= app_mod.MAX_CONTEXT_TOKENS < app_mod.APP.twin.count_tokens(full)
+    assert app_mod.APP.twin.count_tokens(trimmed) <= budget < app_mod.APP.twin.count_tokens(full)
 
 
 def test_trimming_keeps_the_same_start_for_several_turns_so_the_kv_prefix_is_reused():
@@ -294,7 +293,8 @@ def test_ab_loads_adapter_b_and_refuses_a_missing_one_with_a_clear_error(app_mod
 def test_ab_pick_saves_prompt_chosen_rejected_appending_and_nothing_without_feedback_dir(app_mod, tmp_path):
     from datasets import load_from_disk
 
-    app = app_mod.TwinApp(app_mod.APP.twin, owner=OWNER, twin_b=app_mod.APP.twin, feedback_dir=str(tmp_path))
+    app = app_mod.TwinApp(app_mod.APP.twin, owner=OWNER, twin_b=app_mod.APP.twin,
+                          settings=sc.AppSettings(feedback_dir=str(tmp_path)))
     for round_ in range(2):
         outs = list(app.respond_ab(f"hi {round_}", [], "One-on-one", "Nova", "", "", "", 0.7, False, 0.9, 1.1, 8, 1))
         pending = outs[-1][-1]
@@ -312,7 +312,7 @@ def test_thumbs_rate_the_whole_reply_with_its_prompt(app_mod, tmp_path):
     import gradio as gr
     from datasets import load_from_disk
 
-    app = app_mod.TwinApp(app_mod.APP.twin, owner=OWNER, feedback_dir=str(tmp_path))
+    app = app_mod.TwinApp(app_mod.APP.twin, owner=OWNER, settings=sc.AppSettings(feedback_dir=str(tmp_path)))
     history = [{"role": "user", "content": "Ann: yo"}, {"role": "assistant", "content": "hey"},
                {"role": "assistant", "content": "sup"}, {"role": "user", "content": "Bo: ok"}]
     app.like(history, "Group", "", "Ann, Bo", "Ann", "", gr.LikeData(None, {"index": 1, "value": "hey", "liked": False}))

@@ -164,7 +164,8 @@ def test_llama_cpp_greedy_tokens_match_transformers_with_the_same_adapter(tmp_pa
     messages = _chat("hey! are we still on for dinner tomorrow?")
     settings = dict(temperature=0.0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=16, use_cache=False)
     hf = sc.load_twin(base, str(adapter), backend="transformers")
-    cpp = sc.load_twin(base, str(adapter), backend="llama.cpp", quantization="f32", n_threads=2)
+    cpp = sc.load_twin(base, str(adapter), backend="llama.cpp", quantization="f32",
+                      llama=sc.LlamaCppOptions(n_threads=2))
     plain = sc.load_twin(base, None, backend="transformers")
     ids = hf.prompt_ids(messages)
     assert cpp.prompt_ids(messages) == ids
@@ -183,7 +184,8 @@ def test_llama_cpp_interleaved_chats_resume_from_their_own_kv_snapshot(tmp_path,
     restored instead of prefilling A again, and the greedy reply is the one a cold start gives."""
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install llama-cpp-python)")
     monkeypatch.setenv("SIMME_CACHE", str(tmp_path / "cache"))
-    twin = sc.load_twin(sc.resolve_base_model(None), None, backend="llama.cpp", quantization="f32", n_threads=2,
+    twin = sc.load_twin(sc.resolve_base_model(None), None, backend="llama.cpp", quantization="f32",
+                        llama=sc.LlamaCppOptions(n_threads=2),
                         cache_size=0)
     settings = dict(temperature=0.0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=12)
     a = _chat("hey! are we still on for dinner tomorrow? I booked the thai place near the station for 7")
@@ -199,7 +201,7 @@ def test_llama_cpp_interleaved_chats_resume_from_their_own_kv_snapshot(tmp_path,
     twin.prefix_cache = False
     assert twin.generate(follow_up, **settings) == warm
     # built and run on one thread (a model built on another ran at half speed or worse: see ModelThread)
-    assert twin._on_model(threading.get_ident) == twin.llama._simme_built_on != threading.get_ident()
+    assert twin.call_on_model(threading.get_ident) == twin.info()["built_on_thread"] != threading.get_ident()
 
 
 def test_model_thread_runs_calls_in_order_on_one_thread_and_raises_their_errors():
@@ -245,7 +247,9 @@ def test_llama_cpp_default_quantization_generates_in_a_child_process(tmp_path):
     messages = _chat(turns[0][1]) + [{"role": r, "content": t} for r, t in turns[1:]]
     code = (
         "import json, sys, simme_common as sc\n"
-        f"twin = sc.load_twin(sc.resolve_base_model(None), {str(adapter)!r}, backend='llama.cpp', n_threads=2)\n"
+        "import os\n"
+        "options = sc.LlamaCppOptions(n_threads=2, amx_bf16_min_tokens=os.environ.get('SIMME_AMX_BF16_MIN_TOKENS'))\n"
+        f"twin = sc.load_twin(sc.resolve_base_model(None), {str(adapter)!r}, backend='llama.cpp', llama=options)\n"
         f"messages = {messages[:2]!r}\n"
         "reply = twin.generate(messages, temperature=0.0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=16)\n"
         f"nll = twin.nll(sc.chat_token_ids(twin.tokenizer, {messages!r}))\n"
@@ -273,7 +277,8 @@ def test_llama_cpp_prompt_batches_take_flash_attention_and_match_transformers(tm
     messages = _long_chat()
     code = (
         "import json, simme_common as sc\n"
-        "twin = sc.load_twin(sc.resolve_base_model(None), None, backend='llama.cpp', quantization='f32', n_threads=2)\n"
+        "twin = sc.load_twin(sc.resolve_base_model(None), None, backend='llama.cpp', quantization='f32',"
+        " llama=sc.LlamaCppOptions(n_threads=2))\n"
         f"messages = {messages!r}\n"
         "reply = twin.generate(messages, temperature=0.0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=12)\n"
         "nll = twin.nll(sc.chat_token_ids(twin.tokenizer, messages + [{'role': 'assistant', 'content': 'ok'}]))\n"
@@ -310,12 +315,12 @@ def test_amx_prompt_batches_take_bf16_tiles_and_match_transformers(tmp_path):
     messages = _long_chat()
     code = (
         "import json, sys, numpy as np, simme_common as sc\n"
-        f"twin = sc.load_twin(sc.resolve_base_model(None), {str(adapter)!r}, backend='llama.cpp', n_threads=2)\n"
+        "import os\n"
+        "options = sc.LlamaCppOptions(n_threads=2, amx_bf16_min_tokens=os.environ.get('SIMME_AMX_BF16_MIN_TOKENS'))\n"
+        f"twin = sc.load_twin(sc.resolve_base_model(None), {str(adapter)!r}, backend='llama.cpp', llama=options)\n"
         f"messages = {messages!r}\n"
         "ids = twin.prompt_ids(messages)\n"
-        "def logits():  # every position's logits of the prompt (one batch), as TwinModel.nll decodes it\n"
-        "    return np.concatenate([rows.copy() for _, rows in twin._llama_logits(ids)])\n"
-        "np.save(sys.argv[1], twin._on_model(logits))\n"
+        "np.save(sys.argv[1], twin.prompt_logits(ids))  # every position's logits, as TwinModel.nll decodes them\n"
         "reply = twin.generate(messages, temperature=0.0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=12)\n"
         "print(json.dumps({'info': twin.info(), 'reply': reply}))\n"
     )

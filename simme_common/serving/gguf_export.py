@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..models import load_twin_transformers
+from ..models import load_model
 from ..runtime import UserError, simme_cache_dir
 
 
@@ -29,8 +29,9 @@ AMX_GGUF_QUANT = "q8_0"
 _GGUF_EXPORT_VERSION = 1  # bump when the writer changes, so cached files are rebuilt
 
 
-def gguf_export_key(base: str, adapter: str | None) -> str:
+def gguf_export_key(base: str, adapter) -> str:
     """Cache key of a merged GGUF: the base's config + weight file sizes/mtimes and a hash of the adapter's files."""
+    adapter = str(adapter) if adapter else None
     import hashlib
 
     h = hashlib.sha256(f"v{_GGUF_EXPORT_VERSION}|{base}".encode())
@@ -137,8 +138,9 @@ def write_llama_gguf(model, tokenizer, out_path: str | Path) -> Path:
     return out_path
 
 
-def export_twin_gguf(base: str, adapter: str | None, tokenizer, quant: str = DEFAULT_GGUF_QUANT) -> Path:
-    """The base with the LoRA merged in, as a GGUF of type `quant`, cached under simme_cache_dir()/gguf/<key>/."""
+def export_twin_gguf(base: str, adapter, tokenizer, quant: str = DEFAULT_GGUF_QUANT, keep: int = 4) -> Path:
+    """The base with the LoRA merged in, as a GGUF of type `quant`, cached under simme_cache_dir()/gguf/<key>/;
+    all but the `keep` most recently used exports are then removed."""
     if quant not in GGUF_FTYPES:
         raise UserError(f"llama.cpp quantization must be one of {sorted(GGUF_FTYPES)}, got {quant!r}")
     out_dir = simme_cache_dir() / "gguf" / gguf_export_key(base, adapter)
@@ -155,7 +157,7 @@ def export_twin_gguf(base: str, adapter: str | None, tokenizer, quant: str = DEF
         f32 = out_dir / "model-f32.gguf"
         if not f32.exists():
             print(f"Exporting the twin to GGUF under {out_dir} (once per adapter) ...", file=sys.stderr)
-            model = load_twin_transformers(base, adapter, tokenizer, "none", device="cpu")
+            model = load_model(base, tokenizer, adapter, dtype="float32", device_map={"": "cpu"}, merge=True).eval()
             write_llama_gguf(model, tokenizer, f32.with_suffix(".tmp"))
             f32.with_suffix(".tmp").rename(f32)
             del model
@@ -171,7 +173,7 @@ def export_twin_gguf(base: str, adapter: str | None, tokenizer, quant: str = DEF
                 raise RuntimeError(f"llama.cpp failed to quantize {f32} to {quant} (code {rc})")
             tmp.rename(out)
             f32.unlink()  # 4 bytes per weight: only kept when f32 itself was asked for
-    removed = prune_gguf_cache(out_dir.parent, keep=int(os.environ.get("SIMME_GGUF_KEEP", 4)), current=out_dir)
+    removed = prune_gguf_cache(out_dir.parent, keep=keep, current=out_dir)
     if removed:
         print(f"Removed {len(removed)} older GGUF export(s) from {out_dir.parent} (SIMME_GGUF_KEEP keeps the "
               f"most recently used)", file=sys.stderr)

@@ -7,6 +7,7 @@ import os
 import re
 import threading
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,21 +16,23 @@ from .gguf_export import AMX_GGUF_QUANT, default_gguf_quant, export_twin_gguf
 
 
 LLAMA_CPP_AMX_FIX = "+simme.amx"  # version label of the llama-cpp-python that `make setup` builds with our AMX fix
-
-
 LLAMA_CPP_FA_PREFILL = ".faprefill"  # ... and with flash attention for prompt batches (patches/*-fa-prefill.patch)
-
-
 LLAMA_CPP_AMX_BF16 = ".bf16prefill"  # ... and with AMX-BF16 tiles for prompt batches (patches/*-amx-bf16-prefill.patch)
-
-
 AMX_BF16_MIN_TOKENS = 32  # measured: from 32 rows the BF16 tiles win; below, reading 2x the weight bytes loses
-
-
 _AMX_BF16_IN_PROCESS: list[int] = []  # the value llama.cpp read (once per process, at the first AMX model load)
 
 
-def _load_llama_cpp(base: str, adapter: str | None, tokenizer, quant: str | None, n_threads: int | None):
+@dataclass(frozen=True)
+class LlamaCppOptions:
+    """Settings of the llama.cpp backend (the app reads them from its environment once; see settings.AppSettings)."""
+
+    n_threads: int | None = None  # None: every core
+    n_ctx: int = 2048  # tokens of llama.cpp's context (prompt + reply)
+    gguf_keep: int = 4  # merged twins kept in the GGUF cache (most recently used)
+    amx_bf16_min_tokens: str | None = None  # override of amx_bf16_min_tokens ("0" = off); None: by RAM
+
+
+def _load_llama_cpp(base: str, adapter, tokenizer, quant: str | None, options: LlamaCppOptions):
     """llama.cpp model of the merged twin (GGUF exported and cached once); ImportError when llama-cpp-python is absent.
 
     Call it on the thread that will run the model (ModelThread)."""
@@ -38,51 +41,64 @@ def _load_llama_cpp(base: str, adapter: str | None, tokenizer, quant: str | None
     bufts = llama_cpp_extra_bufts()
     amx = llama_cpp_amx_usable(bufts, llama_cpp.__version__)
     quant = quant or default_gguf_quant(amx)
-    path = export_twin_gguf(base, adapter, tokenizer, quant)
-    threads = n_threads or int(os.environ.get("SIMME_THREADS", 0)) or os.cpu_count() or 1
+    path = export_twin_gguf(base, adapter, tokenizer, quant, keep=options.gguf_keep)
+    threads = options.n_threads or os.cpu_count() or 1
     weight_buffers = llama_cpp_weight_buffers(path, bufts, amx)
     bf16_min = None  # not our BF16 build, or no AMX
     if amx and LLAMA_CPP_AMX_BF16 in llama_cpp.__version__ and quant == AMX_GGUF_QUANT:
-        if not _AMX_BF16_IN_PROCESS:  # llama.cpp reads the variable at the first AMX load, once per process
-            try:
-                ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-            except (AttributeError, OSError, ValueError):  # no sysconf (Windows): RAM unknown, no copy by default
-                ram = 0
-            _AMX_BF16_IN_PROCESS.append(amx_bf16_min_tokens(path.stat().st_size, ram,
-                                                            os.environ.get("SIMME_AMX_BF16_MIN_TOKENS")))
-            os.environ["SIMME_AMX_BF16_MIN_TOKENS"] = str(_AMX_BF16_IN_PROCESS[0])
-        bf16_min = _AMX_BF16_IN_PROCESS[0]
-    kwargs = dict(model_path=str(path), n_ctx=int(os.environ.get("SIMME_N_CTX", 2048)), n_threads=threads,
-                  n_threads_batch=threads, n_batch=512, last_n_tokens_size=64, verbose=False, seed=0)
-    if weight_buffers is None:
-        llama = llama_cpp.Llama(**kwargs)
-    else:
-        use_extra, overrides = weight_buffers
-        # Llama() takes no buffer options: amend the default model params it starts from, for this call only.
-        default_params = llama_cpp.llama_cpp.llama_model_default_params
-
-        def params():
-            p = default_params()
-            p.use_extra_bufts = use_extra
-            if overrides is not None:
-                p.tensor_buft_overrides = ctypes.cast(overrides, ctypes.c_void_p)
-            return p
-
-        with _LLAMA_PARAMS_LOCK:
-            llama_cpp.llama_cpp.llama_model_default_params = params
-            try:
-                llama = llama_cpp.Llama(**kwargs)
-            finally:
-                llama_cpp.llama_cpp.llama_model_default_params = default_params
-        llama._simme_buft_overrides = overrides  # llama.cpp keeps pointers to the patterns
-    llama._simme_built_on = threading.get_ident()  # every later call must come from this thread (ModelThread)
+        bf16_min = _set_amx_bf16_min_tokens(path.stat().st_size, options.amx_bf16_min_tokens)
+    kwargs = dict(model_path=str(path), n_ctx=options.n_ctx, n_threads=threads, n_threads_batch=threads, n_batch=512,
+                  last_n_tokens_size=64, verbose=False, seed=0)
+    llama = _build_llama(llama_cpp, kwargs, weight_buffers)
     import atexit
 
     atexit.register(llama.close)  # freed before interpreter teardown (Llama.__del__ fails once ctypes is gone)
     return llama, {"gguf": str(path), "quantization": quant, "n_threads": threads, "llama_cpp": llama_cpp.__version__,
-                   "amx_bf16_min_tokens": bf16_min,
+                   "amx_bf16_min_tokens": bf16_min, "built_on_thread": threading.get_ident(),
                    "weight_buffer": ("AMX" if amx else "default") if weight_buffers is None else
                    ("CPU_REPACK" if weight_buffers[1] is not None else "CPU (no repack)")}
+
+
+def _set_amx_bf16_min_tokens(gguf_bytes: int, override: str | None) -> int:
+    """Decide the BF16 prompt threshold and hand it to llama.cpp, once per process.
+
+    The one place where SimMe writes the environment: our patched llama.cpp reads SIMME_AMX_BF16_MIN_TOKENS at the
+    first AMX model load of the process (patches/llama-cpp-python-*-amx-bf16-prefill.md), so later loads keep the
+    first value.
+    """
+    if not _AMX_BF16_IN_PROCESS:
+        try:
+            ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, OSError, ValueError):  # no sysconf (Windows): RAM unknown, no copy by default
+            ram = 0
+        _AMX_BF16_IN_PROCESS.append(amx_bf16_min_tokens(gguf_bytes, ram, override))
+        os.environ["SIMME_AMX_BF16_MIN_TOKENS"] = str(_AMX_BF16_IN_PROCESS[0])
+    return _AMX_BF16_IN_PROCESS[0]
+
+
+def _build_llama(llama_cpp, kwargs: dict, weight_buffers: tuple[bool, Any] | None):
+    """llama_cpp.Llama(**kwargs) with the weight buffer placement of `llama_cpp_weight_buffers`."""
+    if weight_buffers is None:
+        return llama_cpp.Llama(**kwargs)
+    use_extra, overrides = weight_buffers
+    # Llama() takes no buffer options: amend the default model params it starts from, for this call only.
+    default_params = llama_cpp.llama_cpp.llama_model_default_params
+
+    def params():
+        p = default_params()
+        p.use_extra_bufts = use_extra
+        if overrides is not None:
+            p.tensor_buft_overrides = ctypes.cast(overrides, ctypes.c_void_p)
+        return p
+
+    with _LLAMA_PARAMS_LOCK:
+        llama_cpp.llama_cpp.llama_model_default_params = params
+        try:
+            llama = llama_cpp.Llama(**kwargs)
+        finally:
+            llama_cpp.llama_cpp.llama_model_default_params = default_params
+    llama._simme_buft_overrides = overrides  # llama.cpp keeps pointers to the patterns: they must live as long
+    return llama
 
 
 _LLAMA_PARAMS_LOCK = threading.Lock()
@@ -131,18 +147,18 @@ def llama_cpp_amx_usable(bufts: Iterable[str], llama_cpp_version: str) -> bool:
     return "AMX" in bufts and LLAMA_CPP_AMX_FIX in llama_cpp_version
 
 
-def amx_bf16_min_tokens(gguf_bytes: int, ram_bytes: int, env: str | None) -> int:
+def amx_bf16_min_tokens(gguf_bytes: int, ram_bytes: int, override: str | None) -> int:
     """Prompt batches of at least this many tokens take the AMX-BF16 tiles of our llama.cpp build (0 = off).
 
     The build keeps a BF16 copy of every Q8_0 matmul weight next to it (~1.9x the GGUF's size, +255 MiB RSS for the
     default model): made by default only while that copy takes at most 1/8 of the RAM, so a 135M-1B twin gets the
     faster prefill and an 8B one is not doubled in memory. SIMME_AMX_BF16_MIN_TOKENS overrides (0 turns it off).
     """
-    if env is not None and env.strip() != "":
+    if override is not None and override.strip() != "":
         try:
-            value = int(env)
+            value = int(override)
         except ValueError:
-            raise UserError(f"SIMME_AMX_BF16_MIN_TOKENS must be a whole number of tokens (0 = off), got {env!r}") from None
+            raise UserError(f"SIMME_AMX_BF16_MIN_TOKENS must be a whole number of tokens (0 = off), got {override!r}") from None
         return max(value, 0)
     return AMX_BF16_MIN_TOKENS if 1.9 * gguf_bytes <= ram_bytes / 8 else 0
 

@@ -126,7 +126,7 @@ class TwinModel:
     def nll(self, ids: list[int]) -> tuple[float, int]:
         """Teacher-forced (sum of NLL, number of scored tokens) of `ids`: each token after the first given the ones
         before. Compares a quantized path with fp32 on the same text (bench_generate, tests); clears the KV reuse."""
-        return self._on_model(lambda: self._nll_llama(ids) if self.llama is not None else self._nll_transformers(ids))
+        return self.call_on_model(lambda: self._nll_llama(ids) if self.llama is not None else self._nll_transformers(ids))
 
     def forget_prefix(self) -> None:
         """Drop every reusable KV prefix, so the next request starts cold (benchmarks)."""
@@ -134,14 +134,23 @@ class TwinModel:
             self._prefixes = []
             if self.llama is not None:
                 self.llama.reset()
-        self._on_model(forget)
+        self.call_on_model(forget)
 
-    def _on_model(self, fn):
+    def call_on_model(self, fn):
         """fn() under the model lock, on the llama.cpp thread when there is one; its result (or its error)."""
         def locked():
             with self._lock:
                 return fn()
         return locked() if self._thread is None else self._thread.call(locked)
+
+    def prompt_logits(self, ids: list[int]):
+        """llama.cpp's logits of every position of `ids` decoded from an empty KV cache, as a prompt is (one float32
+        row per token); clears the KV reuse. Compares the prefill paths of our llama.cpp build (tests)."""
+        import numpy as np
+
+        if self.llama is None:
+            raise ValueError("prompt_logits needs the llama.cpp backend")
+        return self.call_on_model(lambda: np.concatenate([rows.copy() for _, rows in self._llama_logits(ids)]))
 
     def _nll_transformers(self, ids: list[int]) -> tuple[float, int]:
         import torch
