@@ -23,6 +23,8 @@ OUT_DIR = ROOT / "outputs" / "bench"  # `make bench`'s folder; every entry point
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import simme_common as sc  # noqa: E402
+
 
 def add_out_dir_arg(parser) -> None:
     """The --out_dir flag every benchmark entry point takes."""
@@ -115,7 +117,8 @@ def machine_info() -> dict[str, object]:
         "cpus": os.cpu_count(),
         "cpu_flags": cpu_flags(),
         "python": platform.python_version(),
-        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        "date_utc": time.strftime("%Y-%m-%d", time.gmtime()),
+        "commit": sc.git_commit(),
     }
     try:
         import torch

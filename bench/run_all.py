@@ -17,16 +17,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import ROOT, add_out_dir_arg, machine_info  # noqa: E402
 
+import simme_common as sc  # noqa: E402
+
 # results.json has one top-level key per benchmark (analyze is the 02 stage's own target).
 BENCHES = {"prepare": "bench_prepare.py", "analyze": "bench_analyze.py", "train": "bench_train.py",
            "evaluate": "bench_evaluate.py", "generate": "bench_generate.py"}
 
 
 def _fmt(v: object) -> str:
-    """Compact number formatting for the table."""
-    if isinstance(v, float):
-        return f"{v:,.3g}" if abs(v) < 1000 else f"{v:,.0f}"
-    return "" if v is None else str(v)
+    """Compact number formatting for the table (3 significant digits, blank for None)."""
+    return sc.format_number(v, digits=3, none="")
 
 
 def render_markdown(results: dict) -> str:
@@ -48,7 +48,8 @@ def render_markdown(results: dict) -> str:
             )
     m = results.get("machine", {})
     head = (f"Machine: {m.get('processor')} × {m.get('cpus')} cores ({' '.join(m.get('cpu_flags') or []) or 'flags unknown'}), "
-            f"torch {m.get('torch')}, {m.get('date_utc')} UTC")
+            f"torch {m.get('torch')}, {m.get('date_utc')}, commit {str(m.get('commit') or 'unknown')[:10]}; "
+            f"command: make bench")
     return head + "\n\n" + "\n".join(lines) + "\n"
 
 

@@ -5,37 +5,37 @@ from __future__ import annotations
 from typing import Any
 
 
-def print_table(rows: list[tuple[str, Any]], title: str | None = None) -> str:
-    """Format (name, value) rows as an aligned two-column table; numbers get thousands separators."""
-    def fmt(v: Any) -> str:
-        if isinstance(v, bool) or v is None:
-            return str(v)
-        if isinstance(v, int):
-            return f"{v:,}"
-        if isinstance(v, float):
-            return f"{v:,.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
-        return str(v)
-
-    width = max((len(str(k)) for k, _ in rows), default=0)
-    lines = [title] if title else []
-    lines += [f"  {str(k):<{width}} | {fmt(v)}" for k, v in rows]
-    return "\n".join(lines)
+def format_number(value: Any, digits: int = 4, none: str = "-") -> str:
+    """A value for a table: ints with thousands separators, floats to `digits` significant digits (whole numbers
+    from 10,000 up), `none` for None, anything else as str."""
+    if value is None:
+        return none
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.{digits}g}" if abs(value) < 1e4 else f"{value:,.0f}"
+    return str(value)
 
 
 def format_metric(value: Any) -> str:
     """A metric value for tables: 4 significant digits, "-" for None."""
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:,.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
-    return str(value)
+    return format_number(value)
 
 
-def format_grid(header: list[str], rows: list[list[str]], markdown: bool = False) -> str:
-    """A multi-column text table (aligned for the terminal, or GitHub markdown)."""
+def print_table(rows: list[tuple[str, Any]], title: str | None = None) -> str:
+    """Format (name, value) rows as an aligned two-column table; numbers get thousands separators."""
+    table = format_grid(None, [[str(k), format_number(v, none="None")] for k, v in rows])
+    return f"{title}\n{table}" if title else table
+
+
+def format_grid(header: list[str] | None, rows: list[list[str]], markdown: bool = False) -> str:
+    """A multi-column text table (aligned for the terminal, or GitHub markdown); no header line when None."""
     if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"] if header else []
         return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    fmt = lambda r: "  " + " | ".join(str(x).ljust(w) for x, w in zip(r, widths))  # noqa: E731
-    return "\n".join([fmt(header), "  " + "-+-".join("-" * w for w in widths)] + [fmt(r) for r in rows])
+    widths = [max(len(str(x)) for x in col) for col in zip(*([header] if header else []), *rows)]
+    fmt = lambda r: ("  " + " | ".join(str(x).ljust(w) for x, w in zip(r, widths))).rstrip()  # noqa: E731
+    head = [fmt(header), "  " + "-+-".join("-" * w for w in widths)] if header else []
+    return "\n".join(head + [fmt(r) for r in rows])

@@ -9,9 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_quick_bench_harness_writes_results_json_with_one_key_per_benchmark(tmp_path):
     proc = subprocess.run([sys.executable, "bench/run_all.py", "--quick", "--out_dir", str(tmp_path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=900)

@@ -173,6 +173,7 @@ def test_perplexity_scores_only_owner_tokens_and_generation_reuses_the_prompt_ca
 
 # --- the stage ----------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_smoke_run_writes_scorecard_and_gate_exit_codes(pipeline_dirs):
     module = _load_script()
     module.main(_args(module, pipeline_dirs, "eval"))
@@ -196,6 +197,7 @@ def test_smoke_run_writes_scorecard_and_gate_exit_codes(pipeline_dirs):
     assert not gate["passed"] and {r["metric"] for r in gate["rows"] if r["status"] == "REGRESSED"} == {"rouge_l"}
 
 
+@pytest.mark.slow
 def test_bad_inputs_give_one_sentence_user_errors(pipeline_dirs, tmp_path):
     module = _load_script()
     with pytest.raises(sc.UserError, match="no LoRA adapter"):

@@ -156,6 +156,8 @@ def _random_lora(base: str, out: Path, alpha: int) -> Path:
     return out
 
 
+@pytest.mark.llama_cpp
+@pytest.mark.slow
 def test_llama_cpp_greedy_tokens_match_transformers_with_the_same_adapter(tmp_path, monkeypatch):
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install llama-cpp-python)")
     base = sc.resolve_base_model(None)  # the real default model (SmolLM2-135M-Instruct)
@@ -179,6 +181,8 @@ def test_llama_cpp_greedy_tokens_match_transformers_with_the_same_adapter(tmp_pa
     assert hf.generate(messages, **settings) != base_reply  # the adapter changes the reply, so it was applied on both
 
 
+@pytest.mark.llama_cpp
+@pytest.mark.slow
 def test_llama_cpp_interleaved_chats_resume_from_their_own_kv_snapshot(tmp_path, monkeypatch):
     """Chat A, then chat B (which replaces A in llama.cpp's KV cache), then A's follow-up: A's snapshot is
     restored instead of prefilling A again, and the greedy reply is the one a cold start gives."""
@@ -232,6 +236,8 @@ def _run_llama_child(code: str, cache: Path, args: list[str] = (), **env: str) -
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.llama_cpp
+@pytest.mark.slow
 def test_llama_cpp_default_quantization_generates_in_a_child_process(tmp_path):
     """The app's CPU default must not crash natively: on AMX Xeons it is Q8_0 in the AMX buffer with the
     llama.cpp that `make setup` builds (the released one segfaults there, ggml-org/llama.cpp#20824), and IQ4_NL on
@@ -265,6 +271,8 @@ def test_llama_cpp_default_quantization_generates_in_a_child_process(tmp_path):
     assert 0.97 < out["nll"][0] / ref[0] < 1.08, (out["nll"], ref)  # measured 1.03 (IQ4_NL and Q4_0 alike here)
 
 
+@pytest.mark.llama_cpp
+@pytest.mark.slow
 def test_llama_cpp_prompt_batches_take_flash_attention_and_match_transformers(tmp_path):
     """Our build runs prompt batches of >= 64 tokens through flash attention (faster prefill) and one-token decode
     steps through mul_mat + soft_max on the same transposed V cache (fast decode). A long chat's NLL and greedy reply
@@ -296,6 +304,8 @@ def test_llama_cpp_prompt_batches_take_flash_attention_and_match_transformers(tm
     assert out["64"]["reply"] == hf_reply
 
 
+@pytest.mark.llama_cpp
+@pytest.mark.slow
 def test_amx_prompt_batches_take_bf16_tiles_and_match_transformers(tmp_path):
     """On AMX CPUs our build runs prompt batches of >= 32 tokens through AMX-BF16 tiles on a BF16 copy of the Q8_0
     weights (faster prefill); decode keeps the Q8_0 kernels. On the default app path (Q8_0, with an adapter) the

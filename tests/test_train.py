@@ -91,6 +91,7 @@ def smoke_run(tiny_model_dir, prepared_dir, tmp_path_factory):
     return trainer, out
 
 
+@pytest.mark.slow
 def test_smoke_run_updates_lora_weights_only_and_writes_outputs(smoke_run, tiny_model_dir):
     import torch
     from safetensors.torch import load_file
@@ -118,6 +119,7 @@ def test_smoke_run_updates_lora_weights_only_and_writes_outputs(smoke_run, tiny_
     assert compared == len(base)  # every base tensor is frozen and unchanged
 
 
+@pytest.mark.slow
 def test_labels_train_every_owner_turn_and_its_end_of_turn_and_nothing_else(smoke_run, prepared_dir):
     from datasets import load_from_disk
 
@@ -142,6 +144,7 @@ def test_labels_train_every_owner_turn_and_its_end_of_turn_and_nothing_else(smok
     assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
 
 
+@pytest.mark.slow
 def test_generation_config_stops_on_the_training_end_of_turn_token(smoke_run):
     trainer, _ = smoke_run
     tokenizer = trainer.processing_class
@@ -150,6 +153,7 @@ def test_generation_config_stops_on_the_training_end_of_turn_token(smoke_run):
     assert eot_id == tokenizer.eos_token_id and eot_id in (stop if isinstance(stop, list) else [stop])
 
 
+@pytest.mark.slow
 def test_init_adapter_continues_training_a_previous_adapter(smoke_run, tiny_model_dir, prepared_dir, tmp_path):
     from safetensors.torch import load_file
 
@@ -168,6 +172,7 @@ def _cli(args: list[str], env: dict | None = None, timeout: int = 240) -> subpro
     return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
+@pytest.mark.slow
 def test_two_process_cpu_ddp_run_trains_and_writes_once(tiny_model_dir, prepared_dir, tmp_path):
     accelerate = str(Path(sys.executable).with_name("accelerate"))
     proc = _cli([
@@ -182,6 +187,7 @@ def test_two_process_cpu_ddp_run_trains_and_writes_once(tiny_model_dir, prepared
     assert history[-1]["step"] == 2
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_is_recorded(tiny_model_dir, prepared_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
@@ -237,6 +243,7 @@ def test_cli_reports_missing_dataset_without_traceback(tmp_path):
     assert "Traceback" not in proc.stderr and "error: no prepared dataset" in proc.stderr
 
 
+@pytest.mark.slow
 def test_real_default_model_trains_one_step(prepared_dir, tmp_path):
     trainer = run_train([
         "--config", SMOKE, "--input_dir", str(prepared_dir), "--output_dir", str(tmp_path),
