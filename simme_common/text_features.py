@@ -145,11 +145,11 @@ def detect_language(text: str) -> str:
     words = [w for w in _regex(r"[^\W\d_]+(?:['’][^\W\d_]+)*").findall(text) if not neutral.match(w)]
     if not words:
         return "other"
-    vi_letters = vi_letters()
+    letters = vi_letters()
     en_words, vi_sylls = _word_lists()
     n_en = n_vi = n_diacritic = 0
     for w in words:
-        if not w.isascii() and any(c in vi_letters for c in w):
+        if not w.isascii() and any(c in letters for c in w):
             n_diacritic += 1
             continue
         base = w.replace("’", "'")

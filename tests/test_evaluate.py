@@ -3,7 +3,6 @@
 Run: .venv/bin/python -m pytest -q tests/test_evaluate.py
 """
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -17,11 +16,8 @@ OTHER = ["The quarterly budget report is attached", "Please confirm the meeting 
 
 
 def _load_script():
-    """Import 04_evaluate.py (a numbered filename cannot be imported with `import`)."""
-    spec = importlib.util.spec_from_file_location("evaluate_04", ROOT / "04_evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """04_evaluate.py as a module (a numbered filename cannot be imported with `import`)."""
+    return sc.load_script(ROOT / "04_evaluate.py")
 
 
 @pytest.fixture(scope="module", autouse=True)

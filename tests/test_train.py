@@ -5,7 +5,6 @@ Run: .venv/bin/python -m pytest -q tests/test_train.py
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -20,16 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
 
 
-def _load_train_module():
-    """03_train.py as a module (its name starts with a digit, so it cannot be imported normally)."""
-    spec = importlib.util.spec_from_file_location("train_03", ROOT / "03_train.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-train03 = _load_train_module()
+train03 = sc.load_script(ROOT / "03_train.py")
 
 
 def _sample(i: int, group: bool) -> dict:
