@@ -70,7 +70,6 @@ def write_llama_gguf(model, tokenizer, out_path: str | Path) -> Path:
     GGUF tokenizer is never used to split text.
     """
     import gguf
-    import numpy as np
 
     cfg = model.config
     if cfg.model_type != "llama":
@@ -78,25 +77,39 @@ def write_llama_gguf(model, tokenizer, out_path: str | Path) -> Path:
     backend = json.loads(tokenizer.backend_tokenizer.to_str()) if hasattr(tokenizer, "backend_tokenizer") else {}
     if backend.get("model", {}).get("type") != "BPE":
         raise NotImplementedError("GGUF export supports byte-level BPE tokenizers only")
-    n_layers, n_head, n_kv = cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_head
     rope = getattr(cfg, "rope_parameters", None) or {}
     if rope.get("rope_type", "default") != "default":
         raise NotImplementedError(f"GGUF export supports default rope only, not {rope.get('rope_type')!r}")
     out_path = Path(out_path)
     writer = gguf.GGUFWriter(str(out_path), "llama")
+    _add_hyperparameters(writer, cfg, rope)
+    _add_vocab(writer, gguf, model, tokenizer, backend)
+    _add_tensors(writer, gguf, model)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out_path
+
+
+def _add_hyperparameters(writer, cfg, rope: dict) -> None:
+    """The architecture's GGUF keys, from the HF config."""
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     writer.add_name("simme-twin")
     writer.add_context_length(cfg.max_position_embeddings)
     writer.add_embedding_length(cfg.hidden_size)
-    writer.add_block_count(n_layers)
+    writer.add_block_count(cfg.num_hidden_layers)
     writer.add_feed_forward_length(cfg.intermediate_size)
-    writer.add_head_count(n_head)
-    writer.add_head_count_kv(n_kv)
+    writer.add_head_count(cfg.num_attention_heads)
+    writer.add_head_count_kv(cfg.num_key_value_heads)
     writer.add_rope_dimension_count(head_dim)
     writer.add_rope_freq_base(float(rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))))
     writer.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
     writer.add_file_type(GGUF_FTYPES["f32"])
-    # Vocab: every id of the embedding matrix; ids beyond the tokenizer (padding rows) become unused tokens.
+
+
+def _add_vocab(writer, gguf, model, tokenizer, backend: dict) -> None:
+    """The byte-level BPE vocab: every id of the embedding matrix (padding rows become unused tokens), merges, specials."""
     n_vocab = model.get_input_embeddings().weight.shape[0]
     vocab = {i: t for t, i in tokenizer.get_vocab().items()}
     special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
@@ -116,10 +129,16 @@ def write_llama_gguf(model, tokenizer, out_path: str | Path) -> Path:
         if tid is not None:
             getattr(writer, f"add_{name}_token_id")(int(tid))
     writer.add_add_bos_token(False)  # the chat template writes every special token itself
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layers)
-    state = model.state_dict()
+
+
+def _add_tensors(writer, gguf, model) -> None:
+    """Every weight in fp32 under its GGUF name, q/k rows permuted to llama.cpp's rope layout."""
+    import numpy as np
+
+    cfg = model.config
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg.num_hidden_layers)
     tied = getattr(cfg, "tie_word_embeddings", False)
-    for hf_name, tensor in state.items():
+    for hf_name, tensor in model.state_dict().items():
         if hf_name == "lm_head.weight" and tied:
             continue
         name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
@@ -127,15 +146,10 @@ def write_llama_gguf(model, tokenizer, out_path: str | Path) -> Path:
             raise NotImplementedError(f"no GGUF name for tensor {hf_name}")
         data = tensor.detach().float().cpu().numpy()
         if hf_name.endswith("q_proj.weight"):
-            data = _permute_rope(data, n_head)
+            data = _permute_rope(data, cfg.num_attention_heads)
         elif hf_name.endswith("k_proj.weight"):
-            data = _permute_rope(data, n_kv)
+            data = _permute_rope(data, cfg.num_key_value_heads)
         writer.add_tensor(name, np.ascontiguousarray(data, dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return out_path
 
 
 def export_twin_gguf(base: str, adapter, tokenizer, quant: str = DEFAULT_GGUF_QUANT, keep: int = 4) -> Path:
