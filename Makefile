@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 # llama-cpp-python, built from its sdist with our patches, applied in this order: the fix for ggml's AMX kernels (they
 # crash as released), flash attention for prompt batches only (faster prefill, decode unchanged) and AMX-BF16 tiles
-# for prompt batches of Q8_0 weights (faster prefill; SIMME_AMX_BF16_MIN_TOKENS, see README).
+# for prompt batches of Q8_0 weights (faster prefill; SIMME_AMX_BF16_MIN_TOKENS, see patches/*.md).
 LLAMA_CPP_VERSION  := 0.3.36
 LLAMA_CPP_PATCHES  := $(addprefix patches/llama-cpp-python-$(LLAMA_CPP_VERSION)-,amx-tilecfg.patch fa-prefill.patch amx-bf16-prefill.patch)
 WHEEL_CACHE        ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/simme/wheels

@@ -9,22 +9,16 @@ from typing import Any
 
 MESSAGES = "messages"  # TRL conversational column: [{"role", "content"}, ...]
 
-
 OWNER_ROLE = "assistant"  # the imitated person is always `assistant`
-
 
 OTHER_ROLE = "user"
 
-
 CHAT_TYPES = ("one_on_one", "group")
-
 
 BUBBLE_DELIMITER = "\n"  # bubbles of one burst are joined by a newline; the app splits them back
 
-
-# Target of a group-chat sample in which the owner let others talk and stayed silent (see README, "Sessions").
+# Target of a group-chat sample in which the owner let others talk and stayed silent (docs/prepare.md).
 SILENT_REPLY = "<silent>"
-
 
 SYSTEM_PROMPT_BASE = "Write a realistic text message chat. Avoid repetition."
 
@@ -70,7 +64,6 @@ CHATML_TRAINING_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-
 
 # Llama 3 family (e.g. meta-llama/Llama-3.1-8B[-Instruct]): header tokens exist in the base vocab too.
 LLAMA3_TRAINING_TEMPLATE = (

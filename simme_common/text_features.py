@@ -14,20 +14,13 @@ from typing import Any
 # below the first edge fall in the first bin and values at or above the last edge in the last (open) bin.
 LENGTH_CHAR_EDGES = [0, 3, 6, 10, 15, 20, 30, 40, 60, 80, 120, 160, 240, 320]
 
-
 LENGTH_WORD_EDGES = [0, 1, 2, 3, 4, 5, 6, 8, 10, 13, 16, 20, 30, 50]
-
 
 TYPING_GAP_EDGES = [0, 1, 2, 3, 5, 8, 13, 20, 30, 60, 120, 300]  # seconds between bubbles of one owner turn
 
-
 QUANTILES = (10, 25, 50, 75, 90)
 
-
 MAX_BUBBLES_BIN = 6  # bubbles_per_turn keys "1".."5" and "6+"
-
-
-
 
 # Chat words the word lists miss; language-neutral tokens carry no evidence either way.
 _EN_SLANG = frozenset(
@@ -35,12 +28,9 @@ _EN_SLANG = frozenset(
     "bday tmr tmrw tho wtf yay yup ugh".split()
 )
 
-
 _VI_SLANG = frozenset("ko hok hong dc đc j bik vs nx mn ng ntn ak ah ạ ừ ờ uk uh".split())
 
-
 _NEUTRAL_RE = r"^(?:(?:ha)+h?|(?:hi)+|(?:he)+|(?:hu)+|(?:kk)+k*|o+k+|okay|oke+|okie|okela|hm+|u+m+|w+o+w+|x+d+)$"
-
 
 # A link in chat text (the anonymizer replaces it, language detection ignores it).
 URL_PATTERN = r"(?:https?://|www\.)[^\s<>\"']+"

@@ -13,7 +13,6 @@ from ..runtime import UserError, simme_cache_dir
 
 GGUF_FTYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "q4_k_m": 15, "iq4_nl": 25}  # llama.cpp LLAMA_FTYPE_* values
 
-
 # Without AMX: IQ4_NL, 4.5 bits per weight like Q4_0 with a non-linear codebook; llama.cpp repacks both for
 # AVX2/AVX-512 and they run at the same speed, but on 6,590 tokens of real chats IQ4_NL costs +2.2 % NLL over fp32
 # and Q4_0 +4.0 % (top-1 agreement 0.76 vs 0.71). With AMX (our llama.cpp build): Q8_0, +0.0 % NLL, and its AMX
@@ -22,9 +21,7 @@ GGUF_FTYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "q4_k_m": 15, "iq4_nl":
 # `bench/bench_generate.py --quant` compares them on speed and NLL.
 DEFAULT_GGUF_QUANT = "iq4_nl"
 
-
 AMX_GGUF_QUANT = "q8_0"
-
 
 _GGUF_EXPORT_VERSION = 1  # bump when the writer changes, so cached files are rebuilt
 

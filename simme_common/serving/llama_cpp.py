@@ -103,10 +103,8 @@ def _build_llama(llama_cpp, kwargs: dict, weight_buffers: tuple[bool, Any] | Non
 
 _LLAMA_PARAMS_LOCK = threading.Lock()
 
-
 # The per-layer matmul weights (not norms, not the tied embedding that is also the LM head).
 _LAYER_WEIGHTS = r"^blk\.(\d+)\.(attn_(?:q|k|v|output)|ffn_(?:gate|up|down))\.weight$"
-
 
 _REPACKABLE = ("Q4_0", "IQ4_NL")  # types llama.cpp's CPU_REPACK buffer takes on x86 (Q8_0 there segfaulted)
 
