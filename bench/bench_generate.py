@@ -186,12 +186,8 @@ def load_app_twin(args):
     options = dataclasses.replace(settings.llama_options(), n_threads=args.threads)
     if args.worker == "no_amx_bf16":
         options = dataclasses.replace(options, amx_bf16_min_tokens="0")
-    if args.worker == "no_amx":
-        # load_twin has no switch for the AMX buffer: this process's loader is told AMX is unusable, as it is with a
-        # stock build, and picks that case's quantization and weight placement.
-        from simme_common.serving import llama_cpp as serving_llama_cpp
-
-        serving_llama_cpp.llama_cpp_amx_usable = lambda bufts, version: False
+    if args.worker == "no_amx":  # weights placed as a stock build places them (its quantization and buffers)
+        options = dataclasses.replace(options, amx=False)
     quant = settings.quant if torch.cuda.is_available() else args.quant or settings.quant
     return sc.load_twin(args.base_model, args.adapter, backend="auto", quantization=quant, llama=options)
 

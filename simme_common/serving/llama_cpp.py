@@ -30,6 +30,7 @@ class LlamaCppOptions:
     n_ctx: int = 2048  # tokens of llama.cpp's context (prompt + reply)
     gguf_keep: int = 4  # merged twins kept in the GGUF cache (most recently used)
     amx_bf16_min_tokens: str | None = None  # override of amx_bf16_min_tokens ("0" = off); None: by RAM
+    amx: bool = True  # False places weights as a stock llama.cpp build does (benchmarks of the AMX patch)
 
 
 def _load_llama_cpp(base: str, adapter, tokenizer, quant: str | None, options: LlamaCppOptions):
@@ -39,7 +40,7 @@ def _load_llama_cpp(base: str, adapter, tokenizer, quant: str | None, options: L
     import llama_cpp
 
     bufts = llama_cpp_extra_bufts()
-    amx = llama_cpp_amx_usable(bufts, llama_cpp.__version__)
+    amx = options.amx and llama_cpp_amx_usable(bufts, llama_cpp.__version__)
     quant = quant or default_gguf_quant(amx)
     path = export_twin_gguf(base, adapter, tokenizer, quant, keep=options.gguf_keep)
     threads = options.n_threads or os.cpu_count() or 1
