@@ -1,7 +1,7 @@
-"""Tests of the app's generation path (simme_common `# app` section): streaming, stop at end-of-turn, reply
+"""Tests of the app's generation path (simme_common/serving): streaming, stop at end-of-turn, reply
 LRU cache, prefix KV reuse, thread safety, auto temperature and llama.cpp-vs-transformers agreement.
 
-Run: .venv/bin/python -m pytest -q tests/test_generate.py
+Run: .venv/bin/python -m pytest -q tests/test_serving.py
 """
 
 from __future__ import annotations
