@@ -49,7 +49,7 @@ def chitchat_samples(n: int, max_turns: int = 8) -> list[list[dict]]:
 def make_adapter(out_dir: Path, tokenizer):
     """A zero-initialised LoRA (all-linear, r=16) on the default base model, saved with the training tokenizer.
 
-    Returns the unmerged PeftModel in eval mode (what `load_peft_for_eval` would load back from `out_dir`).
+    Returns the unmerged PeftModel in eval mode (what `sc.load_model` loads back from `out_dir`).
     """
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
