@@ -1,6 +1,7 @@
 """SimMe app: chat with the owner's AI twin (one-on-one or in a group), compare two adapters, see the style
-insights and play "Real or twin?". Private by default: no share link, optional login, no chat text logged,
-nothing stored unless SIMME_FEEDBACK_DIR is set.
+insights and play "Real or twin?". Private by default: no share link, a login required anywhere but on this
+machine (throttled), no chat text logged, nothing stored unless SIMME_FEEDBACK_DIR is set, every client input
+capped server-side, no analytics, the Hub offline unless a Hub adapter is configured. See docs/app.md.
 
 python app.py                                              # http://127.0.0.1:7860, adapter outputs/03_adapter
 SIMME_ADAPTER=outputs/03_adapter SIMME_AUTH=me:secret GRADIO_SERVER_PORT=7861 python app.py
@@ -11,7 +12,9 @@ Every setting is an environment variable SIMME_<FIELD> of simme_common.settings.
 from __future__ import annotations
 
 import json
+import os
 import random
+import re
 import sys
 import threading
 import time
@@ -25,26 +28,97 @@ import simme_common as sc
 ONE_ON_ONE, GROUP = "One-on-one", "Group"
 
 
-def chat_setup(mode: str, contact: str | None, members: str | None, sender: str | None) -> tuple[str, str, list[str]]:
-    """(chat_type, who sends the next message, the owner's chat partners) from the chat controls."""
+def member_names(members, settings: sc.AppSettings) -> list[str]:
+    """The group member list as sent by the client, within the caps: at most max_members names of max_name_chars."""
+    text = sc.clip_text(members, settings.max_members * (settings.max_name_chars + 2))
+    return [name[:settings.max_name_chars].strip() for name in sc.parse_names(text)][:settings.max_members]
+
+
+def chat_setup(mode: str, contact: str | None, members: str | None, sender: str | None,
+               settings: sc.AppSettings | None = None) -> tuple[str, str, list[str]]:
+    """(chat_type, who sends the next message, the owner's chat partners) from the chat controls, names capped."""
+    settings = settings or sc.AppSettings()
     if mode == GROUP:
-        names = sc.parse_names(members)
-        speaker = (sender or "").replace(":", " ").strip() or (names[0] if names else "Friend")
-        return "group", speaker, names if speaker in names else names + [speaker]
-    contact = (contact or "").strip() or "Friend"
+        names = member_names(members, settings)
+        speaker = sc.clip_text(sc.clip_text(sender, 4 * settings.max_name_chars).replace(":", " "), settings.max_name_chars)
+        speaker = speaker or (names[0] if names else "Friend")
+        return "group", speaker, names if speaker in names else names[:settings.max_members - 1] + [speaker]
+    contact = sc.clip_text(contact, settings.max_name_chars) or "Friend"
     return "one_on_one", contact, [contact]
 
 
-def sender_choices(members: str, sender: str | None):
+def sender_choices(members: str, sender: str | None, settings: sc.AppSettings | None = None):
     """The "Send as" dropdown after the member list changed: its names, keeping the current sender if listed."""
-    names = sc.parse_names(members)
+    names = member_names(members, settings or sc.AppSettings())
     return gr.update(choices=names, value=sender if sender in names else (names or [""])[0])
 
 
-def load_twin(settings: sc.AppSettings, adapter: str | None):
-    """A twin with the settings' base model, backend, quantization and llama.cpp options."""
-    return sc.load_twin(settings.base_model, adapter, backend=settings.backend, quantization=settings.quant,
-                        llama=settings.llama_options())
+def session_of(request: gr.Request | None) -> str:
+    """The browser tab or API client a request comes from (the reply cache's scope); "local" in-process."""
+    return getattr(request, "session_hash", None) or "local"
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}")
+
+
+def looks_like_hub_id(text: str | None) -> bool:
+    """Whether `text` names a Hub repo ("owner/name") rather than a local path that exists."""
+    return bool(text) and bool(_HUB_ID.fullmatch(text.strip())) and not Path(text.strip()).expanduser().exists()
+
+
+def allowed_adapter_dir(text: str, settings: sc.AppSettings) -> str:
+    """The real path of adapter B's directory, if it lies inside SIMME_ADAPTER_DIRS with every file in it (symlinks
+    resolved, so neither "../" nor a link leads out); a Hub id only with SIMME_ALLOW_HUB_ADAPTERS=1.
+    gr.Error (one sentence, no path) otherwise."""
+    text = text.strip()
+    roots = settings.adapter_roots()
+    inside = lambda path: any(path == root or path.startswith(root + os.sep) for root in roots)  # noqa: E731
+    given = Path(text).expanduser()
+    candidates = [given] + ([Path(root) / text for root in roots] if not given.is_absolute() else [])
+    for candidate in candidates:
+        real = os.path.realpath(candidate)
+        if not os.path.isdir(real):
+            continue
+        if not inside(real):
+            raise gr.Error("Adapter B must be a folder inside the allowed adapter folders (SIMME_ADAPTER_DIRS).")
+        files = [p for _, p in zip(range(1000), Path(real).rglob("*"))]
+        if not all(inside(os.path.realpath(f)) for f in files):
+            raise gr.Error("Adapter B has a file that links outside the allowed adapter folders.")
+        if not (Path(real) / "adapter_config.json").is_file():
+            raise gr.Error("Adapter B's folder has no adapter_config.json.")
+        return real
+    if looks_like_hub_id(text):
+        if settings.allow_hub_adapters:
+            return text
+        raise gr.Error("Loading adapters from the Hub is turned off (the operator can set SIMME_ALLOW_HUB_ADAPTERS=1).")
+    raise gr.Error("Adapter B was not found in the allowed adapter folders (SIMME_ADAPTER_DIRS).")
+
+
+def needs_hub(settings: sc.AppSettings) -> bool:
+    """Whether the configuration may fetch from the Hub: a Hub adapter or base model, or Hub ids allowed for B."""
+    return settings.allow_hub_adapters or any(looks_like_hub_id(name) and not name.startswith((".", "/", "~"))
+                                              for name in (settings.adapter, settings.adapter_b, settings.base_model))
+
+
+def private_environment(settings: sc.AppSettings, environ=os.environ) -> None:
+    """No analytics, and the Hub offline unless the configuration needs it (a variable already set is kept).
+
+    huggingface_hub read HF_HUB_OFFLINE when gradio imported it, so its constant is set too.
+    """
+    environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    if not needs_hub(settings):
+        for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+            environ.setdefault(name, "1")
+    if environ is os.environ and environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        import huggingface_hub.constants
+
+        huggingface_hub.constants.HF_HUB_OFFLINE = True
+
+
+def load_twin(settings: sc.AppSettings, adapter: str | None, base_model: str | None = None):
+    """A twin with the settings' base model (or `base_model`), backend, quantization and llama.cpp options."""
+    return sc.load_twin(base_model or settings.base_model, adapter, backend=settings.backend,
+                        quantization=settings.quant, llama=settings.llama_options())
 
 
 def as_bubbles(reply: str) -> list[dict]:
@@ -64,11 +138,26 @@ class TwinApp:
         # "Real or twin?": the next round is made in the background while this one is judged (see new_round).
         self._next_round, self._round_lock = None, threading.Lock()
         self._prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="simme-blind")
+        self._feedback_lock = threading.Lock()
+        tok = twin.tokenizer
+        decoder = getattr(tok, "added_tokens_decoder", None) or {}
+        self.control_tokens = tuple(set(getattr(tok, "all_special_tokens", []))
+                                    | {t.content for t in decoder.values() if getattr(t, "special", False)})
+
+    def history(self, history) -> list[dict]:
+        """A client-sent chat history within the caps (bubbles, characters), as plain-text messages."""
+        cfg = self.settings
+        return sc.cap_history(history, cfg.max_history_messages, 4 * cfg.max_message_chars, cfg.max_history_chars)[0]
+
+    def title(self, title) -> str:
+        """The group name within its cap."""
+        return sc.clip_text(title, self.settings.max_title_chars)
 
     def context(self, history: list[dict], chat_type: str, others: list[str], title: str | None) -> list[dict]:
         """Training-format model input for `history`, trimmed from the front to the context budget."""
         others = [name for name in others if name != self.owner] or others
-        messages = sc.build_app_messages(history, chat_type=chat_type, owner=self.owner, others=others, title=title)
+        messages = sc.build_app_messages(history, chat_type=chat_type, owner=self.owner, others=others,
+                                         title=self.title(title), control_tokens=self.control_tokens)
         # Dropped a quarter of the budget at a time, so the next turns reuse the same KV prefix.
         budget = self.settings.max_context_tokens
         messages, dropped = sc.trim_context(messages, self.twin.count_tokens, budget, block_tokens=budget // 4)
@@ -77,40 +166,53 @@ class TwinApp:
         return messages
 
     def gen_kwargs(self, messages, temperature, auto_temp, top_p, repetition_penalty, max_new_tokens, seed) -> dict:
-        """Sampling settings of one request (auto temperature follows sc.auto_temperature's rule)."""
-        if auto_temp:
+        """Sampling settings of one request, each clamped to its slider's range (auto temperature follows
+        sc.auto_temperature's rule)."""
+        if auto_temp is True:
             previous = [m["content"] for m in messages if m["role"] == "assistant"]
             temperature = sc.auto_temperature(previous, self.twin.count_tokens(messages))
-        seed = None if seed in (None, "") or int(seed) < 0 else int(seed)  # -1: a fresh sample each time
-        return dict(temperature=float(temperature), top_p=float(top_p), repetition_penalty=float(repetition_penalty),
-                    max_new_tokens=min(int(max_new_tokens), self.settings.max_new_tokens), seed=seed)
+        seed = int(sc.clip_number(seed, -1, 2**31 - 1, -1))
+        cap = self.settings.max_new_tokens
+        return dict(temperature=sc.clip_number(temperature, 0.0, 1.5, 0.7), top_p=sc.clip_number(top_p, 0.05, 1.0, 0.9),
+                    repetition_penalty=sc.clip_number(repetition_penalty, 1.0, 2.0, 1.1),
+                    max_new_tokens=int(sc.clip_number(max_new_tokens, 1, cap, min(96, cap))),
+                    seed=None if seed < 0 else seed)  # -1: a fresh sample each time
 
-    def _start(self, message: str | None, history: list[dict], mode, contact, members, sender):
+    def refused(self, message) -> str:
+        """A refused message, left in the box for the user to shorten (the echo is bounded too)."""
+        return message[:10 * self.settings.max_message_chars] if isinstance(message, str) else ""
+
+    def cache_options(self, gen: dict, request: gr.Request | None) -> dict:
+        """Reply cache use of a request: this session's entries only, and none for a random seed (a fresh sample)."""
+        return dict(use_cache=gen["seed"] is not None, cache_scope=session_of(request))
+
+    def _start(self, message: str | None, history, mode, contact, members, sender):
         """Validate the message and add the user's bubble; None when it is refused (with a warning)."""
-        message = (message or "").strip()
+        message = message.strip() if isinstance(message, str) else ""
         if not message:
             return None
         limit = self.settings.max_message_chars
         if len(message) > limit:
             gr.Warning(f"Messages are limited to {limit:,} characters (this one has {len(message):,}).")
             return None
-        chat_type, speaker, others = chat_setup(mode, contact, members, sender)
-        return history + [{"role": "user", "content": sc.format_user_turn(chat_type, speaker, message)}], chat_type, others
+        chat_type, speaker, others = chat_setup(mode, contact, members, sender, self.settings)
+        text = sc.neutralize_control_tokens(sc.format_user_turn(chat_type, speaker, message), self.control_tokens)
+        return self.history(history) + [{"role": "user", "content": text}], chat_type, others
 
     def respond(self, message, history, mode, contact, members, sender, title, temperature, auto_temp, top_p,
-                repetition_penalty, max_new_tokens, pace, seed):
+                repetition_penalty, max_new_tokens, pace, seed, request: gr.Request = None):
         """Chat handler: show the user's bubble, then stream the twin's reply as bubbles (or a silent note)."""
-        started = self._start(message, history or [], mode, contact, members, sender)
+        started = self._start(message, history, mode, contact, members, sender)
         if started is None:
-            yield history, message
+            yield self.history(history), self.refused(message)
             return
         history, chat_type, others = started
         yield history, ""
         messages = self.context(history, chat_type, others, title)
         gen = self.gen_kwargs(messages, temperature, auto_temp, top_p, repetition_penalty, max_new_tokens, seed)
-        gap = sc.typing_gap_seconds(self.style_card) if pace else None
+        gap = sc.typing_gap_seconds(self.style_card) if pace is True else None
         shown, last, reply = 0, time.monotonic(), ""
-        for reply in self.twin.stream(messages, **gen):
+        for reply in self.twin.stream(messages, **gen, **self.cache_options(gen, request)):
             bubbles = sc.stream_bubbles(reply)
             if gap and shown and len(bubbles) > shown:  # a new bubble starts: wait as long as the owner would
                 time.sleep(max(0.0, gap - (time.monotonic() - last)))
@@ -120,15 +222,16 @@ class TwinApp:
         yield history + as_bubbles(reply), ""
 
     def respond_ab(self, message, history, mode, contact, members, sender, title, temperature, auto_temp, top_p,
-                   repetition_penalty, max_new_tokens, seed):
+                   repetition_penalty, max_new_tokens, seed, request: gr.Request = None):
         """A/B handler: adapter A and B answer the same context; replies stream side by side in random order."""
-        if self.twin_b is None:
+        twins = (self.twin, self.twin_b)
+        if twins[1] is None:
             gr.Warning("Load adapter B first (SIMME_ADAPTER_B or the field above).")
-            yield history, message, "", "", None
+            yield self.history(history), self.refused(message), "", "", None
             return
-        started = self._start(message, history or [], mode, contact, members, sender)
+        started = self._start(message, history, mode, contact, members, sender)
         if started is None:
-            yield history, message, "", "", None
+            yield self.history(history), self.refused(message), "", "", None
             return
         history, chat_type, others = started
         messages = self.context(history, chat_type, others, title)
@@ -136,7 +239,7 @@ class TwinApp:
         order = self.rng.sample([0, 1], 2)  # order[slot] = which twin (0 = A, 1 = B) is shown in that slot
         replies = ["", ""]
         for slot, which in enumerate(order):
-            for replies[slot] in (self.twin, self.twin_b)[which].stream(messages, **gen):
+            for replies[slot] in twins[which].stream(messages, **gen, **self.cache_options(gen, request)):
                 yield history, "", replies[0], replies[1], None
         pending = {"history": history, "messages": messages, "replies": replies, "order": order}
         yield history, "", replies[0], replies[1], pending
@@ -147,11 +250,10 @@ class TwinApp:
             gr.Warning("Send a message with “Send to A and B” first.")
             return history, "", "", None
         chosen, rejected = pending["replies"][slot], pending["replies"][1 - slot]
-        if self.feedback_dir:
-            n = sc.append_to_disk_dataset(Path(self.feedback_dir) / "preferences", [{
-                "prompt": pending["messages"], "chosen": [{"role": "assistant", "content": chosen}],
-                "rejected": [{"role": "assistant", "content": rejected}],
-                "chosen_adapter": "AB"[pending["order"][slot]]}])
+        n = self._save_feedback("preferences", {
+            "prompt": pending["messages"], "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}], "chosen_adapter": "AB"[pending["order"][slot]]})
+        if n:
             gr.Info(f"Saved preference #{n}.")
         return pending["history"] + as_bubbles(chosen), "", "", None
 
@@ -160,29 +262,61 @@ class TwinApp:
         if not self.feedback_dir:
             gr.Info("Feedback is not stored: SIMME_FEEDBACK_DIR is not set.")
             return
-        start, end = sc.reply_span(history, data.index)
-        chat_type, _, others = chat_setup(mode, contact, members, sender)
-        prompt = sc.build_app_messages(history[:start], chat_type=chat_type, owner=self.owner, others=others, title=title)
+        cfg = self.settings
+        history, cut = sc.cap_history(history, cfg.max_history_messages, 4 * cfg.max_message_chars, cfg.max_history_chars)
+        try:
+            if cut:
+                raise ValueError("over the caps")
+            start, end = sc.reply_span(history, data.index)
+        except (ValueError, TypeError):
+            gr.Warning("This rating was not saved: it does not point at a twin reply of this chat.")
+            return
+        chat_type, _, others = chat_setup(mode, contact, members, sender, cfg)
+        prompt = sc.build_app_messages(history[:start], chat_type=chat_type, owner=self.owner, others=others,
+                                       title=self.title(title), control_tokens=self.control_tokens)
         completion = sc.flatten_history(history[start:end], chat_type)
-        n = sc.append_to_disk_dataset(Path(self.feedback_dir) / "ratings", [{
+        n = self._save_feedback("ratings", {
             "prompt": prompt, "completion": completion or [{"role": "assistant", "content": sc.SILENT_REPLY}],
-            "label": bool(data.liked)}])
-        gr.Info(f"Saved rating #{n}.")
+            "label": data.liked in (True, "Like")})
+        if n:
+            gr.Info(f"Saved rating #{n}.")
+
+    def _save_feedback(self, store: str, row: dict) -> int | None:
+        """Append `row` to $SIMME_FEEDBACK_DIR/<store> within its quota (rows and bytes): its new length, or None
+        with a warning when nothing is stored (no feedback dir, or the store is full)."""
+        if not self.feedback_dir:
+            return None
+        cfg, path = self.settings, Path(self.feedback_dir) / store
+        with self._feedback_lock:
+            rows, size = feedback_usage(path)
+            if rows + 1 > cfg.feedback_max_rows or size + len(json.dumps(row).encode()) > cfg.feedback_max_bytes:
+                gr.Warning("Feedback storage is full: this one was not saved.")
+                return None
+            return sc.append_to_disk_dataset(path, [row])
 
     def load_b(self, path: str):
-        """Load adapter B for the A/B mode (owner's use: runs with the server's rights)."""
+        """Load adapter B for the A/B mode: a directory inside SIMME_ADAPTER_DIRS (or a Hub id when allowed), on the
+        base of adapter A (an adapter's recorded base is never fetched); the previous B is freed."""
+        text = sc.clip_text(path, 1000)
+        source = allowed_adapter_dir(text, self.settings) if text else None
         with self._load_lock:
             try:
-                self.twin_b = load_twin(self.settings, path.strip()) if path.strip() else None
+                new = load_twin(self.settings, source, base_model=self.twin.info()["base"]) if source else None
             except sc.UserError as err:
-                raise gr.Error(str(err)) from None
-        return f"Adapter B: `{path.strip()}`" if self.twin_b else "No adapter B."
+                raise gr.Error(sc.public_message(err)) from None
+            except Exception as err:  # a broken or mismatched adapter: the details stay in the server log
+                print(f"adapter B failed to load: {type(err).__name__}", file=sys.stderr, flush=True)
+                raise gr.Error("Adapter B could not be loaded: it does not fit the base model.") from None
+            old, self.twin_b = self.twin_b, new
+            if old is not None and old is not self.twin:
+                old.close()
+        return f"Adapter B: `{text}`" if self.twin_b else "No adapter B."
 
     def _blind_pair(self) -> tuple[list[dict], str]:
         """A random held-out sample and the twin's reply to its context."""
         sample = self.rng.choice(self.blind_samples)
         return sample, self.twin.generate(sample[:-1], temperature=0.7, top_p=0.9, repetition_penalty=1.1,
-                                          max_new_tokens=64)
+                                          max_new_tokens=64, use_cache=False)
 
     def new_round(self):
         """A random held-out context with the real and the twin reply in random order.
@@ -210,10 +344,19 @@ class TwinApp:
         return None, score, f"{verdict} Reply {real_index + 1} was real. Score: {sc.format_score(score)}"
 
 
+def feedback_usage(path: Path) -> tuple[int, int]:
+    """(rows, bytes on disk) of a feedback store; (0, 0) when it does not exist yet."""
+    if not (path / "dataset_info.json").exists():
+        return 0, 0
+    from datasets import load_from_disk
+
+    return len(load_from_disk(str(path))), sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+
+
 def build_demo(app: TwinApp, plots: list[str] = ()) -> gr.Blocks:
     """The Gradio UI: Chat (with A/B), Insights and Real or twin? tabs. Blocks apps have no flagging."""
     cfg = app.settings
-    with gr.Blocks(title="SimMe: chat with an AI twin") as demo:
+    with gr.Blocks(title="SimMe: chat with an AI twin", analytics_enabled=False) as demo:
         gr.Markdown(f"## SimMe\n**You are chatting with an AI twin**: a language model imitating how "
                     f"{app.owner} texts. It is not {app.owner}, and it can be wrong.")
         if app.banner:
@@ -270,7 +413,7 @@ def build_demo(app: TwinApp, plots: list[str] = ()) -> gr.Blocks:
                         api_visibility="private")
             mode.change(lambda m: (gr.update(visible=m == GROUP), gr.update(visible=m != GROUP), None),
                         mode, [group_box, contact, chatbot], cancels=running, api_visibility="private")
-            members.change(sender_choices, [members, sender], sender, api_visibility="private")
+            members.change(lambda m, s: sender_choices(m, s, cfg), [members, sender], sender, api_visibility="private")
             chatbot.like(app.like, [chatbot, *who], None, api_visibility="private")
             load_b.click(app.load_b, adapter_b, status_b, api_visibility="private")
             send_ab.click(app.respond_ab, [msg, chatbot, *who, *settings, seed], [chatbot, msg, reply_1, reply_2, pending],
@@ -280,9 +423,6 @@ def build_demo(app: TwinApp, plots: list[str] = ()) -> gr.Blocks:
                              api_visibility="private")
 
         with gr.Tab("Insights"):
-            report = Path(cfg.analysis_dir).resolve() / "report.html"
-            if report.exists():  # served because launch() allows the analysis dir
-                gr.Markdown(f"[Open the full 02_analyze report](/gradio_api/file={report})")
             if plots:
                 for pair in (plots[i:i + 2] for i in range(0, len(plots), 2)):
                     with gr.Row(equal_height=True):
@@ -347,14 +487,20 @@ def main() -> None:
     started = time.perf_counter()
     settings = sc.AppSettings.from_env()
     login = sc.parse_auth(settings.auth)
+    settings.check_exposure()
+    private_environment(settings)  # before gradio builds anything and before any model is loaded
+    host, port = settings.listen_address()
     app, plots = load_app(settings)
     demo = build_demo(app, plots)
-    print(f"SimMe app ready in {time.perf_counter() - started:.1f} s (backend: {app.twin.backend})", flush=True)
+    hub = "offline" if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") else "online"
+    print(f"SimMe app ready in {time.perf_counter() - started:.1f} s (backend: {app.twin.backend}, Hub: {hub})", flush=True)
     # Never share=True: the twin speaks for a real person. No run history: it would keep chats in the browser.
-    # GRADIO_SERVER_PORT / GRADIO_SERVER_NAME pick the address.
+    # Only the plot files are served; show_error=False keeps exception texts (paths) in the server log, while
+    # gr.Error messages, written for users, still reach them.
+    throttle = sc.LoginThrottle(*login) if login else None
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency).launch(
-        auth=login, share=False, run_history=False, allowed_paths=[str(Path(settings.analysis_dir).resolve())],
-        show_error=True)
+        server_name=host, server_port=port, auth=throttle.check if throttle else None, share=False,
+        run_history=False, allowed_paths=list(plots), show_error=False, max_file_size=settings.max_upload_bytes)
 
 
 if __name__ == "__main__":

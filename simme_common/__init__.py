@@ -72,7 +72,8 @@ from .scorecard import (
 from .serving.chat_ui import (
     auto_temperature, SILENT_NOTE, message_text, flatten_history, expand_turns, parse_auth, build_app_messages,
     stream_bubbles, parse_names, rank_contacts, typing_gap_seconds, reply_span, is_blind_testable,
-    new_blind_round, score_guess, format_score,
+    new_blind_round, score_guess, format_score, CONTROL_TOKEN_RE, ZERO_WIDTH_SPACE, neutralize_control_tokens, clip_text,
+    clip_number, cap_history, public_message, LoginThrottle,
 )
 from .serving.gguf_export import (
     GGUF_FTYPES, DEFAULT_GGUF_QUANT, AMX_GGUF_QUANT, gguf_export_key, write_llama_gguf, export_twin_gguf,
@@ -89,7 +90,7 @@ from .serving.twin import (
     reply_cache_key, common_prefix_len, ModelThread, TwinModel,
 )
 from .settings import (
-    AppSettings,
+    AppSettings, ENV_NAMES, is_loopback,
 )
 from .style_card import (
     build_style_card, scorable_reply, reply_style_card, emoji_profile, style_similarity,
@@ -137,12 +138,14 @@ __all__ = [
     "truncate_to_tokens", "split_by_time", "compare_scorecards", "scorecard_rows", "scorecard_markdown",
     "auto_temperature", "SILENT_NOTE", "message_text", "flatten_history", "expand_turns", "parse_auth",
     "build_app_messages", "stream_bubbles", "parse_names", "rank_contacts", "typing_gap_seconds", "reply_span",
-    "is_blind_testable", "new_blind_round", "score_guess", "format_score", "GGUF_FTYPES", "DEFAULT_GGUF_QUANT",
+    "is_blind_testable", "new_blind_round", "score_guess", "format_score", "CONTROL_TOKEN_RE", "ZERO_WIDTH_SPACE",
+    "neutralize_control_tokens", "clip_text", "clip_number", "cap_history", "public_message", "LoginThrottle",
+    "GGUF_FTYPES", "DEFAULT_GGUF_QUANT",
     "AMX_GGUF_QUANT", "gguf_export_key", "write_llama_gguf", "export_twin_gguf", "prune_gguf_cache",
     "default_gguf_quant", "LLAMA_CPP_AMX_FIX", "LLAMA_CPP_FA_PREFILL", "LLAMA_CPP_AMX_BF16",
     "AMX_BF16_MIN_TOKENS", "LlamaCppOptions", "llama_cpp_extra_bufts", "llama_cpp_amx_usable",
     "amx_bf16_min_tokens", "llama_cpp_weight_buffers", "repack_pattern", "load_twin", "load_twin_transformers",
-    "reply_cache_key", "common_prefix_len", "ModelThread", "TwinModel", "AppSettings", "build_style_card",
+    "reply_cache_key", "common_prefix_len", "ModelThread", "TwinModel", "AppSettings", "ENV_NAMES", "is_loopback", "build_style_card",
     "scorable_reply", "reply_style_card", "emoji_profile", "style_similarity", "classify_system_text",
     "fix_mojibake", "normalize_text", "LENGTH_CHAR_EDGES", "LENGTH_WORD_EDGES", "TYPING_GAP_EDGES", "QUANTILES",
     "MAX_BUBBLES_BIN", "extract_emojis", "tokenize_words", "detect_language", "sentiment_score",

@@ -8,6 +8,7 @@ our patched llama.cpp through the environment, which is the only way it reads it
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -31,7 +32,20 @@ class AppSettings:
     prepared_dir: str = PREPARED_DIR
     feedback_dir: str | None = None  # unset: no feedback is stored anywhere
     auth: str | None = None  # "user:password" turns on Gradio's login
+    server_name: str | None = None  # GRADIO_SERVER_NAME; None: 127.0.0.1, or 0.0.0.0 on a Space
+    server_port: int | None = None  # GRADIO_SERVER_PORT; None: 7860
+    space_id: str | None = None  # SPACE_ID, set by Hugging Face Spaces
+    adapter_dirs: str = "outputs"  # adapter B loads only from directories inside these (separated by os.pathsep or ",")
+    allow_hub_adapters: bool = False  # adapter B may also be a Hub repo id (and the Hub stays online)
     max_message_chars: int = 1000
+    max_name_chars: int = 64  # contact, sender and each group member
+    max_members: int = 20
+    max_title_chars: int = 100  # group name
+    max_history_messages: int = 200  # chat bubbles a request may carry (the oldest beyond are dropped)
+    max_history_chars: int = 50_000  # characters of all of them together
+    max_upload_bytes: int = 1_000_000  # Gradio's upload route (the app has no upload field)
+    feedback_max_rows: int = 10_000  # per feedback store (ratings, preferences); further saves are refused
+    feedback_max_bytes: int = 50_000_000
     max_context_tokens: int = 512  # older turns are trimmed from the front
     max_new_tokens: int = 256
     queue_size: int = 32
@@ -41,17 +55,44 @@ class AppSettings:
     gguf_keep: int = 4  # merged twin GGUFs kept in the cache (most recently used)
     amx_bf16_min_tokens: str | None = None  # our llama.cpp build's BF16 prefill threshold ("0" = off); None: by RAM
 
+    def listen_address(self) -> tuple[str, int]:
+        """(host, port) to serve on: 0.0.0.0:7860 on a Space (its proxy forwards there), else 127.0.0.1:7860."""
+        if self.space_id:
+            return "0.0.0.0", 7860
+        return self.server_name or "127.0.0.1", self.server_port or 7860
+
+    def check_exposure(self) -> None:
+        """UserError unless the app is private: on a loopback address, or behind SIMME_AUTH's login."""
+        if self.auth:
+            return
+        if self.space_id:
+            raise UserError("this is a Space (SPACE_ID is set) and the app has no login: add the secret "
+                            "SIMME_AUTH=user:password in the Space settings")
+        host = self.listen_address()[0]
+        if not is_loopback(host):
+            raise UserError(f"refusing to serve on {host} without a login: set SIMME_AUTH=user:password, or "
+                            "GRADIO_SERVER_NAME=127.0.0.1 to serve this machine only")
+
+    def adapter_roots(self) -> list[str]:
+        """The real paths of SIMME_ADAPTER_DIRS (symlinks resolved), relative ones from the working directory."""
+        parts = self.adapter_dirs.replace(os.pathsep, ",").split(",")
+        return [os.path.realpath(os.path.expanduser(p.strip())) for p in parts if p.strip()]
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> AppSettings:
         """Settings from SIMME_* variables (unset or empty: the default); UserError naming a malformed variable."""
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in fields(cls):
-            name = f"SIMME_{f.name.upper()}"
+            name = ENV_NAMES.get(f.name, f"SIMME_{f.name.upper()}")
             raw = environ.get(name, "").strip()
             if not raw:
                 continue
-            if f.type in ("int", "int | None"):
+            if f.type == "bool":
+                if raw.lower() not in ("1", "true", "yes", "0", "false", "no"):
+                    raise UserError(f"{name} must be 1 or 0, got {raw!r}")
+                values[f.name] = raw.lower() in ("1", "true", "yes")
+            elif f.type in ("int", "int | None"):
                 try:
                     values[f.name] = int(raw)
                 except ValueError:
@@ -64,3 +105,17 @@ class AppSettings:
         """The llama.cpp backend's share of the settings."""
         return LlamaCppOptions(n_threads=self.threads, n_ctx=self.n_ctx, gguf_keep=self.gguf_keep,
                                amx_bf16_min_tokens=self.amx_bf16_min_tokens)
+
+
+# Fields read from variables that are not SIMME_*: Gradio's own address variables and the one a Space sets.
+ENV_NAMES = {"server_name": "GRADIO_SERVER_NAME", "server_port": "GRADIO_SERVER_PORT", "space_id": "SPACE_ID"}
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is reachable from this machine only (localhost, 127.0.0.0/8, ::1)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:  # a host name other than localhost may resolve to any interface
+        return False

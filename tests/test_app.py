@@ -279,7 +279,7 @@ def test_ab_loads_adapter_b_and_refuses_a_missing_one_with_a_clear_error(app_mod
     lora = LoraConfig(r=2, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     torch.manual_seed(0)
     get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), lora).save_pretrained(tmp_path / "adapter_b")
-    app = app_mod.TwinApp(app_mod.APP.twin, owner=OWNER)
+    app = app_mod.TwinApp(app_mod.APP.twin, owner=OWNER, settings=sc.AppSettings(adapter_dirs=str(tmp_path)))
     assert "adapter_b" in app.load_b(str(tmp_path / "adapter_b")) and app.twin_b.info()["adapter"]
     outs = list(app.respond_ab("hi", [], "One-on-one", "Nova", "", "", "", 0, False, 0.9, 1.0, 8, -1))
     pending = outs[-1][-1]

@@ -1,8 +1,14 @@
 """The app's chat helpers: Gradio 6 history <-> training-format turns, login parsing, bubbles while streaming,
-contacts, the blind test and the auto temperature."""
+contacts, the blind test and the auto temperature; and what keeps the app safe online: input caps, control-token
+neutralizing, error scrubbing and the login throttle."""
 
 from __future__ import annotations
 
+import asyncio
+import hmac
+import math
+import re
+from collections.abc import Iterable
 from typing import Any
 
 from ..chat_format import BUBBLE_DELIMITER, OTHER_ROLE, OWNER_ROLE, SILENT_REPLY, build_system_prompt, format_user_turn, split_bubbles
@@ -95,11 +101,115 @@ def parse_auth(value: str | None) -> tuple[str, str] | None:
 
 
 def build_app_messages(
-    history: list[dict], *, chat_type: str, owner: str, others: list[str], title: str | None = None
+    history: list[dict], *, chat_type: str, owner: str, others: list[str], title: str | None = None,
+    control_tokens: Iterable[str] = (),
 ) -> list[dict[str, str]]:
-    """Model input for the app in the exact training format: 01's system prompt, then the flattened history."""
-    system = build_system_prompt(chat_type, owner, others, title or None)
-    return [{"role": "system", "content": system}] + flatten_history(history, chat_type)
+    """Model input for the app in the exact training format: 01's system prompt, then the flattened history.
+
+    Every text from the client (history, names, title) goes through neutralize_control_tokens (`control_tokens`:
+    the tokenizer's special tokens), so typed template tokens cannot open turns of their own.
+    """
+    specials = tuple(control_tokens)
+    clean = lambda text: neutralize_control_tokens(text, specials)  # noqa: E731
+    system = build_system_prompt(chat_type, clean(owner), [clean(o) for o in others], clean(title or "") or None)
+    turns = flatten_history(history, chat_type)
+    return [{"role": "system", "content": system}] + [{"role": t["role"], "content": clean(t["content"])} for t in turns]
+
+
+# Chat-template control tokens of the families SimMe serves (ChatML, Llama 3, Llama 2, Gemma) and any <|...|> token.
+CONTROL_TOKEN_RE = re.compile(r"<\|[^<>|\s]{1,64}\|>|</?s>|\[/?INST\]|<</?SYS>>|<(?:start|end)_of_turn>")
+ZERO_WIDTH_SPACE = "\u200b"
+
+
+def neutralize_control_tokens(text: str | None, special_tokens: Iterable[str] = ()) -> str:
+    """`text` with every chat-template control token broken by a zero-width space after its first character.
+
+    The tokenizer turns a literal "<|im_start|>" in rendered text into the real control token, so a user could add
+    turns (a fake system prompt) to the model input; broken, it is ordinary characters. Looks the same on screen,
+    and applying it twice changes nothing.
+    """
+    text = text or ""
+    specials = sorted({t for t in special_tokens if t and len(t) > 1}, key=len, reverse=True)
+    pattern = CONTROL_TOKEN_RE.pattern + "".join("|" + re.escape(t) for t in specials)
+    return re.sub(pattern, lambda m: m.group(0)[0] + ZERO_WIDTH_SPACE + m.group(0)[1:], text)
+
+
+def clip_text(value: Any, limit: int) -> str:
+    """A client-sent text field, stripped and at most `limit` characters (anything but a str gives "")."""
+    return value.strip()[:limit].strip() if isinstance(value, str) else ""
+
+
+def clip_number(value: Any, low: float, high: float, default: float) -> float:
+    """A client-sent number clamped to [low, high]; `default` for anything not a finite number."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return default
+    return default if not math.isfinite(number) else min(max(number, low), high)
+
+
+def cap_history(history: Any, max_messages: int, max_message_chars: int, max_total_chars: int) -> tuple[list[dict], bool]:
+    """A client-sent chat history reduced to what the app needs, within the caps, and whether anything was cut.
+
+    Keeps user/assistant messages as plain text (each at most `max_message_chars`), the last `max_messages` of
+    them, dropping the oldest until all together hold at most `max_total_chars` characters.
+    """
+    if not isinstance(history, list):
+        return [], bool(history)
+    cut = len(history) > max_messages
+    out: list[dict] = []
+    for msg in history[-max_messages:]:
+        if not isinstance(msg, dict) or msg.get("role") not in (OWNER_ROLE, OTHER_ROLE):
+            cut = True
+            continue
+        text = message_text(msg.get("content"))
+        cut |= len(text) > max_message_chars
+        out.append({"role": msg["role"], "content": text[:max_message_chars]})
+    total = sum(len(m["content"]) for m in out)
+    while out and total > max_total_chars:
+        total -= len(out.pop(0)["content"])
+        cut = True
+    return out, cut
+
+
+_PATH_RE = re.compile(r"(?:[A-Za-z]:\\|~?/|\.{1,2}/)[^\s:;,'\"`]*")
+
+
+def public_message(text: str) -> str:
+    """An error for a client: its first sentence, any file path in it replaced by "…" (paths say how the server is laid out)."""
+    first = re.split(r"(?<=[.!?])\s|;\s|\n", str(text).strip(), maxsplit=1)[0].rstrip(".;: ")
+    first = _PATH_RE.sub("…", first)
+    return (first[:1].upper() + first[1:] + ".") if first else "Something went wrong."
+
+
+class LoginThrottle:
+    """Gradio's `auth=` callable for one "user:password" login, comparing in constant time and slowing guessing.
+
+    After the k-th failed attempt on a name, the next attempt on it waits min(max_delay, first_delay * 2**(k-1))
+    seconds (5 s with the defaults from the 5th on: 50 wrong passwords take over 3 minutes); attempts on one name
+    wait their turn, so parallel guesses gain nothing. Names other than the real one share a single entry, so
+    rotating names does not start over. A success resets the name's count.
+    """
+
+    def __init__(self, user: str, password: str, first_delay: float = 0.5, max_delay: float = 5.0):
+        self._user, self._password = user.encode(), password.encode()
+        self.first_delay, self.max_delay = first_delay, max_delay
+        self._failures: dict[bool, int] = {True: 0, False: 0}
+        self._locks: dict[bool, asyncio.Lock] = {}
+
+    def delay(self, failures: int) -> float:
+        """Seconds the next attempt waits after `failures` failed ones in a row."""
+        return 0.0 if failures <= 0 else min(self.max_delay, self.first_delay * 2 ** (failures - 1))
+
+    async def check(self, username: str, password: str) -> bool:
+        """Whether (username, password) is the login; failures slow the next attempts on the same name."""
+        known = hmac.compare_digest(str(username).encode(), self._user)
+        lock = self._locks.setdefault(known, asyncio.Lock())
+        async with lock:
+            await asyncio.sleep(self.delay(self._failures[known]))
+            ok = hmac.compare_digest(str(password).encode(), self._password) and known
+            self._failures[known] = 0 if ok else self._failures[known] + 1
+            return ok
 
 
 def stream_bubbles(partial_reply: str) -> list[str]:

@@ -42,15 +42,32 @@ class ModelThread:
         import queue
 
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        threading.Thread(target=self._serve, name=name, daemon=True).start()
+        self._closed, self._closing = False, threading.Lock()
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
 
     def _serve(self) -> None:
-        while True:
-            self._jobs.get()()
+        while (job := self._jobs.get()) is not None:
+            job()
 
     def submit(self, fn) -> None:
-        """Run fn() on the thread, after the calls already queued; returns at once."""
-        self._jobs.put(fn)
+        """Run fn() on the thread, after the calls already queued; returns at once (RuntimeError once closed)."""
+        with self._closing:
+            if self._closed:
+                raise RuntimeError("this model was unloaded")
+            self._jobs.put(fn)
+
+    def close(self, fn=None) -> None:
+        """Run fn() (the model's cleanup) after every queued call, then end the thread; later submits fail."""
+        with self._closing:
+            if self._closed:
+                return
+            self._closed = True
+            if fn is not None:
+                self._jobs.put(fn)
+            self._jobs.put(None)
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
 
     def call(self, fn):
         """fn() on the thread; its result, or its error raised here."""
@@ -63,7 +80,7 @@ class ModelThread:
                 done.put((True, fn()))
             except BaseException as err:
                 done.put((False, err))
-        self._jobs.put(job)
+        self.submit(job)
         ok, value = done.get()
         if not ok:
             raise value
@@ -100,6 +117,7 @@ class TwinModel:
         if (llama is None) != (llama_thread is None):
             raise ValueError("a llama.cpp model comes with the ModelThread that built it (llama_thread), and only then")
         self._thread = llama_thread
+        self._closed = False
         if llama is not None:
             self._thread.submit(self._warm_up)
 
@@ -110,6 +128,30 @@ class TwinModel:
             self.llama.reset()
 
     # -- public API --------------------------------------------------------
+
+    def close(self) -> None:
+        """Free the model now (the app swaps adapter B): waits for the request running on it, then drops the weights,
+        the KV snapshots and the reply cache, and on llama.cpp frees the native model and ends its thread. Later
+        requests raise RuntimeError."""
+        import gc
+
+        def free():
+            with self._lock:
+                self._closed = True
+                self._prefixes, self.model = [], None
+                if self.llama is not None:
+                    import atexit
+
+                    atexit.unregister(self.llama.close)  # the registration would keep the Llama object alive
+                    self.llama.close()
+                    self.llama = None
+        with self._replies_lock:
+            self._replies.clear()
+        if self._thread is not None:
+            self._thread.close(free)
+        else:
+            free()
+        gc.collect()
 
     def info(self) -> dict:
         """Backend, base, adapter, quantization, load seconds (and where the GGUF came from on llama.cpp)."""
@@ -203,18 +245,21 @@ class TwinModel:
 
     def stream(self, messages: list[dict], *, temperature: float = 0.7, top_p: float = 0.95,
                repetition_penalty: float = 1.1, max_new_tokens: int = 128, seed: int | None = None,
-               use_cache: bool = True):
+               use_cache: bool = True, cache_scope: str | None = None):
         """Yield the accumulated reply text as tokens arrive; stop at the end-of-turn token or max_new_tokens.
 
-        temperature 0 means greedy. Identical requests (context + settings + seed) are answered from the
-        LRU cache in one piece; pass another seed (or use_cache=False) for a fresh sample.
+        temperature 0 means greedy. Identical requests (context + settings + seed + `cache_scope`) are answered
+        from the LRU cache in one piece; pass another seed (or use_cache=False) for a fresh sample. The app passes
+        its session as `cache_scope`, so one user's requests never hit (or time) another user's entries.
         """
         import queue
         import threading
 
+        if self._closed:
+            raise RuntimeError("this model was unloaded")
         settings = {"temperature": float(temperature), "top_p": float(top_p), "repetition_penalty": float(repetition_penalty),
                     "max_new_tokens": int(max_new_tokens), "seed": seed}
-        key = reply_cache_key(messages, settings)
+        key = reply_cache_key(messages, settings if cache_scope is None else dict(settings, scope=cache_scope))
         if use_cache and self.cache_size > 0:
             with self._replies_lock:
                 if key in self._replies:
@@ -265,6 +310,8 @@ class TwinModel:
             return
         try:
             with self._lock:
+                if self._closed:
+                    raise RuntimeError("this model was unloaded")
                 self.stats["requests"] += 1
                 if self.backend == "llama.cpp":
                     self._produce_llama(ids, settings, tokens.put, stop)
