@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import pickle
 import sys
 import tempfile
@@ -45,11 +46,22 @@ class PrepareArguments:
     test_fraction: float = field(default=0.1, metadata={"help": "Share of samples (the most recent sessions) for test."})
     no_anonymize: bool = field(default=False, metadata={"help": "Keep real names and PII (NOT recommended; never share the output)."})
     strict: bool = field(default=False, metadata={"help": "Exit non-zero if any file could not be read."})
-    seed: int = field(default=42, metadata={"help": "Seed of surrogates and chat ids."})
+    seed: int = field(default=42, metadata={"help": "Seed of non-secret choices (chat ids with --no_anonymize); surrogates "
+                                                    "come from the secret key at $SIMME_KEY_FILE, never from the seed."})
 
 
 def _warn(msg: str) -> None:
     print(f"warning: {msg}", file=sys.stderr)
+
+
+def _anonymizer_key() -> bytes:
+    """The secret surrogate key: $SIMME_KEY_FILE or ~/.config/simme/anonymizer.key, created on first use."""
+    path = Path(os.environ.get("SIMME_KEY_FILE") or sc.DEFAULT_KEY_FILE).expanduser()
+    new = not path.exists()
+    key = sc.load_or_create_key(path)
+    if new:  # the path can hold the user's name, so it is not printed
+        print("Anonymizer key: created ($SIMME_KEY_FILE); back it up to keep the same surrogates (docs/privacy.md)")
+    return key
 
 
 def _shown_args(args: PrepareArguments, anonymize: bool) -> PrepareArguments:
@@ -186,7 +198,7 @@ def main(args: PrepareArguments) -> dict:
         you_lines.update(m["you_lines"])
     people = [set().union(*(metas[i]["people"] for i in members)) for members in groups.values()]
     owner, inferred, evidence = sc.resolve_owner(args.owner, people, dict(you_lines), anonymize)
-    anon = sc.Anonymizer(sorted(set().union(*people)), seed=args.seed) if anonymize else None
+    anon = sc.Anonymizer(sorted(set().union(*people)), key=_anonymizer_key()) if anonymize else None
     owner_shown = anon.name(owner) if anon else owner
     print(f"Owner {'inferred' if inferred else 'given'}: {owner_shown!r} ({'surrogate' if anon else 'real name'}) | {evidence}")
 

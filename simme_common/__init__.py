@@ -51,7 +51,8 @@ from .metrics import (
     pii_probe_contexts, bootstrap_ci, score_replies,
 )
 from .pii import (
-    is_vietnamese_name, classify_number, Anonymizer, find_pii,
+    is_vietnamese_name, classify_number, Anonymizer, find_pii, detect_pii, load_or_create_key, DEFAULT_KEY_FILE,
+    KEY_BYTES,
 )
 from .plots import (
     WEEKDAYS, LANGUAGE_COLORS, PUNCTUATION_KEYS, plot_label, plot_volume_monthly, plot_top_chats,
@@ -128,7 +129,8 @@ __all__ = [
     "PII_PROBES", "MEMORIZATION_SPAN", "sentiment_alignments", "language_matches", "bleu_statistics",
     "bleu_from_statistics", "rouge_l_scores", "load_text_encoder", "encode_texts", "bertscore_f1",
     "repetition_scores", "memorization_index", "memorized", "pii_probe_contexts", "bootstrap_ci",
-    "score_replies", "is_vietnamese_name", "classify_number", "Anonymizer", "find_pii", "WEEKDAYS",
+    "score_replies", "is_vietnamese_name", "classify_number", "Anonymizer", "find_pii", "detect_pii", "load_or_create_key",
+    "DEFAULT_KEY_FILE", "KEY_BYTES", "WEEKDAYS",
     "LANGUAGE_COLORS", "PUNCTUATION_KEYS", "plot_label", "plot_volume_monthly", "plot_top_chats",
     "plot_heatmap_weekday_hour", "plot_reply_latency", "plot_length_per_message", "plot_bubbles_per_turn",
     "plot_top_words", "plot_language_mix", "plot_sentiment_over_time", "plot_punctuation", "draw_plots",

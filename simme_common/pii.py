@@ -1,42 +1,65 @@
-"""Anonymization: consistent surrogates for names and PII (phones, e-mails, URLs, addresses, IDs, cards), and the
-PII detectors that 04 reuses."""
+"""Anonymization: secret-keyed, consistent surrogates for names and PII, and the PII detectors that 04 reuses.
+
+Every surrogate choice is drawn from a keyed MAC (BLAKE2b with the user's 32-byte key) of the real value, so the
+same key gives the same surrogates on every run and nobody without the key can recompute or brute-force the
+mapping (a public seed would let anyone enumerate e.g. the Vietnamese mobile space back to the original number).
+"""
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import os
+import random
 import re
+import secrets
 import unicodedata
+from collections import Counter
+from pathlib import Path
 
+from .runtime import UserError
+
+DEFAULT_KEY_FILE = "~/.config/simme/anonymizer.key"
+KEY_BYTES = 32
 
 _VI_CHARS = set("ăâđêôơưĂÂĐÊÔƠƯáàảãạấầẩẫậắằẳẵặéèẻẽẹếềểễệíìỉĩịóòỏõọốồổỗộớờởỡợúùủũụứừửữựýỳỷỹỵ")
 
-
 _EMAIL_RE = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 
+_TLDS = r"(?:com|net|org|vn|io|me|co|info|biz|edu|gov|app|dev|tv|ly|gg|us|uk|ca|au|link|xyz)"
+
+# "jane dot doe at gmail dot com", "jane(at)gmail.com", "jane a còng gmail chấm com"
+_OB_AT = r"(?:\s*[(\[{<]\s*at\s*[)\]}>]\s*|\s+at\s+|\s+a còng\s+)"
+_OB_DOT = r"(?:\s*[(\[{<]\s*dot\s*[)\]}>]\s*|\s+dot\s+|\s+chấm\s+|\.)"
+_OBF_EMAIL_RE = re.compile(rf"\b[\w+-]+(?:{_OB_DOT}[\w+-]+)*{_OB_AT}[\w-]+(?:{_OB_DOT}[\w-]+)*{_OB_DOT}{_TLDS}\b",
+                           re.IGNORECASE)
+_OBF_HINT_RE = re.compile(r"\bat\b|\(at\)|\[at\]|a còng", re.IGNORECASE)
 
 _PII_URL_RE = re.compile(r"(?:https?://|www\.)[^\s<>\"']+", re.IGNORECASE)
+# Bare domains: lowercase TLD only, so "good.Me too" (a missing space) is no link.
+_DOMAIN_RE = re.compile(rf"(?<![\w@.-])(?:[A-Za-z0-9-]+\.)+{_TLDS}\b(?:/[^\s<>\"']*)?")
+_SOCIAL_HOSTS = ("facebook.com", "fb.com", "m.facebook.com", "instagram.com", "tiktok.com", "twitter.com", "x.com",
+                 "linkedin.com", "zalo.me", "youtube.com", "github.com", "t.me", "threads.net")
 
+_HANDLE_RE = re.compile(r"(?<![\w.@])@[A-Za-z0-9_](?:[A-Za-z0-9_.]{0,28}[A-Za-z0-9_])?")
 
 _UPPER = "A-ZÀÁÂÃÈÉÊÌÍÒÓÔÕÙÚÝĂĐĨŨƠƯẠ-Ỹ"
 
-
 _WORD = r"[\wÀ-ỹ]"
-
 
 _ADDR_EN_RE = re.compile(
     rf"\b\d{{1,6}}\s+(?:[A-Z][a-z]+\.?\s+){{1,3}}(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|"
     rf"Place|Pl|Terrace|Parkway|Pkwy|Circle|Cir|Highway|Hwy)\b(?:,?\s+(?:Apt|Suite|Unit)\.?\s*#?\w+)?"
 )
 
-
 _VI_ADMIN = r"(?:[Pp]hường|[Qq]uận|[Hh]uyện|[Xx]ã|[Tt]hị xã|[Tt]hành phố|[Tt]ỉnh|TP\.?|P\.|Q\.)"
-
 
 _ADDR_VI_RE = re.compile(
     rf"(?:\b[Ss]ố\s+)?\b\d{{1,4}}[A-Za-z]?(?:/\d{{1,4}}[A-Za-z]?)*\s+(?:(?:[Đđ]ường|[Pp]hố|[Nn]gõ|[Hh]ẻm|[Kk]iệt)\s+)?"
     rf"[{_UPPER}]{_WORD}*(?:\s+[{_UPPER}]{_WORD}*){{0,4}}"
     rf"(?:\s*,\s*{_VI_ADMIN}\s*(?:\d{{1,2}}\b|[{_UPPER}]{_WORD}*(?:\s+[{_UPPER}]{_WORD}*){{0,3}}))*"
 )
-
+_ADDR_VI_CUE_RE = re.compile(rf"[Đđ]ường|[Pp]hố |[Nn]gõ|[Hh]ẻm|[Kk]iệt|^[Ss]ố|{_VI_ADMIN}")
 
 _NUMBER_RE = re.compile(
     r"(?<![\w+/.,])("
@@ -48,30 +71,107 @@ _NUMBER_RE = re.compile(
     r")(?![\w/])"
 )
 
+# Seven digits with at most separators between them: the only texts worth handing to phonenumbers (slow).
+_PHONE_HINT_RE = re.compile(r"\d(?:[\s().+-]{0,2}\d){6}")
 
 _BANK_CONTEXT_RE = re.compile(r"(stk|số tài khoản|tài khoản|account|acct|a/c|bank|iban|tk)\W{0,3}$", re.IGNORECASE)
 
+_SSN_RE = re.compile(r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b")
+_SSN_CUE_RE = re.compile(r"(?i:\b(?:ssn|social security(?:\s+(?:number|no\.?|#))?)\s*(?:is|:|#|=)?\s*)(\d{3}[ -]?\d{2}[ -]?\d{4})\b")
+_PASSPORT_RE = re.compile(r"(?i:\b(?:passport|hộ chiếu)\b[^\n\d]{0,20}?)\b([A-Z]{1,2}\d{6,8}|\d{9})\b")
+_PLATE_VN_RE = re.compile(r"\b\d{2}-?[A-Z]{1,2}\d?[- ]?\d{3}\.\d{2}\b|\b\d{2}[A-Z]{1,2}\d?-\d{4,5}\b")
+_PLATE_CUE_RE = re.compile(r"(?i:\b(?:license plate|licence plate|plate|biển số(?: xe)?|bsx|tag)(?:\s*(?:no\.?|number|#|is|là|:))*\s*)"
+                           r"([A-Z0-9]{1,4}[- ]?[A-Z0-9]{2,5})\b")
+_MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
+           "november", "december")
+_MONTH_RE = r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|sept?(?:ember)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)"
+_DATE = (rf"(?:\d{{1,2}}[/.-]\d{{1,2}}[/.-](?:19|20)?\d{{2}}|\d{{1,2}}/\d{{1,2}}|(?:19|20)\d{{2}}-\d{{1,2}}-\d{{1,2}}"
+         rf"|{_MONTH_RE}\.?\s+\d{{1,2}}(?:st|nd|rd|th)?(?:,?\s+(?:19|20)\d{{2}})?"
+         rf"|\d{{1,2}}(?:st|nd|rd|th)?\s+(?:of\s+)?{_MONTH_RE}\.?(?:,?\s+(?:19|20)\d{{2}})?"
+         rf"|(?:ngày\s+)?\d{{1,2}}\s+tháng\s+\d{{1,2}}(?:\s*(?:năm|,)?\s*(?:19|20)\d{{2}})?)")
+_DOB_RE = re.compile(rf"(?i:\b(?:born(?:\s+on)?|birthday(?:\s+is)?|b-?day|dob|d\.o\.b\.?|date of birth|ngày sinh|sinh ngày"
+                     rf"|sinh nhật|sinh vào|sn)\b[^\n\d]{{0,12}}?)(?i:({_DATE}))(?!\d)")
 
 _DIGIT_RE = re.compile(r"\d")
 
-
 _NAME_TOKEN_RE = re.compile(r"\w+")
+
+# Words around a name that mark it as a name even when the name is also a common word ("an ơi", "hi Will").
+_VOCATIVE_AFTER = {"ơi", "oi", "à", "ạ", "ah"}
+_VOCATIVE_BEFORE = {"anh", "chị", "chi", "em", "bạn", "cô", "chú", "bác", "ông", "bà", "hi", "hey", "hello", "thanks",
+                    "thank", "dear", "yo", "bye", "with", "and", "tell", "ask", "call", "told", "asked"}
+
+PII_KINDS = ("name", "phone", "email", "url", "handle", "address_en", "address_vi", "id", "card", "bank", "ssn",
+             "passport", "plate", "dob")
+
+
+def load_or_create_key(path: str | Path) -> bytes:
+    """The anonymizer key at `path`: created on first use (32 random bytes, file 0600, new directories 0700)."""
+    path = Path(path).expanduser()
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, mode=0o700)
+        os.chmod(path.parent, 0o700)  # mkdir's mode is masked by the umask
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        key = path.read_bytes()
+        if len(key) != KEY_BYTES:
+            raise UserError(f"the anonymizer key file ($SIMME_KEY_FILE) holds {len(key)} bytes, not {KEY_BYTES}; "
+                            "restore it from your backup, or move it away to start a new mapping") from None
+        return key
+    key = secrets.token_bytes(KEY_BYTES)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key)
+        f.flush()
+        os.fsync(f.fileno())
+    return key
 
 
 def is_vietnamese_name(name: str) -> bool:
     """Vietnamese names: Vietnamese letters or a common Vietnamese family name first."""
     if any(c in _VI_CHARS for c in name):
         return True
+    first = name.split()[0] if name.split() else ""
+    return _strip_accents(first) in _vi_family_names()
+
+
+@functools.lru_cache(maxsize=1)
+def _vi_family_names() -> set[str]:
     from faker.providers.person.vi_VN import Provider
 
-    first = name.split()[0] if name.split() else ""
-    return _strip_accents(first) in {_strip_accents(n) for n in Provider.last_names}
+    return {_strip_accents(n) for n in Provider.last_names}
 
 
 def _strip_accents(text: str) -> str:
     """ASCII-fold Vietnamese/Latin letters (đ -> d)."""
     text = text.replace("đ", "d").replace("Đ", "D")
     return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+
+
+@functools.lru_cache(maxsize=2)
+def _common_words(vietnamese: bool) -> frozenset[str]:
+    """Lowercase words too common to replace in any casing when a name part equals one ("will", "may", "an").
+
+    English: every word the Brill lexicon (TextBlob) tags as something other than a proper noun ("brown",
+    "hope"; not "smith"). Vietnamese: the function words and a few everyday syllables, accented and not; an
+    English lexicon would wrongly protect "hung" (Hùng typed without accents).
+    """
+    from stop_words import get_stop_words
+
+    if vietnamese:
+        vi = {w for w in get_stop_words("vi") if " " not in w}
+        vi |= {"an", "nam", "mai", "hoa", "lan", "tin", "thu", "ha", "hai", "son", "long", "binh", "minh", "tam",
+               "phuc", "vui", "my", "anh", "em", "chi", "hoang", "thanh", "hong", "nga", "ngoc"}
+        return frozenset(vi | {_strip_accents(w) for w in vi})
+    import textblob
+
+    words = set(get_stop_words("en"))
+    with open(Path(textblob.__file__).parent / "en" / "en-lexicon.txt", encoding="utf-8") as f:
+        for line in f:
+            word, _, tags = line.partition(" ")
+            if word.islower() and tags.split() and tags.split()[0] not in ("NNP", "NNPS"):
+                words.add(word)
+    return frozenset(words | {"hope", "will", "may", "june", "april", "grace", "joy", "faith", "sunny", "summer"})
 
 
 def _luhn_ok(digits: str) -> bool:
@@ -110,41 +210,115 @@ def classify_number(candidate: str, before: str) -> str | None:
     return None
 
 
-class Anonymizer:
-    """Consistent surrogates for names and PII (phones, emails, URLs, addresses, IDs, card/bank numbers).
+def _phone_spans(text: str) -> list[tuple[int, int, str]]:
+    """Phones in any national or international format of Vietnam or the US (libphonenumber, valid numbers only)."""
+    import phonenumbers
 
-    State: the real->surrogate mappings, kept in memory only and never written anywhere.
+    spans = []
+    for region in ("VN", "US"):
+        for m in phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.VALID):
+            spans.append((m.start, m.end, "phone"))
+    return spans
+
+
+def detect_pii(text: str) -> list[tuple[int, int, str]]:
+    """Non-overlapping (start, end, kind) spans of PII in `text`, leftmost-longest; kinds are PII_KINDS but "name"."""
+    found: list[tuple[int, int, str]] = []
+    if "@" in text:
+        found += [(m.start(), m.end(), "email") for m in _EMAIL_RE.finditer(text)]
+        found += [(m.start(), m.end(), "handle") for m in _HANDLE_RE.finditer(text)]
+    if _OBF_HINT_RE.search(text):
+        for m in _OBF_EMAIL_RE.finditer(text):
+            s = m.group()
+            # "look at google.com" is a link, not an address: a spelled-out " at " needs a spelled-out dot too.
+            if re.search(r"\sat\s", s, re.IGNORECASE) and not re.search(r"\s(?:dot|chấm)\s|\(dot\)|\[dot\]", s, re.IGNORECASE):
+                continue
+            found.append((m.start(), m.end(), "email"))
+    if "." in text:
+        for rx in (_PII_URL_RE, _DOMAIN_RE):  # a sentence's closing punctuation is no part of the link
+            found += [(m.start(), m.start() + len(m.group().rstrip(".,;:!?)]}'\"")), "url") for m in rx.finditer(text)]
+    if _DIGIT_RE.search(text):
+        found += [(m.start(), m.end(), "address_en") for m in _ADDR_EN_RE.finditer(text)]
+        found += [(m.start(), m.end(), "address_vi") for m in _ADDR_VI_RE.finditer(text)
+                  if _ADDR_VI_CUE_RE.search(m.group())]
+        for m in _NUMBER_RE.finditer(text):
+            kind = classify_number(m.group(1), text[max(0, m.start() - 25):m.start()])
+            if kind:
+                found.append((m.start(1), m.end(1), kind))
+        if _PHONE_HINT_RE.search(text):
+            found += _phone_spans(text)
+        found += [(m.start(), m.end(), "ssn") for m in _SSN_RE.finditer(text) if m.group()]
+        found += [(m.start(1), m.end(1), "ssn") for m in _SSN_CUE_RE.finditer(text)]
+        found += [(m.start(1), m.end(1), "passport") for m in _PASSPORT_RE.finditer(text)]
+        found += [(m.start(), m.end(), "plate") for m in _PLATE_VN_RE.finditer(text)]
+        found += [(m.start(1), m.end(1), "plate") for m in _PLATE_CUE_RE.finditer(text)
+                  if re.search(r"\d", m.group(1)) and re.search(r"[A-Z]", m.group(1))]
+        found += [(m.start(1), m.end(1), "dob") for m in _DOB_RE.finditer(text)]
+    if len(found) < 2:
+        return found
+    # Specific kinds win ties over the generic number/phone patterns: a cue-found SSN beats the same digits as an ID.
+    rank = {k: i for i, k in enumerate(("email", "url", "ssn", "passport", "dob", "plate", "card", "bank", "phone",
+                                        "id", "address_en", "address_vi", "handle"))}
+    found.sort(key=lambda s: (s[0], -(s[1] - s[0]), rank[s[2]]))
+    out, end = [], -1
+    for s in found:
+        if s[0] >= end:
+            out.append(s)
+            end = s[1]
+    return out
+
+
+def find_pii(text: str) -> list[str]:
+    """Kinds of PII-looking strings in `text` (01's detectors; both address kinds are reported as "address")."""
+    return ["address" if k.startswith("address") else k for _, _, k in detect_pii(text)]
+
+
+class Anonymizer:
+    """Secret-keyed, consistent surrogates for participants' names and for PII found in free text.
+
+    State: the key and the real->surrogate mappings, in memory only and never written anywhere; `replaced`
+    counts replacements in texts by kind (no values).
     """
 
-    def __init__(self, names: list[str], seed: int = 42):
+    def __init__(self, names: list[str], key: bytes):
         from faker import Faker
         from faker.providers.person.vi_VN import Provider as ViNames
 
-        self.seed = seed
-        self.en = Faker("en_US")
-        self.en.seed_instance(seed)
-        self.vi = Faker("vi_VN")
-        self.vi.seed_instance(seed + 1)
+        if len(key) < 16:
+            raise ValueError("the anonymizer key must be at least 16 random bytes")
+        self._key = key
+        self._en = Faker("en_US")
+        self._vi = Faker("vi_VN")
         self._vi_last = list(ViNames.last_names)
         self._vi_middle = list(ViNames.middle_names)
         self._vi_first = list(ViNames.first_names_male) + list(ViNames.first_names_female)
-        self.part_map: dict[str, str] = {}
         self.whole_map: dict[str, str] = {}
         self.pii_map: dict[tuple[str, str], str] = {}
+        self.replaced: Counter = Counter()
+        # lowercase name part (or its unaccented spelling) -> (real part, surrogate part, is a common word)
+        self._exact: dict[str, tuple[str, str, bool]] = {}
+        self._folded: dict[str, tuple[str, str, bool]] = {}
         self._used: set[str] = set()
         self._odd_names: list[tuple[str, str]] = []
-        real_parts = {p for name in names for p in name.split()}
+        real_parts = {_strip_accents(p).lower() for name in names for p in name.split()}  # folded
         for name in sorted(set(names)):
             self._add_name(name, real_parts)
 
-    def _unique(self, make, real: str, real_parts: set[str]) -> str:
-        """Draw surrogates until one is new, differs from the real value and is no real name part."""
-        for _ in range(50):
-            s = make()
-            if s not in self._used and s != real and s not in real_parts:
-                break
-        self._used.add(s)
-        return s
+    def __repr__(self) -> str:
+        return f"Anonymizer({len(self.whole_map)} names)"  # never the key
+
+    def _rng(self, *parts: str) -> random.Random:
+        """A generator seeded by the keyed MAC of `parts`: reproducible with the key, unguessable without it."""
+        mac = hashlib.blake2b("\x1f".join(parts).encode(), key=self._key, digest_size=16, person=b"simme-surrogate")
+        return random.Random(int.from_bytes(mac.digest(), "big"))
+
+    def _faker(self, fk, *parts: str):
+        fk.seed_instance(self._rng(*parts).getrandbits(64))
+        return fk
+
+    def chat_id(self, thread_key: str) -> str:
+        """Keyed id of a conversation (its key is a folder name, which can hold a name)."""
+        return "c" + "%012x" % self._rng("chat", thread_key).getrandbits(48)
 
     def _add_name(self, name: str, real_parts: set[str]) -> None:
         """Register a person's name: every part gets a consistent surrogate part of the same kind."""
@@ -154,28 +328,44 @@ class Anonymizer:
         vi = is_vietnamese_name(name)
         new = []
         for i, part in enumerate(parts):
-            if part in self.part_map:
-                new.append(self.part_map[part])
+            known = self._exact.get(part.lower())
+            if known and known[0] == part:
+                new.append(known[1])
                 continue
-            if vi:
-                pool = self._vi_last if i == 0 and len(parts) > 1 else self._vi_first if i == len(parts) - 1 else self._vi_middle
-                make = lambda pool=pool: self.vi.random_element(pool)  # noqa: E731
-            else:
-                make = self.en.last_name if i == len(parts) - 1 and len(parts) > 1 else self.en.first_name
             if vi and part in ("Văn", "Thị") and 0 < i < len(parts) - 1:
-                sur = part  # gender-marking middle names are not identifying
-            else:
-                sur = self._unique(make, part, real_parts)
+                new.append(part)  # gender-marking middle names are not identifying
+                continue
+            role = ("last" if i == 0 and len(parts) > 1 else "first" if i == len(parts) - 1 else "middle") if vi else \
+                ("last" if i == len(parts) - 1 and len(parts) > 1 else "first")
+            sur = self._draw_part(part, role, vi, real_parts)
             if re.fullmatch(r"\w+", part) and len(part) > 1:
-                self.part_map.setdefault(part, sur)
-                folded = _strip_accents(part)
-                if folded != part and re.fullmatch(r"\w+", folded) and folded not in real_parts:
-                    self.part_map.setdefault(folded, _strip_accents(sur))
+                low = part.lower()
+                common = _common_words(vi)
+                entry = (part, sur, low in common or _strip_accents(low) in common)
+                self._exact.setdefault(low, entry)
+                self._folded.setdefault(_strip_accents(low), entry)
             new.append(sur)
         self.whole_map[name] = " ".join(new)
         # Names with emoji/punctuation are replaced literally; an emoji-only name is not (it would eat every ❤️).
         if not re.fullmatch(r"[\w ]+", name) and len(re.findall(r"\w", name)) >= 2:
             self._odd_names.append((name, self.whole_map[name]))
+
+    def _draw_part(self, part: str, role: str, vi: bool, real_parts: set[str]) -> str:
+        """Keyed surrogate of one name part: new, and unaccented neither the real part nor any real name part."""
+        key_part = _strip_accents(part).lower()
+        for attempt in range(50):
+            rng = self._rng("name", role, "vi" if vi else "en", key_part, str(attempt))
+            if vi:
+                s = rng.choice(self._vi_last if role == "last" else self._vi_first if role == "first" else self._vi_middle)
+            else:
+                fk = self._faker(self._en, "name", role, key_part, str(attempt))
+                s = fk.last_name() if role == "last" else fk.first_name()
+            # Compared unaccented: "Hưng" for "Hùng" would leave "hung" (typed without accents) unchanged.
+            folded = _strip_accents(s).lower()
+            if s not in self._used and folded != key_part and folded not in real_parts and s.lower() not in _common_words(vi):
+                break
+        self._used.add(s)
+        return s
 
     def name(self, real: str) -> str:
         """Surrogate of a participant's display name (consistent; unknown names are registered on the fly)."""
@@ -186,55 +376,96 @@ class Anonymizer:
     def _surrogate(self, kind: str, value: str) -> str:
         """Consistent same-kind surrogate of one PII value."""
         key = (kind, value)
-        if key not in self.pii_map:
-            import random
-            import hashlib
+        if key in self.pii_map:
+            return self.pii_map[key]
+        norm = re.sub(r"\D", "", value) if kind in ("phone", "id", "card", "bank", "ssn") else value.lower()
+        rng = self._rng("pii", kind, norm)
+        if kind == "email":
+            fk = self._faker(self._en, "email", norm)
+            sur = f"{fk.user_name()}@{fk.free_email_domain()}"
+        elif kind == "url":
+            sur = self._url(value, norm)
+        elif kind == "handle":
+            sur = "@" + self._faker(self._en, "handle", norm).user_name()
+        elif kind == "address_en":
+            sur = self._faker(self._en, "address", norm).street_address()
+        elif kind == "address_vi":
+            sur = f"số {rng.randrange(1, 300)} đường {rng.choice(self._vi_last)} {rng.choice(self._vi_first)}"
+        elif kind == "dob":
+            sur = _replace_date(value, rng)
+        else:
+            sur = _replace_digits(value, kind, rng)
+        self.pii_map[key] = sur
+        return sur
 
-            rng = random.Random(int(hashlib.sha256(f"{self.seed}:{kind}:{value}".encode()).hexdigest()[:16], 16))
-            if kind == "email":
-                sur = f"{self.en.user_name()}@{self.en.free_email_domain()}"
-            elif kind == "url":
-                sur = self.en.url().rstrip("/") + ("/" + self.en.slug() if "/" in value.split("//", 1)[-1] else "")
-            elif kind == "address_en":
-                sur = self.en.street_address()
-            elif kind == "address_vi":
-                sur = f"số {rng.randrange(1, 300)} đường {self.vi.random_element(self._vi_last)} {self.vi.random_element(self._vi_first)}"
-            else:
-                sur = _replace_digits(value, kind, rng)
-            self.pii_map[key] = sur
-        return self.pii_map[key]
+    def _url(self, value: str, norm: str) -> str:
+        """A link to the same social site with another profile, or another domain with a path of the same shape."""
+        bare = re.sub(r"^(?:https?://)?(?:www\.)?", "", norm)
+        host, _, path = bare.partition("/")
+        prefix = re.match(r"(?i)(?:https?://)?(?:www\.)?", value).group()
+        fk = self._faker(self._en, "url", norm)
+        if host in _SOCIAL_HOSTS:
+            return f"{prefix}{host}/{fk.user_name()}" if path else value
+        return f"{prefix}{fk.domain_name()}" + (f"/{fk.slug()}" if path else "")
 
     def text(self, text: str) -> str:
         """Replace names and PII inside one message text with their surrogates."""
-        text = _EMAIL_RE.sub(lambda m: self._surrogate("email", m.group()), text)
-        text = _PII_URL_RE.sub(lambda m: self._surrogate("url", m.group()), text)
-        if _DIGIT_RE.search(text):
-            text = _ADDR_EN_RE.sub(lambda m: self._surrogate("address_en", m.group()), text)
-            text = _ADDR_VI_RE.sub(self._vi_address, text)
-            text = _NUMBER_RE.sub(self._number, text)
+        spans = detect_pii(text)
+        if spans:
+            out, last = [], 0
+            for start, end, kind in spans:
+                out += [text[last:start], self._surrogate(kind, text[start:end])]
+                self.replaced[kind] += 1
+                last = end
+            text = "".join(out) + text[last:]
         for real, sur in self._odd_names:  # names with emoji/punctuation cannot be matched part by part
             if real in text:
                 text = text.replace(real, sur)
         # Word-by-word dictionary lookup: O(words), whatever the number of people (a regex alternation of
         # thousands of names would be O(names) at every position).
-        parts = self.part_map
-        return _NAME_TOKEN_RE.sub(lambda m: parts.get(m.group(), m.group()), text)
+        return _NAME_TOKEN_RE.sub(self._name_token, text)
 
-    def _vi_address(self, m: re.Match) -> str:
-        """Replace a Vietnamese street address only when it has a street word or an administrative unit."""
-        span = m.group()
-        if re.search(rf"[Đđ]ường|[Pp]hố |[Nn]gõ|[Hh]ẻm|[Kk]iệt|^[Ss]ố|{_VI_ADMIN}", span):
-            return self._surrogate("address_vi", span)
-        return span
+    def _name_token(self, m: re.Match) -> str:
+        token = m.group()
+        low = token.lower()
+        entry = self._exact.get(low)
+        if entry is None and low.isascii():
+            entry = self._folded.get(low)  # "hung" for "Hùng": typed without accents; "mình" never matches "Minh"
+        if entry is None:
+            return token
+        real, sur, common = entry
+        if common and not self._is_name_in_context(m, real):
+            return token
+        self.replaced["name"] += 1
+        if low.isascii() and not real.isascii():  # typed without accents: so is the surrogate
+            sur = _strip_accents(sur)
+        if token.isupper() and len(token) > 1:
+            return sur.upper()
+        return sur.lower() if token.islower() else sur
 
-    def _number(self, m: re.Match) -> str:
-        """Replace a digit run that looks like a phone, ID, card or bank number."""
-        kind = classify_number(m.group(1), m.string[max(0, m.start() - 25):m.start()])
-        return self._surrogate(kind, m.group(1)) if kind else m.group()
+    def _is_name_in_context(self, m: re.Match, real: str) -> bool:
+        """A name part that is also a common word counts as a name only capitalized mid-sentence, as a vocative
+        ("an ơi", "hi Will") or next to another name part ("will smith")."""
+        s, token = m.string, m.group()
+        nxt = re.match(r"[\s,]{0,3}(\w+)", s[m.end():m.end() + 24])
+        prv = re.search(r"(\w+)[\s,]{0,3}$", s[max(0, m.start() - 24):m.start()])
+        nxt_w, prv_w = (nxt.group(1).lower() if nxt else ""), (prv.group(1).lower() if prv else "")
+        if nxt_w in _VOCATIVE_AFTER:
+            return True
+        titled = token == real and token[:1].isupper() and not token.isupper()
+        if titled and prv_w in _VOCATIVE_BEFORE:
+            return True
+        for w in (prv_w, nxt_w):
+            e = self._exact.get(w) or (self._folded.get(w) if w.isascii() else None)
+            if e and not e[2]:
+                return True
+        before = s[:m.start()].rstrip(" \t\"'(")
+        return titled and bool(before) and before[-1] not in ".!?\n:;"
 
 
-def _replace_digits(value: str, kind: str, rng) -> str:
-    """Same layout, new digits: keeps '+', separators, a phone's country/network prefix and a card's first digit."""
+def _replace_digits(value: str, kind: str, rng: random.Random) -> str:
+    """Same layout, new digits (and new capitals for plates and passports): keeps '+', separators, a phone's
+    country/network prefix and a card's first digit."""
     keep = 0
     digits = re.sub(r"\D", "", value)
     if kind == "phone":
@@ -243,12 +474,16 @@ def _replace_digits(value: str, kind: str, rng) -> str:
         keep = 1
     elif kind == "id":
         keep = 1 if digits.startswith("0") else 0
+    letters = kind in ("plate", "passport")
+    sur = value
     for _ in range(20):
         out, seen = [], 0
         for ch in value:
             if ch.isdigit():
                 out.append(ch if seen < keep else str(rng.randrange(10)))
                 seen += 1
+            elif letters and "A" <= ch <= "Z":
+                out.append(rng.choice("ABCDEFGHKLMNPRSTUVXYZ"))
             else:
                 out.append(ch)
         sur = "".join(out)
@@ -257,15 +492,18 @@ def _replace_digits(value: str, kind: str, rng) -> str:
     return sur
 
 
-def find_pii(text: str) -> list[str]:
-    """Kinds of PII-looking strings in `text` ("email", "phone", "id", "card", "bank", "address"), with 01's patterns."""
-    kinds = []
-    if _EMAIL_RE.search(text):
-        kinds.append("email")
-    for m in _NUMBER_RE.finditer(text):
-        kind = classify_number(m.group(1), text[:m.start()])
-        if kind:
-            kinds.append(kind)
-    if _ADDR_EN_RE.search(text) or _ADDR_VI_RE.search(text):
-        kinds.append("address")
-    return kinds
+def _replace_date(value: str, rng: random.Random) -> str:
+    """Another date in the same format: years 1960-2005, day and month numbers 1-12, month names swapped."""
+    def number(m: re.Match) -> str:
+        g = m.group()
+        if len(g) == 4:
+            return str(rng.randrange(1960, 2006))
+        return str(rng.randrange(1, 13)).zfill(len(g)) if len(g) == 2 else str(rng.randrange(1, 10))
+
+    def month(m: re.Match) -> str:
+        name = rng.choice(_MONTHS)
+        name = name[:len(m.group())] if len(m.group()) <= 4 else name
+        return name.capitalize() if m.group()[0].isupper() else name
+
+    out = re.sub(r"\d+", number, value)
+    return re.sub(rf"(?i)\b{_MONTH_RE}\b", month, out)

@@ -10,11 +10,10 @@ from typing import Any
 
 from .chat_format import MESSAGES, OTHER_ROLE, OWNER_ROLE, SILENT_REPLY, build_system_prompt, chat_token_ids, format_user_turn
 from .export import DROP_REASONS, infer_owner
+from .pii import PII_KINDS
 from .runtime import UserError
 from .samples import group_bursts, pack_windows, render_lengths, silent_cut_points, split_sessions, truncate_to_tokens
 from .system_text import normalize_text
-
-PII_KINDS = ("phone", "email", "url", "address_en", "address_vi", "id", "card", "bank")
 
 
 def messages_schema():
@@ -119,7 +118,8 @@ def build_thread_samples(rec: dict, owner: str, anon, tokenizer, settings: Sampl
     owner_name = anon.name(owner) if anon else owner
     name = anon.name if anon else (lambda s: s)
     text_of = anon.text if anon else (lambda s: s)
-    chat_id = "c" + hashlib.sha1(f"{settings.seed}:{rec['key']}".encode()).hexdigest()[:12]
+    # The thread key is a folder name that can hold a name: keyed when anonymized, so it cannot be guessed back.
+    chat_id = anon.chat_id(rec["key"]) if anon else "c" + hashlib.sha1(f"{settings.seed}:{rec['key']}".encode()).hexdigest()[:12]
     others, chat_type = _thread_others(rec, owner)
     out.counts[chat_type] += 1
     msgs = [(ts, name(s), text_of(t), src, s == owner) for ts, s, t, src in rec["messages"]]
@@ -266,7 +266,7 @@ def ingest_report(tally: IngestTally, *, owner: str, inferred: bool, evidence: s
         "turns_truncated": c["truncated"], "samples": n_samples, "samples_silent": c["silent"],
         "windows_too_long": c["windows_too_long"],
         "max_length": max_length, "sources": {k[4:]: v for k, v in c.items() if k.startswith("src:")},
-        "pii_replaced": {k: len([1 for key in anon.pii_map if key[0] == k]) for k in PII_KINDS} if anon else {},
+        "pii_replaced": {k: anon.replaced[k] for k in PII_KINDS} if anon else {},  # counts by kind, never values
         "elapsed_s": elapsed_s,
     }
     assert report["messages_total"] == report["messages_kept"] + sum(report["dropped"].values()), "accounting invariant"

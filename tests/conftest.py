@@ -85,6 +85,15 @@ def build_tiny_model(out_dir: Path, vocab_size: int = 512, hidden: int = 32, lay
     return out_dir
 
 
+@pytest.fixture(scope="session", autouse=True)
+def anonymizer_key_file(tmp_path_factory):
+    """A throwaway $SIMME_KEY_FILE: no test creates or reads the real ~/.config/simme key."""
+    path = tmp_path_factory.mktemp("simme_key") / "anonymizer.key"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SIMME_KEY_FILE", str(path))
+        yield path
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """Path of a tiny random Llama + in-process tokenizer with the training chat template."""
