@@ -46,6 +46,17 @@ class PrepareArguments:
     test_fraction: float = field(default=0.1, metadata={"help": "Share of samples (the most recent sessions) for test."})
     no_anonymize: bool = field(default=False, metadata={"help": "Keep real names and PII (NOT recommended; never share the output)."})
     strict: bool = field(default=False, metadata={"help": "Exit non-zero if any file could not be read."})
+    # Limits on untrusted input: a file over one is skipped (and listed in files_failed), never read whole.
+    max_file_bytes: int = field(default=sc.IngestLimits.max_file_bytes,
+                                metadata={"help": "Largest JSON file read, in bytes (larger ones are skipped)."})
+    max_zip_bytes: int = field(default=sc.IngestLimits.max_zip_bytes,
+                               metadata={"help": "Most uncompressed bytes of JSON read from one zip; later files are skipped."})
+    max_zip_ratio: float = field(default=sc.IngestLimits.max_zip_ratio,
+                                 metadata={"help": "Zip entries (over 1 MB) expanding more than this many times are skipped as zip bombs."})
+    max_message_chars: int = field(default=sc.IngestLimits.max_message_chars,
+                                   metadata={"help": "Longer messages are truncated to this many characters (and counted)."})
+    max_json_depth: int = field(default=sc.IngestLimits.max_json_depth,
+                                metadata={"help": "JSON files nested deeper than this are skipped (Messenger files nest ~6 deep)."})
     seed: int = field(default=42, metadata={"help": "Seed of non-secret choices (chat ids with --no_anonymize); surrogates "
                                                     "come from the secret key at $SIMME_KEY_FILE, never from the seed."})
 
@@ -78,11 +89,15 @@ def _spool_threads(args: PrepareArguments, anonymize: bool, spool_path: Path) ->
 
     metas, failures = [], []
     with open(spool_path, "wb") as spool:
-        for kind, item in tqdm(sc.parse_export(args.export_path, redact=anonymize), desc="Parsing threads", unit=" threads"):
+        limits = sc.IngestLimits(max_file_bytes=args.max_file_bytes, max_zip_bytes=args.max_zip_bytes,
+                                 max_zip_ratio=args.max_zip_ratio, max_message_chars=args.max_message_chars,
+                                 max_json_depth=args.max_json_depth)
+        parsed = sc.parse_export(args.export_path, redact=anonymize, limits=limits)
+        for kind, item in tqdm(parsed, desc="Parsing threads", unit=" threads"):
             if kind == "failure":
                 if anonymize and not item["path"].startswith("<"):  # a given path or zip name can hold a name
                     shown = f"<{sc.redact_path(item['path'], 'export')}>"
-                    item = {"path": shown, "error": item["error"].replace(item["path"], shown)}
+                    item = {**item, "path": shown, "error": item["error"].replace(item["path"], shown)}
                 failures.append(item)
                 _warn(item["error"])
                 continue
@@ -94,7 +109,8 @@ def _spool_threads(args: PrepareArguments, anonymize: bool, spool_path: Path) ->
     if not metas:
         shown = "; ".join(f["error"] for f in failures[:3]) or "no Messenger thread files found"
         redacted = " (file names redacted; --no_anonymize shows them)" if anonymize and failures else ""
-        raise sc.UserError(f"nothing readable in {', '.join(map(str, args.export_path))}: {shown}{redacted}. "
+        given = _shown_args(args, anonymize).export_path
+        raise sc.UserError(f"nothing readable in {', '.join(map(str, given))}: {shown}{redacted}. "
                            "Pass the export folder or its .zip files (Settings > Download your information > JSON).")
     return metas, failures
 
@@ -205,20 +221,26 @@ def main(args: PrepareArguments) -> dict:
     # ---------------------------------------------------------------- pass 2: merge, anonymize, sessions, samples
     tokenizer = sc.load_tokenizer(args.model_name_or_path)
     out_dir = Path(args.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     conversations = _read_conversations(spool_path / "threads.pkl", metas, groups)
     tally = _build_samples(args, tokenizer, conversations, owner, anon, spool_path)
+    if tally.total == tally.dropped["malformed"]:  # valid rows that are all calls or photos are still an export
+        raise sc.UserError(f"nothing usable: all {tally.total:,} message(s) read are malformed (see the warnings above); "
+                           f"the previous output in {out_dir} is left as it was")
+    if tally.repaired["message_truncated"]:
+        _warn(f"{tally.repaired['message_truncated']} message(s) longer than {args.max_message_chars:,} characters "
+              "were truncated (--max_message_chars)")
 
-    # ---------------------------------------------------------------- split by time and save
-    n_samples = _split_and_save(args, spool_path, tally.sessions, out_dir)
+    # ---------------------------------------------------------------- split by time, report, and save atomically
+    # Everything is written into a temporary directory beside out_dir that replaces it only when complete:
+    # a crash or kill leaves the previous output whole.
+    with sc.atomic_output_dir(out_dir) as tmp_out:
+        n_samples = _split_and_save(args, spool_path, tally.sessions, tmp_out)
+        report = sc.ingest_report(tally, owner=owner_shown, inferred=inferred, evidence=evidence, anonymized=anonymize,
+                                  failures=failures, n_samples=n_samples, max_length=args.max_length, anon=anon,
+                                  elapsed_s=round(time.time() - t0, 1))
+        (tmp_out / "ingest_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        _save_run_config(tmp_out, shown_args, anonymize)
     spool_dir.cleanup()
-
-    # ---------------------------------------------------------------- report
-    report = sc.ingest_report(tally, owner=owner_shown, inferred=inferred, evidence=evidence, anonymized=anonymize,
-                              failures=failures, n_samples=n_samples, max_length=args.max_length, anon=anon,
-                              elapsed_s=round(time.time() - t0, 1))
-    (out_dir / "ingest_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    _save_run_config(out_dir, shown_args, anonymize)
     print(sc.print_table(sc.ingest_summary_rows(report), f"Ingest report -> {out_dir / 'ingest_report.json'}"))
     if args.strict and failures:
         raise sc.UserError(f"{len(failures)} file(s) could not be read (--strict); see files_failed in {out_dir / 'ingest_report.json'}")

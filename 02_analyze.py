@@ -164,7 +164,8 @@ def main(args: AnalyzeArguments) -> None:
     # ----------------------------------------------------------------------------- save
     if state.is_main_process:
         out = Path(args.output_dir)
-        imgs = _write_outputs(out, stats, card, df, latencies, args)
+        with sc.atomic_output_dir(out) as tmp_out:  # a crash leaves the previous analysis whole
+            imgs = _write_outputs(tmp_out, stats, card, df, latencies, args)
         print(sc.print_table([
             ("messages read / with text", f"{n_loaded:,} / {len(df):,}"), ("owner messages", card["n_messages"]),
             ("owner turns", card["n_turns"]), ("plots drawn", f"{sum(v is not None for v in imgs.values())}"),

@@ -230,7 +230,8 @@ def main(args: EvaluateArguments) -> None:
                  "ci": {"base": base_ci, "finetuned": twin_ci}}
     gate = _gate(scorecard, args.baseline) if args.baseline else None
     out = Path(args.output_dir)
-    _save(out, scorecard, test, {"base": base_texts, "twin": twin_texts}, args)
+    with sc.atomic_output_dir(out) as tmp_out:  # a crash leaves the previous scorecard whole
+        _save(tmp_out, scorecard, test, {"base": base_texts, "twin": twin_texts}, args)
 
     # --- summary ----------------------------------------------------------------------------------------------
     _print_summary(scorecard, gate, out, started, args.baseline)

@@ -22,7 +22,7 @@ from .chat_format import (
 )
 from .stage_io import (
     PREPARED_DIR, ANALYSIS_DIR, ADAPTER_DIR, EVAL_DIR, load_prepared_dataset, check_owner_turns,
-    append_to_disk_dataset,
+    append_to_disk_dataset, atomic_output_dir, replace_dir,
 )
 from .models import (
     DEFAULT_BASE_MODEL, bundled_gguf_path, convert_gguf_to_hf, resolve_base_model, load_tokenizer, AdapterRef,
@@ -36,11 +36,12 @@ from .eval_generation import (
     eval_example, score_and_generate, perplexity_from_nll, generate_replies,
 )
 from .export import (
-    DROP_REASONS, parse_thread_documents, parse_export, merge_thread_records, infer_owner,
+    DROP_REASONS, parse_thread_documents, parse_export, merge_thread_records, infer_owner, REPAIR_REASONS,
 )
 from .export_files import (
     EXPORT_SECTIONS, discover_export, read_entry_bytes, redact_path, entry_display_path, detect_file_kind,
-    load_json_document, instagram_old_to_documents, read_thread_group, iter_thread_groups,
+    load_json_document, instagram_old_to_documents, read_thread_group, iter_thread_groups, IngestLimits,
+    DocumentError, json_too_deep, sanitize_header,
 )
 from .metric_defs import (
     METRIC_KEYS, METRIC_DEFINITIONS, SEED_CLAIMS, CI_METRICS, GATE_TOLERANCES, PII_PROBES, MEMORIZATION_SPAN,
@@ -97,7 +98,7 @@ from .style_card import (
     build_style_card, scorable_reply, reply_style_card, emoji_profile, style_similarity,
 )
 from .system_text import (
-    classify_system_text, fix_mojibake, normalize_text,
+    classify_system_text, fix_mojibake, normalize_text, has_surrogates, remove_surrogates,
 )
 from .text_features import (
     LENGTH_CHAR_EDGES, LENGTH_WORD_EDGES, TYPING_GAP_EDGES, QUANTILES, MAX_BUBBLES_BIN, extract_emojis,
@@ -117,15 +118,15 @@ __all__ = [
     "CHATML_TRAINING_TEMPLATE", "LLAMA3_TRAINING_TEMPLATE", "training_chat_template", "end_of_turn_token",
     "ensure_training_template", "split_target", "chat_token_ids", "stop_token_ids", "trim_context",
     "PREPARED_DIR", "ANALYSIS_DIR", "ADAPTER_DIR", "EVAL_DIR", "load_prepared_dataset", "check_owner_turns",
-    "append_to_disk_dataset", "DEFAULT_BASE_MODEL", "bundled_gguf_path", "convert_gguf_to_hf",
+    "append_to_disk_dataset", "atomic_output_dir", "replace_dir", "DEFAULT_BASE_MODEL", "bundled_gguf_path", "convert_gguf_to_hf",
     "resolve_base_model", "load_tokenizer", "AdapterRef", "resolve_adapter", "adapter_base_model",
     "load_twin_tokenizer", "load_model", "FEATURE_COLUMNS", "owner_turns", "chat_labels", "add_local_time",
     "volume_stats", "time_stats", "word_stats", "language_stats", "sentiment_stats", "owner_name",
     "analyze_messages", "eval_example", "score_and_generate", "perplexity_from_nll", "generate_replies",
-    "DROP_REASONS", "parse_thread_documents", "parse_export", "merge_thread_records", "infer_owner",
+    "DROP_REASONS", "REPAIR_REASONS", "parse_thread_documents", "parse_export", "merge_thread_records", "infer_owner",
     "EXPORT_SECTIONS", "discover_export", "read_entry_bytes", "redact_path", "entry_display_path",
     "detect_file_kind", "load_json_document", "instagram_old_to_documents", "read_thread_group",
-    "iter_thread_groups", "METRIC_KEYS", "METRIC_DEFINITIONS", "SEED_CLAIMS", "CI_METRICS", "GATE_TOLERANCES",
+    "iter_thread_groups", "IngestLimits", "DocumentError", "json_too_deep", "sanitize_header", "METRIC_KEYS", "METRIC_DEFINITIONS", "SEED_CLAIMS", "CI_METRICS", "GATE_TOLERANCES",
     "PII_PROBES", "MEMORIZATION_SPAN", "sentiment_alignments", "language_matches", "bleu_statistics",
     "bleu_from_statistics", "rouge_l_scores", "load_text_encoder", "encode_texts", "bertscore_f1",
     "repetition_scores", "memorization_index", "memorized", "pii_probe_contexts", "bootstrap_ci",
@@ -149,7 +150,7 @@ __all__ = [
     "amx_bf16_min_tokens", "llama_cpp_weight_buffers", "repack_pattern", "load_twin", "load_twin_transformers",
     "reply_cache_key", "common_prefix_len", "ModelThread", "TwinModel", "AppSettings", "ENV_NAMES", "is_loopback", "build_style_card",
     "scorable_reply", "reply_style_card", "emoji_profile", "style_similarity", "classify_system_text",
-    "fix_mojibake", "normalize_text", "LENGTH_CHAR_EDGES", "LENGTH_WORD_EDGES", "TYPING_GAP_EDGES", "QUANTILES",
+    "fix_mojibake", "normalize_text", "has_surrogates", "remove_surrogates", "LENGTH_CHAR_EDGES", "LENGTH_WORD_EDGES", "TYPING_GAP_EDGES", "QUANTILES",
     "MAX_BUBBLES_BIN", "extract_emojis", "tokenize_words", "detect_language", "sentiment_score",
     "textblob_polarity", "histogram_probs", "distribution_similarity", "text_style_flags",
     "punctuation_profile", "message_features", "quantiles", "describe_distribution", "lexical_diversity",

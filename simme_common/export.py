@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .export_files import discover_export, entry_display_path, iter_thread_groups, read_thread_group
+from .export_files import IngestLimits, discover_export, entry_display_path, iter_thread_groups, read_thread_group
 from .runtime import UserError
-from .system_text import _SYSTEM_STARTERS, classify_system_text, fix_mojibake, normalize_text
+from .system_text import _SYSTEM_STARTERS, classify_system_text, fix_mojibake, has_surrogates, normalize_text
 
 
 _ATTACHMENT_KEYS = ("photos", "videos", "audio_files", "gifs", "files", "sticker")
@@ -18,6 +18,19 @@ DROP_REASONS = (
     "unsent", "taken_down", "call", "reaction_pseudo", "membership_event", "attachment_placeholder",
     "attachment_only", "system_other", "empty", "malformed", "duplicate",
 )
+
+
+# Repairs counted in the ingest report: the message is kept, changed.
+REPAIR_REASONS = ("lone_surrogates_removed", "message_truncated")
+
+
+# Timestamps (ms) outside 1970..2100 cannot be real messages: such a row is malformed.
+_TS_MAX = 4_102_444_800_000
+
+
+def _valid_ts(ts: Any) -> bool:
+    """A finite millisecond timestamp in range (bool, NaN, Infinity, strings and huge numbers are not)."""
+    return type(ts) in (int, float) and 0 <= ts <= _TS_MAX
 
 
 # Keys that send a classic message through the full structural classifier instead of the text fast path.
@@ -30,13 +43,15 @@ def _classify_classic_message(m: Any) -> tuple[str | None, str | None, int | Non
         return "malformed", None, None, None, "message"
     sender = m.get("sender_name")
     ts = m.get("timestamp_ms")
-    if ts is None and isinstance(m.get("timestamp"), (int, float)):
-        ts = int(m["timestamp"]) * 1000  # early-2018 exports: seconds
+    if ts is None and type(m.get("timestamp")) in (int, float):
+        ts = m["timestamp"] * 1000  # early-2018 exports: seconds
     if not isinstance(sender, str):
         return "malformed", None, None, None, "sender_name"
-    if not isinstance(ts, (int, float)):
+    if not _valid_ts(ts):
         return "malformed", sender, None, None, "timestamp_ms"
     content = m.get("content")
+    if content is not None and not isinstance(content, str):
+        return "malformed", sender, None, None, "content"
     if m.get("is_unsent"):
         return "unsent", sender, int(ts), content, ""
     if m.get("is_taken_down"):
@@ -51,17 +66,19 @@ def _classify_classic_message(m: Any) -> tuple[str | None, str | None, int | Non
     return None, sender, int(ts), content, ""
 
 
-def parse_thread_documents(docs: list[tuple[Any, str, str, bool]]) -> dict:
+def parse_thread_documents(docs: list[tuple[Any, str, str, bool]], limits: IngestLimits | None = None) -> dict:
     """Turn the parsed files of one thread into cleaned, ascending messages plus drop counts.
 
     Args:
         docs: (document, kind, source, needs_mojibake_fix) per file; classic files are newest-first,
             E2EE files oldest-first, in any file order.
     Returns:
-        {title, participants, thread_type, messages: [(ts, sender, text, source)], total, dropped, you_lines,
-        senders, problems}: `you_lines` counts "You ..." system lines per sender (owner evidence).
+        {title, participants, thread_type, messages: [(ts, sender, text, source)], total, dropped, repaired,
+        you_lines, senders, problems}: `you_lines` counts "You ..." system lines per sender (owner evidence);
+        `repaired` counts kept messages that were changed (REPAIR_REASONS); `problems` has one line per
+        malformed field.
     """
-    thread = _ThreadParse()
+    thread = _ThreadParse(limits or IngestLimits())
     for doc, kind, source, fix in docs:
         thread.add_document(doc, kind, source, fix)
     return thread.result()
@@ -70,9 +87,12 @@ def parse_thread_documents(docs: list[tuple[Any, str, str, bool]]) -> dict:
 class _ThreadParse:
     """The state of parse_thread_documents while it reads the files of one thread."""
 
-    def __init__(self):
+    def __init__(self, limits: IngestLimits):
         from collections import Counter
 
+        self.max_chars = limits.max_message_chars
+        self.repaired: Counter = Counter()
+        self.malformed: dict[str, list[int]] = {}  # field -> [count, first position, file length]
         self.dropped: Counter = Counter()
         self.you_lines: Counter = Counter()
         self.problems: list[str] = []
@@ -92,7 +112,7 @@ class _ThreadParse:
         else:
             raw_msgs = doc["messages"]
             names = list(doc.get("participants") or [])
-            self.title = self.title or (doc.get("threadName") if isinstance(doc.get("threadName"), str) else None)
+            self.title = self.title or (fix_fn(doc["threadName"]) if isinstance(doc.get("threadName"), str) else None)
             source = "e2ee"
         for n in names:
             if isinstance(n, str) and n.strip() and fix_fn(n) not in self.participants:
@@ -103,6 +123,7 @@ class _ThreadParse:
     def _add_messages(self, raw_msgs: list, classic: bool, fix_fn, source: str) -> None:
         """Classify, repair and keep or count as dropped each message of one file (the hot loop: locals only)."""
         rows, dropped, you_lines, everyone = self.rows, self.dropped, self.you_lines, self.everyone
+        max_chars, ts_max = self.max_chars, _TS_MAX
         seq = len(rows)
         cache: dict[str, str] = {}
         # System sentences start with a person's name (participant or sender) or a fixed word ("You", "The", ...):
@@ -112,7 +133,7 @@ class _ThreadParse:
             # Fast path (most rows): a plain text message; anything unusual goes through the full classifier.
             if classic and type(m) is dict and _SLOW_PATH_KEYS.isdisjoint(m):
                 text, sender, ts = m.get("content"), m.get("sender_name"), m.get("timestamp_ms")
-                fast = type(text) is str and type(sender) is str and type(ts) is int
+                fast = type(text) is str and type(sender) is str and type(ts) is int and 0 <= ts <= ts_max
             else:
                 fast = False
             if fast:
@@ -124,13 +145,19 @@ class _ThreadParse:
                     continue
             fixed = cache.get(sender)
             if fixed is None:
+                if not sender.isascii() and has_surrogates(sender):
+                    self.repaired["lone_surrogates_removed"] += 1
                 fixed = cache[sender] = fix_fn(sender)
                 everyone.add(fixed)
                 if fixed:
                     prefixes += (fixed, fixed.lower())
             sender = fixed
             if text is not None:
-                if not text.isascii():
+                if len(text) > max_chars:
+                    text = self._truncate(text, fix_fn)
+                elif not text.isascii():
+                    if has_surrogates(text):  # fix_fn removes them; counted here
+                        self.repaired["lone_surrogates_removed"] += 1
                     text = fix_fn(text)
                 if reason is None:
                     text = text.strip("\r\n")
@@ -146,18 +173,32 @@ class _ThreadParse:
             rows.append((ts, seq, sender, text, source))
             seq += 1
 
+    def _truncate(self, text: str, fix_fn) -> str:
+        """Cut an over-long message to max_message_chars (counted); the raw text is cut first so repair stays cheap."""
+        self.repaired["message_truncated"] += 1
+        text = text[:4 * self.max_chars]  # mojibake spends up to 4 characters per real one
+        if has_surrogates(text):
+            self.repaired["lone_surrogates_removed"] += 1
+        return fix_fn(text)[:self.max_chars]
+
     def _count_malformed(self, raw_msgs: list, m: Any, classic: bool, missing: str) -> None:
-        """Count a malformed message; describe the first three by their position in the file."""
+        """Count a malformed message per missing/invalid field; the first one of each field is located in the file."""
         self.dropped["malformed"] += 1
-        if len(self.problems) < 3:
-            index = next(i for i, x in enumerate(raw_msgs) if x is m)
-            index = len(raw_msgs) - 1 - index if classic else index  # position in the file
-            self.problems.append(f"message #{index} of a {len(raw_msgs)}-message file has no valid '{missing}'")
+        seen = self.malformed.get(missing)
+        if seen is not None:
+            seen[0] += 1
+            return
+        index = next(i for i, x in enumerate(raw_msgs) if x is m)
+        index = len(raw_msgs) - 1 - index if classic else index  # position in the file
+        self.malformed[missing] = [1, index, len(raw_msgs)]
 
     def result(self) -> dict:
         """The parsed thread, messages sorted by (timestamp, arrival order)."""
         from collections import Counter
 
+        for name, (n, index, size) in self.malformed.items():
+            self.problems.append(f"{n} message(s) with no valid '{name}' skipped (first: message #{index} of a "
+                                 f"{size}-message file)")
         self.rows.sort()  # (timestamp, arrival order): a stable sort by time
         messages = [(ts, sender, text, src) for ts, _, sender, text, src in self.rows]
         senders = Counter(r[2] for r in self.rows)
@@ -167,7 +208,8 @@ class _ThreadParse:
             thread_type = "RegularGroup" if len(set(self.participants) | self.everyone) > 2 else None
         return {"title": self.title, "participants": self.participants, "thread_type": thread_type,
                 "messages": messages, "all_senders": sorted(self.everyone),
-                "total": self.total, "dropped": dict(self.dropped), "you_lines": dict(self.you_lines),
+                "total": self.total, "dropped": dict(self.dropped), "repaired": dict(self.repaired),
+                "you_lines": dict(self.you_lines),
                 "senders": dict(senders), "problems": self.problems}
 
 
@@ -178,8 +220,10 @@ def _classify_e2ee_message(m: Any) -> tuple[str | None, str | None, int | None, 
     sender, ts, text = m.get("senderName"), m.get("timestamp"), m.get("text")
     if not isinstance(sender, str):
         return "malformed", None, None, None, "senderName"
-    if not isinstance(ts, (int, float)):
+    if not _valid_ts(ts):
         return "malformed", sender, None, None, "timestamp"
+    if text is not None and not isinstance(text, str):
+        return "malformed", sender, None, None, "text"
     if m.get("isUnsent") or m.get("type") == "placeholder":
         return "unsent", sender, int(ts), text, ""
     if not isinstance(text, str) or not text.strip():
@@ -187,37 +231,41 @@ def _classify_e2ee_message(m: Any) -> tuple[str | None, str | None, int | None, 
     return None, sender, int(ts), text, ""
 
 
-def parse_export(paths: list[str | Path], redact: bool = True):
+def parse_export(paths: list[str | Path], redact: bool = True, limits: IngestLimits | None = None):
     """Yield one parsed thread at a time (dict from parse_thread_documents + key, kind, sources) and failures.
 
-    Streams: only one thread's files are in memory at once. Yields ("thread", record) and ("failure", {path, error}).
+    Streams: only one thread's files are in memory at once. Yields ("thread", record) and
+    ("failure", {path, error, reason}). Nothing in the export raises: damaged files, fields and messages are
+    failures or counted drops.
     """
-    entries, failures = discover_export(paths)
+    limits = limits or IngestLimits()
+    entries, failures = discover_export(paths, limits, redact)
     for f in failures:
         yield "failure", f
     for group in iter_thread_groups(entries):
-        docs, fails, kinds = read_thread_group(group, redact)
+        docs, fails, kinds = read_thread_group(group, redact, limits)
         for f in fails:
             yield "failure", f
         if not docs:
             continue
         if "instagram_old" in kinds:  # one file holding many threads
             for i, d in enumerate(docs):
-                rec = parse_thread_documents([d])
+                rec = parse_thread_documents([d], limits)
                 rec.pop("problems")
                 rec.update(key=f"{group[0]['group']}#{i}", kind="classic")
                 yield "thread", rec
             continue
-        rec = parse_thread_documents(docs)
+        rec = parse_thread_documents(docs, limits)
         rec.update(key=group[0]["group"], kind="e2ee" if kinds and all(k == "e2ee" for k in kinds) else "classic")
         problems = rec.pop("problems")
         if rec["total"] == 0 or problems:
             shown = entry_display_path(group[0], redact)
             if rec["total"] == 0:
-                yield "failure", {"path": shown, "error": f"{shown}: thread has no messages (empty 'messages' list)"}
+                yield "failure", {"path": shown, "error": f"{shown}: thread has no messages (empty 'messages' list)",
+                                  "reason": "empty_thread"}
                 continue
             for p in problems:
-                yield "failure", {"path": shown, "error": f"{shown}: {p} (message skipped)"}
+                yield "failure", {"path": shown, "error": f"{shown}: {p}", "reason": "malformed_message"}
         yield "thread", rec
 
 
@@ -228,8 +276,10 @@ def merge_thread_records(records: list[dict]) -> dict:
     if len(records) == 1 and not _has_duplicates(records[0]["messages"]):
         return records[0]
     dropped: Counter = Counter()
+    repaired: Counter = Counter()
     for r in records:
         dropped.update(r["dropped"])
+        repaired.update(r.get("repaired", {}))
     rows = sorted((m for r in records for m in r["messages"]), key=lambda m: m[0])
     seen, kept = set(), []
     for m in rows:
@@ -241,7 +291,7 @@ def merge_thread_records(records: list[dict]) -> dict:
         kept.append(m)
     base = dict(records[0])
     base.update(
-        messages=kept, dropped=dict(dropped), total=sum(r["total"] for r in records),
+        messages=kept, dropped=dict(dropped), repaired=dict(repaired), total=sum(r["total"] for r in records),
         participants=list(dict.fromkeys(p for r in records for p in r["participants"])),
         senders=dict(sum((Counter(r["senders"]) for r in records), Counter())),
         all_senders=sorted(set().union(*(r.get("all_senders", []) for r in records))),

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .chat_format import MESSAGES, OTHER_ROLE, OWNER_ROLE, SILENT_REPLY, build_system_prompt, chat_token_ids, format_user_turn
-from .export import DROP_REASONS, infer_owner
+from .export import DROP_REASONS, REPAIR_REASONS, infer_owner
 from .pii import PII_KINDS
 from .runtime import UserError
 from .samples import group_bursts, pack_windows, render_lengths, silent_cut_points, split_sessions, truncate_to_tokens
@@ -232,6 +232,7 @@ class IngestTally:
     total: int = 0
     kept: int = 0
     dropped: Counter = field(default_factory=Counter)
+    repaired: Counter = field(default_factory=Counter)
     duplicates: int = 0
     counts: Counter = field(default_factory=Counter)
     sessions: list[tuple[int, str, int]] = field(default_factory=list)
@@ -240,6 +241,7 @@ class IngestTally:
         """Count one merged thread's messages and drops."""
         self.total += rec["total"]
         self.dropped.update(rec["dropped"])
+        self.repaired.update(rec.get("repaired", {}))
         self.duplicates += rec["dropped"].get("duplicate", 0)
         self.counts["threads"] += 1
 
@@ -254,6 +256,9 @@ def ingest_report(tally: IngestTally, *, owner: str, inferred: bool, evidence: s
                   failures: list[dict], n_samples: dict[str, int], max_length: int, anon, elapsed_s: float) -> dict:
     """The ingest_report.json of stage 01 (owner is the name as shown: a surrogate when anonymized).
 
+    `files_skipped` counts files_failed by named reason; `repaired` counts kept messages that were changed
+    (lone surrogates removed, truncated to --max_message_chars).
+
     Raises AssertionError if kept + dropped messages do not add up to the total read.
     """
     c = tally.counts
@@ -262,7 +267,9 @@ def ingest_report(tally: IngestTally, *, owner: str, inferred: bool, evidence: s
         "threads": c["threads"], "threads_one_on_one": c["one_on_one"], "threads_group": c["group"],
         "messages_total": tally.total, "messages_kept": tally.kept,
         "dropped": {r: tally.dropped.get(r, 0) for r in DROP_REASONS}, "duplicates_removed": tally.duplicates,
-        "files_failed": failures, "sessions": len(tally.sessions), "turns": c["turns"],
+        "files_failed": failures,
+        "files_skipped": dict(Counter(f.get("reason", "unreadable") for f in failures)),
+        "repaired": {r: tally.repaired.get(r, 0) for r in REPAIR_REASONS}, "sessions": len(tally.sessions), "turns": c["turns"],
         "turns_truncated": c["truncated"], "samples": n_samples, "samples_silent": c["silent"],
         "windows_too_long": c["windows_too_long"],
         "max_length": max_length, "sources": {k[4:]: v for k, v in c.items() if k.startswith("src:")},
@@ -281,7 +288,10 @@ def ingest_summary_rows(report: dict) -> list[tuple[str, Any]]:
             ("  one-on-one / group", f"{report['threads_one_on_one']:,} / {report['threads_group']:,}"),
             ("messages total", report["messages_total"]), ("messages kept", report["messages_kept"])]
     rows += [(f"  dropped: {r}", k) for r, k in report["dropped"].items() if k]
-    rows += [("files failed", len(report["files_failed"])), ("sessions", report["sessions"]), ("turns", report["turns"]),
+    rows += [(f"  repaired: {r}", k) for r, k in report.get("repaired", {}).items() if k]
+    rows += [("files failed", len(report["files_failed"]))]
+    rows += [(f"  skipped: {r}", k) for r, k in report.get("files_skipped", {}).items()]
+    rows += [("sessions", report["sessions"]), ("turns", report["turns"]),
              ("turns truncated", report["turns_truncated"]),
              ("samples train / val / test", f"{n['train']:,} / {n['validation']:,} / {n['test']:,}"),
              ("  of which <silent>", report["samples_silent"]),

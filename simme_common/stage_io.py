@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 from .chat_format import MESSAGES, OWNER_ROLE
@@ -67,8 +68,9 @@ def check_owner_turns(dataset, name: str = "train") -> int:
 def append_to_disk_dataset(path: str | Path, rows: list[dict]) -> int:
     """Append `rows` to the HF dataset saved at `path` (created if missing) and return its new length.
 
-    Append-safe: under a file lock, old + new rows are written to a sibling directory that then replaces the old
-    one by rename, so a crash never leaves a half-written dataset and concurrent writers never lose rows.
+    Crash-safe: under a file lock, old + new rows are written to a sibling directory that then replaces the old
+    one (replace_dir), so an interrupted append leaves the previous rows intact and concurrent writers never
+    lose rows.
     """
     import shutil
 
@@ -78,16 +80,93 @@ def append_to_disk_dataset(path: str | Path, rows: list[dict]) -> int:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
+        _recover_dir(path)
         data = Dataset.from_list(rows)
         if (path / "dataset_info.json").exists():
             old = load_from_disk(str(path))
             data = concatenate_datasets([old, data.cast(old.features)])
-        tmp, stale = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
-        for leftover in (tmp, stale):
-            shutil.rmtree(leftover, ignore_errors=True)
+        tmp = path.with_name(path.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
         data.save_to_disk(str(tmp))
-        if path.exists():
-            path.rename(stale)
-        tmp.rename(path)
-        shutil.rmtree(stale, ignore_errors=True)
-        return len(data)
+        n = len(data)
+        del data  # its memory map points into tmp, which is moved next
+        replace_dir(tmp, path)
+        return n
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two existing paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    import ctypes
+    import os
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    return False
+
+
+def _recover_dir(final: Path) -> None:
+    """Undo an interrupted two-step replace: `final` moved aside but its successor not yet moved in."""
+    if final.exists():
+        return
+    # `<name>.old` is where earlier versions of append_to_disk_dataset moved the old rows aside.
+    for stale in (final.with_name(f".{final.name}.old"), final.with_name(f"{final.name}.old")):
+        if stale.exists():
+            stale.rename(final)
+            return
+
+
+def replace_dir(new: Path, final: Path) -> None:
+    """Put the finished directory `new` at `final` so that `final` is at every moment either the complete old
+    or the complete new output (an atomic exchange; where the OS lacks one, a recoverable two-step rename)."""
+    import shutil
+
+    new, final = Path(new), Path(final)
+    _recover_dir(final)
+    if not final.exists():
+        new.rename(final)
+        return
+    if _exchange(new, final):
+        shutil.rmtree(new, ignore_errors=True)  # now holds the old output
+        return
+    stale = final.with_name(f".{final.name}.old")
+    shutil.rmtree(stale, ignore_errors=True)
+    final.rename(stale)
+    new.rename(final)
+    shutil.rmtree(stale, ignore_errors=True)
+
+
+@contextmanager
+def atomic_output_dir(final: str | Path):
+    """Yield a temporary directory beside `final` to write a stage's whole output into; on success it replaces
+    `final` in one step (replace_dir), on any error or kill the previous `final` stays as it was.
+
+    Leftover temporary directories of killed runs (`.<name>.tmp-*` beside it) are removed on the next use.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _recover_dir(final)
+    for leftover in final.parent.glob(f".{final.name}.tmp-*"):
+        try:
+            pid = int(leftover.name.rsplit("-", 2)[-2])
+            os.kill(pid, 0)  # a run still writing it
+        except (ValueError, IndexError, ProcessLookupError):
+            shutil.rmtree(leftover, ignore_errors=True)
+        except PermissionError:
+            pass
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_dir(tmp, final)

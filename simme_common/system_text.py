@@ -100,10 +100,27 @@ def classify_system_text(text: str) -> str | None:
     return m.lastgroup if m else None
 
 
+# UTF-16 surrogate code points: JSON can spell them (`"\ud800"`) but they are not text, and tokenizers reject them.
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+
+
+def has_surrogates(text: str) -> bool:
+    """Whether a string holds lone surrogate code points (invalid Unicode)."""
+    return _SURROGATE_RE.search(text) is not None
+
+
+def remove_surrogates(text: str) -> str:
+    """The string without surrogate code points, so it encodes as UTF-8."""
+    return _SURROGATE_RE.sub("", text)
+
+
 def fix_mojibake(text: str) -> str:
-    """Undo Facebook's Latin-1-over-UTF-8 encoding of one string (untouched if it is not mojibake), then NFC."""
+    """Undo Facebook's Latin-1-over-UTF-8 encoding of one string (untouched if it is not mojibake), then NFC.
+    Lone surrogates are removed first: the result is always valid Unicode."""
     if text.isascii():
         return text
+    if has_surrogates(text):
+        text = remove_surrogates(text)
     try:
         text = text.encode("latin-1").decode("utf-8")
     except UnicodeEncodeError:
@@ -118,7 +135,11 @@ def fix_mojibake(text: str) -> str:
 
 
 def normalize_text(text: str) -> str:
-    """NFC only (for native UTF-8 sources such as the E2EE export)."""
-    if text.isascii() or unicodedata.is_normalized("NFC", text):
+    """NFC only (for native UTF-8 sources such as the E2EE export), lone surrogates removed."""
+    if text.isascii():
+        return text
+    if has_surrogates(text):
+        text = remove_surrogates(text)
+    if unicodedata.is_normalized("NFC", text):
         return text
     return unicodedata.normalize("NFC", text)

@@ -24,7 +24,7 @@ PARTICIPANTS = ["Jane Doe", "Trần Văn Hùng", "Nguyễn Thị An", "Will Turn
 OWNER = "Jane Doe"
 RECALL_MIN = 0.95
 OVER_REDACTION_MAX = 0.005
-N_PER_FORMAT = 4
+N_PER_FORMAT = 8  # per sentence template; 160 phones in ten formats
 
 
 def _digits(rng: random.Random, n: int) -> str:
