@@ -30,6 +30,14 @@ def common_prefix_len(a: list[int] | tuple[int, ...], b: list[int] | tuple[int, 
     return n
 
 
+def _release_freed_memory() -> None:
+    """Hand memory freed by a closed model back to the OS (glibc keeps freed heap pages in its arenas otherwise)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 class ModelThread:
     """One long-lived thread that makes every call of a native model, its construction included.
 
@@ -152,6 +160,7 @@ class TwinModel:
         else:
             free()
         gc.collect()
+        _release_freed_memory()
 
     def info(self) -> dict:
         """Backend, base, adapter, quantization, load seconds (and where the GGUF came from on llama.cpp)."""
