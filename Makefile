@@ -74,5 +74,9 @@ test: test-setup
 bench: setup
 	$(PY) bench/run_all.py $(if $(QUICK),--quick,)
 
+# Cached merged twins (GGUF) hold the owner's style. Their cache key is a hash of base + adapter, so they are
+# removed whole; each is rebuilt once per adapter on the next app start. The anonymizer key is kept (its loss
+# changes every surrogate on the next 01 run; see docs/privacy.md).
 clean:
 	rm -rf data outputs
+	rm -rf "$${SIMME_CACHE:-$$HOME/.cache/simme}/gguf"
