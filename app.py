@@ -11,6 +11,8 @@ Every setting is an environment variable SIMME_<FIELD> of simme_common.settings.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
 import random
@@ -51,6 +53,38 @@ def sender_choices(members: str, sender: str | None, settings: sc.AppSettings | 
     """The "Send as" dropdown after the member list changed: its names, keeping the current sender if listed."""
     names = member_names(members, settings or sc.AppSettings())
     return gr.update(choices=names, value=sender if sender in names else (names or [""])[0])
+
+
+UNEXPECTED_ERROR = "Something went wrong on the server; please try again."
+
+
+def client_errors(fn):
+    """`fn` (a function or generator) for Gradio: an unexpected exception reaches the client as UNEXPECTED_ERROR,
+    one sentence; the server log gets its type and where it was raised, not its message (it may quote the chat)."""
+    def fail(err: Exception):
+        if isinstance(err, gr.Error):
+            raise err
+        frame = (inspect.trace() or [None])[-1]
+        where = f" at {Path(frame.filename).name}:{frame.lineno}" if frame else ""
+        print(f"handler {fn.__name__} failed: {type(err).__name__}{where}", file=sys.stderr, flush=True)
+        raise gr.Error(UNEXPECTED_ERROR) from None
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def generator(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as err:
+                fail(err)
+        return generator
+
+    @functools.wraps(fn)
+    def function(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:
+            fail(err)
+    return function
 
 
 def session_of(request: gr.Request | None) -> str:
@@ -405,7 +439,7 @@ def build_demo(app: TwinApp, plots: list[str] = ()) -> gr.Blocks:
 
             settings = [temperature, auto_temp, top_p, repetition_penalty, max_new_tokens]
             who = [mode, contact, members, sender, title]
-            chat = dict(fn=app.respond, inputs=[msg, chatbot, *who, *settings, pace, seed], outputs=[chatbot, msg],
+            chat = dict(fn=client_errors(app.respond), inputs=[msg, chatbot, *who, *settings, pace, seed], outputs=[chatbot, msg],
                         concurrency_id="generate", concurrency_limit=cfg.concurrency)
             running = [msg.submit(**chat, api_name="chat"), send.click(**chat, api_visibility="private")]
             # Clearing or switching mode stops a reply still streaming, so it cannot repaint the old chat.
@@ -414,12 +448,12 @@ def build_demo(app: TwinApp, plots: list[str] = ()) -> gr.Blocks:
             mode.change(lambda m: (gr.update(visible=m == GROUP), gr.update(visible=m != GROUP), None),
                         mode, [group_box, contact, chatbot], cancels=running, api_visibility="private")
             members.change(lambda m, s: sender_choices(m, s, cfg), [members, sender], sender, api_visibility="private")
-            chatbot.like(app.like, [chatbot, *who], None, api_visibility="private")
-            load_b.click(app.load_b, adapter_b, status_b, api_visibility="private")
-            send_ab.click(app.respond_ab, [msg, chatbot, *who, *settings, seed], [chatbot, msg, reply_1, reply_2, pending],
+            chatbot.like(client_errors(app.like), [chatbot, *who], None, api_visibility="private")
+            load_b.click(client_errors(app.load_b), adapter_b, status_b, api_visibility="private")
+            send_ab.click(client_errors(app.respond_ab), [msg, chatbot, *who, *settings, seed], [chatbot, msg, reply_1, reply_2, pending],
                           concurrency_id="generate", concurrency_limit=cfg.concurrency, api_name="chat_ab")
             for slot, button in enumerate((pick_1, pick_2)):
-                button.click(lambda p, h, s=slot: app.pick(s, p, h), [pending, chatbot], [chatbot, reply_1, reply_2, pending],
+                button.click(client_errors(lambda p, h, s=slot: app.pick(s, p, h)), [pending, chatbot], [chatbot, reply_1, reply_2, pending],
                              api_visibility="private")
 
         with gr.Tab("Insights"):
@@ -446,10 +480,10 @@ def build_demo(app: TwinApp, plots: list[str] = ()) -> gr.Blocks:
                     next_round = gr.Button("New round", variant="primary")
                 verdict = gr.Markdown()
                 real_index, score = gr.State(None), gr.State({"rounds": 0, "correct": 0})
-                next_round.click(app.new_round, None, [context, option_1, option_2, real_index, verdict],
+                next_round.click(client_errors(app.new_round), None, [context, option_1, option_2, real_index, verdict],
                                  concurrency_id="generate", concurrency_limit=cfg.concurrency, api_visibility="private")
                 for slot, button in enumerate((guess_1, guess_2)):
-                    button.click(lambda r, s, slot=slot: app.guess(slot, r, s), [real_index, score], [real_index, score, verdict],
+                    button.click(client_errors(lambda r, s, slot=slot: app.guess(slot, r, s)), [real_index, score], [real_index, score, verdict],
                                  api_visibility="private")
     return demo
 

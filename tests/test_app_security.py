@@ -424,12 +424,29 @@ def test_chat_template_control_tokens_in_user_text_are_neutralized(server, app_m
     assert ids.count(im_start) == len(messages) + 1  # one per real turn, plus the generation prompt
 
 
-def test_errors_reach_clients_without_paths_or_tracebacks(user):
+def test_errors_reach_clients_without_paths_or_tracebacks(user, app_mod, capsys):
+    import gradio as gr
+
     args = chat_args("hi")
-    args[1] = {"not": "a history"}
+    args[1] = {"not": "a history"}  # refused by Gradio's own validation: no detail is sent
     msg = user.call("chat", args)
     error = error_text(msg)
     assert not msg.get("success") and (error is None or ("/" not in error and "Traceback" not in error)), msg
+
+    def broken(text):
+        raise OSError(f"[Errno 2] No such file: '/srv/private/{text}'")
+
+    def broken_stream(text):
+        yield "partial"
+        broken(text)
+
+    for handler in (app_mod.client_errors(broken), lambda t: list(app_mod.client_errors(broken_stream)(t))):
+        with pytest.raises(gr.Error) as raised:
+            handler("secret chat text")
+        assert raised.value.message == app_mod.UNEXPECTED_ERROR  # one sentence, no path
+    log = capsys.readouterr().err
+    assert "OSError" in log and "secret chat text" not in log and "/srv/private" not in log
+    assert sc.public_message("no LoRA adapter at /home/me/x: not found; train one") == "No LoRA adapter at …: not found."
 
 
 def test_analytics_are_off_and_the_hub_is_offline_by_default(server, user, app_mod):
