@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -146,13 +147,21 @@ def main(train_args: TrainArguments, sft_config, model_args):
     result = trainer.train(resume_from_checkpoint=resume)
 
     # --- save: adapter + tokenizer (chat template) + run config + log history; merged weights on request -----
-    trainer.save_model(sft_config.output_dir)
+    # Into a staging directory beside the output that then replaces it in one step (a crash leaves the previous
+    # adapter whole); the trainer's checkpoints and logs in the output directory are carried over.
     out = Path(sft_config.output_dir)
+    staging = out.with_name(f".{out.name}.staging")  # one name for every process
     if state.is_main_process:
-        sc.save_run_config(out, train_args, sft_config, model_args)
-        (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
+        sc.carry_entries(staging, out, _CARRIED)  # a previous save killed after its exchange
+        shutil.rmtree(staging, ignore_errors=True)
+    state.wait_for_everyone()
+    trainer.save_model(str(staging))
+    if state.is_main_process:
+        sc.save_run_config(staging, train_args, sft_config, model_args)
+        (staging / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
         if train_args.merge:
-            _save_merged(info["base model"], out, model_args)
+            _save_merged(info["base model"], staging, model_args)
+        sc.replace_dir(staging, out, keep=_CARRIED)
     if sft_config.push_to_hub:
         trainer.push_to_hub()
     state.wait_for_everyone()
@@ -173,6 +182,10 @@ def main(train_args: TrainArguments, sft_config, model_args):
     if hasattr(trainer, "end"):
         trainer.end()  # finishes W&B and other trackers
     return trainer
+
+
+# What the trainer writes into output_dir during training: kept across the final replace.
+_CARRIED = ("checkpoint-*", "runs", "wandb")
 
 
 def _embedding_rows(model_path: str, sft_config) -> int:

@@ -22,7 +22,7 @@ from .chat_format import (
 )
 from .stage_io import (
     PREPARED_DIR, ANALYSIS_DIR, ADAPTER_DIR, EVAL_DIR, load_prepared_dataset, check_owner_turns,
-    append_to_disk_dataset, atomic_output_dir, replace_dir,
+    append_to_disk_dataset, atomic_output_dir, replace_dir, carry_entries,
 )
 from .models import (
     DEFAULT_BASE_MODEL, bundled_gguf_path, convert_gguf_to_hf, resolve_base_model, load_tokenizer, AdapterRef,
@@ -118,7 +118,7 @@ __all__ = [
     "CHATML_TRAINING_TEMPLATE", "LLAMA3_TRAINING_TEMPLATE", "training_chat_template", "end_of_turn_token",
     "ensure_training_template", "split_target", "chat_token_ids", "stop_token_ids", "trim_context",
     "PREPARED_DIR", "ANALYSIS_DIR", "ADAPTER_DIR", "EVAL_DIR", "load_prepared_dataset", "check_owner_turns",
-    "append_to_disk_dataset", "atomic_output_dir", "replace_dir", "DEFAULT_BASE_MODEL", "bundled_gguf_path", "convert_gguf_to_hf",
+    "append_to_disk_dataset", "atomic_output_dir", "replace_dir", "carry_entries", "DEFAULT_BASE_MODEL", "bundled_gguf_path", "convert_gguf_to_hf",
     "resolve_base_model", "load_tokenizer", "AdapterRef", "resolve_adapter", "adapter_base_model",
     "load_twin_tokenizer", "load_model", "FEATURE_COLUMNS", "owner_turns", "chat_labels", "add_local_time",
     "volume_stats", "time_stats", "word_stats", "language_stats", "sentiment_stats", "owner_name",

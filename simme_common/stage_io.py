@@ -121,9 +121,24 @@ def _recover_dir(final: Path) -> None:
             return
 
 
-def replace_dir(new: Path, final: Path) -> None:
+def carry_entries(old: Path, final: Path, keep: tuple[str, ...]) -> None:
+    """Move the entries of `old` matching the glob patterns `keep` (e.g. training checkpoints) into `final`,
+    leaving any that `final` already has."""
+    if not keep or not Path(old).is_dir():
+        return
+    Path(final).mkdir(parents=True, exist_ok=True)
+    for pattern in keep:
+        for entry in sorted(Path(old).glob(pattern)):
+            if not (Path(final) / entry.name).exists():
+                entry.rename(Path(final) / entry.name)
+
+
+def replace_dir(new: Path, final: Path, keep: tuple[str, ...] = ()) -> None:
     """Put the finished directory `new` at `final` so that `final` is at every moment either the complete old
-    or the complete new output (an atomic exchange; where the OS lacks one, a recoverable two-step rename)."""
+    or the complete new output (an atomic exchange; where the OS lacks one, a recoverable two-step rename).
+
+    Entries of the old output matching `keep` (glob patterns) are moved into the new one after the exchange.
+    """
     import shutil
 
     new, final = Path(new), Path(final)
@@ -132,12 +147,14 @@ def replace_dir(new: Path, final: Path) -> None:
         new.rename(final)
         return
     if _exchange(new, final):
-        shutil.rmtree(new, ignore_errors=True)  # now holds the old output
+        carry_entries(new, final, keep)  # `new` now holds the old output
+        shutil.rmtree(new, ignore_errors=True)
         return
     stale = final.with_name(f".{final.name}.old")
     shutil.rmtree(stale, ignore_errors=True)
     final.rename(stale)
     new.rename(final)
+    carry_entries(stale, final, keep)
     shutil.rmtree(stale, ignore_errors=True)
 
 

@@ -513,6 +513,18 @@ def test_atomic_output_dir_replaces_whole_or_not_at_all(tmp_path):
     assert raise_nothing and sorted(p.name for p in tmp_path.iterdir()) == ["stage"]
 
 
+def test_replace_dir_carries_training_checkpoints_into_the_new_output(tmp_path):
+    final, new = tmp_path / "adapter", tmp_path / ".adapter.staging"
+    for d, text in ((final, "old"), (new, "new")):
+        d.mkdir()
+        (d / "adapter_config.json").write_text(text)
+    (final / "checkpoint-5").mkdir()
+    (final / "checkpoint-5" / "w").write_text("ckpt")
+    sc.replace_dir(new, final, keep=("checkpoint-*",))
+    assert (final / "adapter_config.json").read_text() == "new" and (final / "checkpoint-5" / "w").read_text() == "ckpt"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+
+
 FEEDBACK_ROW = {"history": "hi", "reply": "hey", "rating": 1}
 
 
