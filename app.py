@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import json
 import os
 import random
@@ -96,8 +97,10 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}")
 
 
 def looks_like_hub_id(text: str | None) -> bool:
-    """Whether `text` names a Hub repo ("owner/name") rather than a local path that exists."""
-    return bool(text) and bool(_HUB_ID.fullmatch(text.strip())) and not Path(text.strip()).expanduser().exists()
+    """Whether `text` names a Hub repo ("owner/name") rather than a local path (as resolve_adapter decides: neither
+    it nor its first folder exists here)."""
+    text = (text or "").strip()
+    return bool(_HUB_ID.fullmatch(text)) and not Path(text).exists() and not Path(text.split("/")[0]).exists()
 
 
 def allowed_adapter_dir(text: str, settings: sc.AppSettings) -> str:
@@ -108,14 +111,16 @@ def allowed_adapter_dir(text: str, settings: sc.AppSettings) -> str:
     roots = settings.adapter_roots()
     inside = lambda path: any(path == root or path.startswith(root + os.sep) for root in roots)  # noqa: E731
     given = Path(text).expanduser()
-    candidates = [given] + ([Path(root) / text for root in roots] if not given.is_absolute() else [])
+    candidates = ([Path(root) / text for root in roots] if not given.is_absolute() else []) + [given]
     for candidate in candidates:
         real = os.path.realpath(candidate)
         if not os.path.isdir(real):
             continue
         if not inside(real):
             raise gr.Error("Adapter B must be a folder inside the allowed adapter folders (SIMME_ADAPTER_DIRS).")
-        files = [p for _, p in zip(range(1000), Path(real).rglob("*"))]
+        files = list(itertools.islice(Path(real).rglob("*"), 1001))
+        if len(files) > 1000:
+            raise gr.Error("Adapter B's folder holds more than 1,000 files: that is not a LoRA adapter.")
         if not all(inside(os.path.realpath(f)) for f in files):
             raise gr.Error("Adapter B has a file that links outside the allowed adapter folders.")
         if not (Path(real) / "adapter_config.json").is_file():
@@ -129,9 +134,10 @@ def allowed_adapter_dir(text: str, settings: sc.AppSettings) -> str:
 
 
 def needs_hub(settings: sc.AppSettings) -> bool:
-    """Whether the configuration may fetch from the Hub: a Hub adapter or base model, or Hub ids allowed for B."""
-    return settings.allow_hub_adapters or any(looks_like_hub_id(name) and not name.startswith((".", "/", "~"))
-                                              for name in (settings.adapter, settings.adapter_b, settings.base_model))
+    """Whether the configuration may fetch from the Hub: a Hub adapter or base model, or Hub ids allowed for B.
+    The default adapter path (outputs/03_adapter, absent before 03 ran) is never taken for a Hub id."""
+    adapter = settings.adapter if settings.adapter != sc.ADAPTER_DIR else None
+    return settings.allow_hub_adapters or any(map(looks_like_hub_id, (adapter, settings.adapter_b, settings.base_model)))
 
 
 def private_environment(settings: sc.AppSettings, environ=os.environ) -> None:
