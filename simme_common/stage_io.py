@@ -80,7 +80,7 @@ def append_to_disk_dataset(path: str | Path, rows: list[dict]) -> int:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
-        _recover_dir(path)
+        _recover_dir(path, legacy=True)
         data = Dataset.from_list(rows)
         if (path / "dataset_info.json").exists():
             old = load_from_disk(str(path))
@@ -110,12 +110,13 @@ def _exchange(a: Path, b: Path) -> bool:
     return False
 
 
-def _recover_dir(final: Path) -> None:
+def _recover_dir(final: Path, legacy: bool = False) -> None:
     """Undo an interrupted two-step replace: `final` moved aside but its successor not yet moved in."""
     if final.exists():
         return
-    # `<name>.old` is where earlier versions of append_to_disk_dataset moved the old rows aside.
-    for stale in (final.with_name(f".{final.name}.old"), final.with_name(f"{final.name}.old")):
+    # `<name>.old` (legacy) is where earlier versions of append_to_disk_dataset moved the old rows aside.
+    stales = [final.with_name(f".{final.name}.old")] + ([final.with_name(f"{final.name}.old")] if legacy else [])
+    for stale in stales:
         if stale.exists():
             stale.rename(final)
             return
