@@ -99,10 +99,21 @@ _NAME_TOKEN_RE = re.compile(r"\w+")
 
 # Words around a name that mark it as a name even when the name is also a common word ("an ơi", "hi Will").
 _VOCATIVE_AFTER = {"ơi", "oi", "à", "ạ", "ah"}
+# Common Vietnamese given names: also syllables of places ("Hà Nội", "Bình Dương"), so only taken after or before a
+# word that addresses or mentions a person ("gặp Tuấn", "anh Tuấn", "Tuấn ơi").
+_VI_GIVEN = ("An Anh Bảo Bình Châu Chi Cường Dũng Duy Dương Đạt Đức Giang Hà Hải Hân Hạnh Hiếu Hoa Hòa Hoàng Hùng Hương "
+             "Huy Huyền Khánh Khoa Kiên Lan Linh Long Mai Minh My Nam Nga Ngân Ngọc Nhung Nhi Phong Phúc Phương Quân "
+             "Quang Quỳnh Sơn Tâm Thảo Thanh Thắng Thành Thủy Thư Tiến Trang Trí Trinh Trung Tú Tuấn Tùng Uyên Vân Việt "
+             "Vinh Vy Yến").split()
+_VI_MENTION_BEFORE = {"anh", "chị", "em", "bạn", "cô", "chú", "bác", "ông", "bà", "gặp", "với", "hỏi", "nhắn", "gọi",
+                      "bảo", "thằng", "con", "nhỏ", "bé", "cháu", "cậu", "dì", "mợ"}
 _VOCATIVE_BEFORE = {"anh", "chị", "chi", "em", "bạn", "cô", "chú", "bác", "ông", "bà", "hi", "hey", "hello", "thanks",
                     "thank", "dear", "yo", "bye", "with", "and", "tell", "ask", "call", "told", "asked"}
 
-PII_KINDS = ("name", "phone", "email", "url", "handle", "address_en", "address_vi", "id", "card", "bank", "ssn",
+_VI_GIVEN_SET = frozenset(_VI_GIVEN) | frozenset(
+    ("Hưng", "Vũ", "Tú", "Hoàng", "Phúc", "Trung", "Quang", "Khoa", "Lộc", "Thảo", "Hằng", "Loan", "Nhàn", "Diệp"))
+
+PII_KINDS = ("name", "name_other", "phone", "email", "url", "handle", "address_en", "address_vi", "id", "card", "bank", "ssn",
              "passport", "plate", "dob")
 
 
@@ -173,6 +184,29 @@ def _common_words(vietnamese: bool) -> frozenset[str]:
             if word.islower() and tags.split() and tags.split()[0] not in ("NNP", "NNPS"):
                 words.add(word)
     return frozenset(words | {"hope", "will", "may", "june", "april", "grace", "joy", "faith", "sunny", "summer"})
+
+
+@functools.lru_cache(maxsize=1)
+def _other_names() -> tuple[frozenset[str], frozenset[str]]:
+    """English (given names, family names) that are no everyday word: names of people nobody listed ("met Sarah").
+
+    A lexicon (faker's en_US name lists), not NER: names outside it are missed. Vietnamese: _VI_GIVEN.
+    """
+    from faker.providers.person.en_US import Provider as En
+
+    en, vi = _common_words(False), _common_words(True)
+
+    def rare(n: str) -> bool:
+        low = n.lower()
+        return low not in en and low not in vi and _strip_accents(low) not in vi and len(n) > 2
+
+    # Names that are more often places, brands, languages or faiths in chat ("San Francisco", "English").
+    not_people = {"English", "Virginia", "Francisco", "Sydney", "Dakota", "Austin", "Mercedes", "Alexa", "Jesus",
+                  "Christian", "Jordan", "Paris", "Georgia", "Carolina", "Houston", "Dallas", "Denver", "Phoenix",
+                  "Chelsea", "Washington", "Lincoln", "Madison", "Orlando", "Savannah", "Tesla", "Siri", "Camry"}
+    given = {n for n in En.first_names if rare(n) and n not in not_people}
+    family = {n for n in En.last_names if rare(n) and n not in not_people}
+    return frozenset(given), frozenset(family)
 
 
 def _luhn_ok(digits: str) -> bool:
@@ -301,9 +335,12 @@ class Anonymizer:
         self._folded: dict[str, tuple[str, str, bool]] = {}
         self._used: set[str] = set()
         self._odd_names: list[tuple[str, str]] = []
+        self._given, self._family = _other_names()
+        self._other_lower = frozenset(n.lower() for n in (*self._given, *self._family, *_VI_GIVEN_SET))
         real_parts = {_strip_accents(p).lower() for name in names for p in name.split()}  # folded
         for name in sorted(set(names)):
             self._add_name(name, real_parts)
+        self._real_parts = real_parts
 
     def __repr__(self) -> str:
         return f"Anonymizer({len(self.whole_map)} names)"  # never the key
@@ -363,7 +400,10 @@ class Anonymizer:
                 s = fk.last_name() if role == "last" else fk.first_name()
             # Compared unaccented: "Hưng" for "Hùng" would leave "hung" (typed without accents) unchanged.
             folded = _strip_accents(s).lower()
-            if s not in self._used and folded != key_part and folded not in real_parts and s.lower() not in _common_words(vi):
+            # Nor containing one: "Janet" would carry "Jane" into the output bytes.
+            inner = {folded[i:j] for i in range(len(folded)) for j in range(i + 4, len(folded) + 1)}
+            if s not in self._used and folded != key_part and folded not in real_parts and inner.isdisjoint(real_parts) \
+                    and key_part not in folded and s.lower() not in _common_words(vi):
                 break
         self._used.add(s)
         return s
@@ -426,7 +466,8 @@ class Anonymizer:
         # thousands of names would be O(names) at every position). Most messages name nobody: one C-level set
         # test skips the per-word callback for them.
         words = _NAME_TOKEN_RE.findall(text.lower())
-        if self._exact.keys().isdisjoint(words) and self._folded.keys().isdisjoint(words):
+        if self._exact.keys().isdisjoint(words) and self._folded.keys().isdisjoint(words) and \
+                self._other_lower.isdisjoint(words):
             return text
         return _NAME_TOKEN_RE.sub(self._name_token, text)
 
@@ -437,7 +478,7 @@ class Anonymizer:
         if entry is None and low.isascii():
             entry = self._folded.get(low)  # "hung" for "Hùng": typed without accents; "mình" never matches "Minh"
         if entry is None:
-            return token
+            return self._other_name(m)
         real, sur, common = entry
         if common and not self._is_name_in_context(m, real):
             return token
@@ -447,6 +488,31 @@ class Anonymizer:
         if token.isupper() and len(token) > 1:
             return sur.upper()
         return sur.lower() if token.islower() else sur
+
+    def _other_name(self, m: re.Match) -> str:
+        """A capitalized given name nobody listed, or a family name right after a given name: a keyed surrogate."""
+        token = m.group()
+        if token in self._given:
+            role = "first"
+        elif token in _VI_GIVEN_SET:
+            prv = re.search(r"(\w+)[\s,]{1,3}$", m.string[max(0, m.start() - 24):m.start()])
+            nxt = re.match(r"[\s,]{1,3}(\w+)", m.string[m.end():m.end() + 12])
+            if not ((prv and prv.group(1).lower() in _VI_MENTION_BEFORE) or (nxt and nxt.group(1).lower() in _VOCATIVE_AFTER)):
+                return token
+            role = "first"
+        elif token in self._family:
+            prv = re.search(r"(\w+) $", m.string[max(0, m.start() - 24):m.start()])
+            if not prv or not (prv.group(1) in self._given or prv.group(1).lower() in self._exact):
+                return token
+            role = "last"
+        else:
+            return token
+        key = ("name_other", token)
+        if key not in self.pii_map:
+            vi = role == "first" and token in _VI_GIVEN_SET
+            self.pii_map[key] = self._draw_part(token, role, vi, self._real_parts)
+        self.replaced["name_other"] += 1
+        return self.pii_map[key]
 
     def _is_name_in_context(self, m: re.Match, real: str) -> bool:
         """A name part that is also a common word counts as a name only capitalized mid-sentence, as a vocative

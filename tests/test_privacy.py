@@ -77,6 +77,13 @@ def planted_values(seed: int = 0) -> dict[str, list[tuple[str, str]]]:
         ["I was born on {v}", "ngày sinh {v}", "sinh ngày {v} nha"])
     add("dob", lambda: f"{rng.choice(months)} {rng.randrange(1, 28)}, {rng.randrange(1960, 2005)}", ["my birthday is {v}", "DOB: {v}"])
     add("dob", lambda: f"{rng.randrange(1, 28)} tháng {rng.randrange(1, 12)} năm {rng.randrange(1960, 2005)}", ["sinh nhật mình ngày {v} đó"])
+    # Names of people who are not participants (a lexicon of given/family names; Vietnamese ones next to a cue).
+    add("name_other", lambda: rng.choice(["Sarah", "Jessica", "Tommy", "Kevin", "Emily", "Brandon", "Megan", "Tyler"]),
+        ["met {v} yesterday", "{v} said no lol", "did you see {v} at the party?"])
+    add("name_other", lambda: rng.choice(["Miller", "Johnson", "Garcia", "Rodriguez", "Wilson"]),
+        ["Jessica {v} called me", "ask Kevin {v} about it"])
+    add("name_other", lambda: rng.choice(["Tuấn", "Linh", "Hương", "Quân", "Trang", "Dũng", "Thảo", "Huy"]),
+        ["hôm qua gặp {v} ở quán", "anh {v} nói vậy đó", "{v} ơi đi chơi không", "nhắn {v} chưa"])
     # Participants' names in every casing, unaccented, and as vocatives ("An" and "Will" are also common words).
     for v, s in [("jane", "jane said hi"), ("JANE", "JANE!!"), ("Jane", "ok Jane"), ("hùng", "hùng ơi đi ăn"),
                  ("hung", "hung dau roi"), ("HÙNG", "HÙNG ƠI"), ("Hùng", "gặp Hùng chưa"), ("an", "an ơi mai rảnh không"),
@@ -168,7 +175,9 @@ def _write_export(root: Path) -> dict[str, str]:
     """A classic export with one thread per other participant, holding every planted value; returns secrets."""
     planted = planted_values(seed=1)
     lines = [s for items in planted.values() for _, s in items]
-    secrets_ = {v for kind, items in planted.items() if kind != "name" for v, _ in items}
+    # Names nobody listed are checked where they were written (recall test): their surrogates come from the same
+    # name lists, so "Hương" can rightly appear as the surrogate of another name.
+    secrets_ = {v for kind, items in planted.items() if kind not in ("name", "name_other") for v, _ in items}
     others = [p for p in PARTICIPANTS if p != OWNER]
     t = 1_700_000_000_000
     for i, other in enumerate(others):
