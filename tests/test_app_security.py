@@ -466,8 +466,19 @@ def test_analytics_are_off_and_the_hub_is_offline_by_default(server, user, app_m
 # --- login (last: the failures slow this server's logins for a while) ---------------------------------------
 
 def test_failed_logins_are_throttled(server):
+    import asyncio
+
     throttle = sc.LoginThrottle("u", "p")
     assert sum(throttle.delay(k) for k in range(50)) >= 60  # 50 wrong passwords in a row: minutes, not 0.3 s
+
+    async def flood():  # past max_waiting queued attempts, more are refused unchecked (even the right password)
+        quick = sc.LoginThrottle("u", "p", first_delay=0.05, max_delay=0.05, max_waiting=2)
+        assert not await quick.check("u", "wrong")
+        results = await asyncio.gather(*[quick.check("u", "p") for _ in range(5)])
+        return results, await quick.check("u", "p")
+
+    results, after = asyncio.run(flood())
+    assert results == [True, True, False, False, False] and after  # (the first success reset the count)
     url = server[1]
     started = time.monotonic()
     with ThreadPoolExecutor(4) as pool:  # parallel guesses on other names wait their turn too

@@ -188,13 +188,16 @@ class LoginThrottle:
     After the k-th failed attempt on a name, the next attempt on it waits min(max_delay, first_delay * 2**(k-1))
     seconds (5 s with the defaults from the 5th on: 50 wrong passwords take over 3 minutes); attempts on one name
     wait their turn, so parallel guesses gain nothing. Names other than the real one share a single entry, so
-    rotating names does not start over. A success resets the name's count.
+    rotating names does not start over. A success resets the name's count. Past `max_waiting` attempts queued on
+    a name, more are refused at once, unchecked: a flood cannot queue the owner's own login behind minutes of waits.
     """
 
-    def __init__(self, user: str, password: str, first_delay: float = 0.5, max_delay: float = 5.0):
+    def __init__(self, user: str, password: str, first_delay: float = 0.5, max_delay: float = 5.0,
+                 max_waiting: int = 8):
         self._user, self._password = user.encode(), password.encode()
-        self.first_delay, self.max_delay = first_delay, max_delay
+        self.first_delay, self.max_delay, self.max_waiting = first_delay, max_delay, max_waiting
         self._failures: dict[bool, int] = {True: 0, False: 0}
+        self._waiting: dict[bool, int] = {True: 0, False: 0}
         self._locks: dict[bool, asyncio.Lock] = {}
 
     def delay(self, failures: int) -> float:
@@ -204,12 +207,18 @@ class LoginThrottle:
     async def check(self, username: str, password: str) -> bool:
         """Whether (username, password) is the login; failures slow the next attempts on the same name."""
         known = hmac.compare_digest(str(username).encode(), self._user)
+        if self._waiting[known] >= self.max_waiting:
+            return False
         lock = self._locks.setdefault(known, asyncio.Lock())
-        async with lock:
-            await asyncio.sleep(self.delay(self._failures[known]))
-            ok = hmac.compare_digest(str(password).encode(), self._password) and known
-            self._failures[known] = 0 if ok else self._failures[known] + 1
-            return ok
+        self._waiting[known] += 1
+        try:
+            async with lock:
+                await asyncio.sleep(self.delay(self._failures[known]))
+                ok = hmac.compare_digest(str(password).encode(), self._password) and known
+                self._failures[known] = 0 if ok else self._failures[known] + 1
+                return ok
+        finally:
+            self._waiting[known] -= 1
 
 
 def stream_bubbles(partial_reply: str) -> list[str]:
