@@ -338,7 +338,7 @@ def test_every_chat_input_is_capped_server_side_through_the_api(server, app_mod,
     history, box = job.result(timeout=120)
     texts = [sc.message_text(m["content"]) for m in history]
     limits = {k: int(v) for k, v in LIMITS.items()}
-    assert box == "" and texts[-1 - sum(m["role"] == "assistant" for m in history[-3:])]  # the reply came
+    assert box == "" and history[-1]["role"] == "assistant"  # the request was served, not refused
     user_turn = next(t for t in reversed(texts) if t.endswith(": hello"))
     assert len(user_turn) <= limits["SIMME_MAX_NAME_CHARS"] + len(": hello")
     kept = history[: history.index(next(m for m in history if sc.message_text(m["content"]) == user_turn))]
