@@ -260,6 +260,18 @@ def test_adapter_b_loads_only_from_allowed_dirs_and_errors_name_no_path(user, di
     assert user.call("load_b", ["good"])["success"]  # a name inside an allowed folder
 
 
+def test_adapter_b_runs_on_adapter_a_base_never_the_one_its_config_names(app_mod, twin, dirs, tmp_path):
+    import shutil
+
+    planted = tmp_path / "adapters" / "planted"
+    shutil.copytree(dirs["allowed"] / "good", planted)
+    config = json.loads((planted / "adapter_config.json").read_text())
+    (planted / "adapter_config.json").write_text(json.dumps(config | {"base_model_name_or_path": "someone/evil-base"}))
+    app = app_mod.TwinApp(twin, settings=sc.AppSettings(adapter_dirs=str(tmp_path / "adapters")))
+    assert "planted" in app.load_b("planted")
+    assert app.twin_b.info()["base"] == twin.info()["base"]
+
+
 def rss_threads(pid: int) -> tuple[float, int]:
     status = Path(f"/proc/{pid}/status").read_text()
     field = lambda name: int(next(line.split()[1] for line in status.splitlines() if line.startswith(name + ":")))  # noqa: E731
