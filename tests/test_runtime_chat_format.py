@@ -1,6 +1,6 @@
 """Foundation: run config, chat format helpers, training template masks.
 
-Run: .venv/bin/python -m pytest -q tests/test_foundation.py
+Run: .venv/bin/python -m pytest -q tests/test_runtime_chat_format.py
 """
 
 import json
