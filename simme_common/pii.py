@@ -14,17 +14,16 @@ import os
 import random
 import re
 import secrets
-import unicodedata
 from collections import Counter
 from pathlib import Path
 
 from .pii_detect import _MONTH_RE, _MONTHS, _SOCIAL_HOSTS, classify_number, detect_pii, find_pii  # noqa: F401
 from .runtime import UserError
+from .text_features import strip_diacritics, vi_letters
 
 DEFAULT_KEY_FILE = "~/.config/simme/anonymizer.key"
 KEY_BYTES = 32
 
-_VI_CHARS = set("ăâđêôơưĂÂĐÊÔƠƯáàảãạấầẩẫậắằẳẵặéèẻẽẹếềểễệíìỉĩịóòỏõọốồổỗộớờởỡợúùủũụứừửữựýỳỷỹỵ")
 
 
 _NAME_TOKEN_RE = re.compile(r"\w+")
@@ -73,23 +72,17 @@ def load_or_create_key(path: str | Path) -> bytes:
 
 def is_vietnamese_name(name: str) -> bool:
     """Vietnamese names: Vietnamese letters or a common Vietnamese family name first."""
-    if any(c in _VI_CHARS for c in name):
+    if any(c in vi_letters() for c in name):
         return True
     first = name.split()[0] if name.split() else ""
-    return _strip_accents(first) in _vi_family_names()
+    return strip_diacritics(first) in _vi_family_names()
 
 
 @functools.lru_cache(maxsize=1)
 def _vi_family_names() -> set[str]:
     from faker.providers.person.vi_VN import Provider
 
-    return {_strip_accents(n) for n in Provider.last_names}
-
-
-def _strip_accents(text: str) -> str:
-    """ASCII-fold Vietnamese/Latin letters (đ -> d)."""
-    text = text.replace("đ", "d").replace("Đ", "D")
-    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    return {strip_diacritics(n) for n in Provider.last_names}
 
 
 @functools.lru_cache(maxsize=2)
@@ -106,7 +99,7 @@ def _common_words(vietnamese: bool) -> frozenset[str]:
         vi = {w for w in get_stop_words("vi") if " " not in w}
         vi |= {"an", "nam", "mai", "hoa", "lan", "tin", "thu", "ha", "hai", "son", "long", "binh", "minh", "tam",
                "phuc", "vui", "my", "anh", "em", "chi", "hoang", "thanh", "hong", "nga", "ngoc"}
-        return frozenset(vi | {_strip_accents(w) for w in vi})
+        return frozenset(vi | {strip_diacritics(w) for w in vi})
     import textblob
 
     words = set(get_stop_words("en"))
@@ -130,7 +123,7 @@ def _other_names() -> tuple[frozenset[str], frozenset[str]]:
 
     def rare(n: str) -> bool:
         low = n.lower()
-        return low not in en and low not in vi and _strip_accents(low) not in vi and len(n) > 2
+        return low not in en and low not in vi and strip_diacritics(low) not in vi and len(n) > 2
 
     # Names that are more often places, brands, languages or faiths in chat ("San Francisco", "English").
     not_people = {"English", "Virginia", "Francisco", "Sydney", "Dakota", "Austin", "Mercedes", "Alexa", "Jesus",
@@ -170,7 +163,7 @@ class Anonymizer:
         self._odd_names: list[tuple[str, str]] = []
         self._given, self._family = _other_names()
         self._other_lower = frozenset(n.lower() for n in (*self._given, *self._family, *_VI_GIVEN_SET))
-        real_parts = {_strip_accents(p).lower() for name in names for p in name.split()}  # folded
+        real_parts = {strip_diacritics(p).lower() for name in names for p in name.split()}  # folded
         for name in sorted(set(names)):
             self._add_name(name, real_parts)
         self._real_parts = real_parts
@@ -212,9 +205,9 @@ class Anonymizer:
             if re.fullmatch(r"\w+", part) and len(part) > 1:
                 low = part.lower()
                 common = _common_words(vi)
-                entry = (part, sur, low in common or _strip_accents(low) in common)
+                entry = (part, sur, low in common or strip_diacritics(low) in common)
                 self._exact.setdefault(low, entry)
-                self._folded.setdefault(_strip_accents(low), entry)
+                self._folded.setdefault(strip_diacritics(low), entry)
             new.append(sur)
         self.whole_map[name] = " ".join(new)
         # Names with emoji/punctuation are replaced literally; an emoji-only name is not (it would eat every ❤️).
@@ -223,7 +216,7 @@ class Anonymizer:
 
     def _draw_part(self, part: str, role: str, vi: bool, real_parts: set[str]) -> str:
         """Keyed surrogate of one name part: new, and unaccented neither the real part nor any real name part."""
-        key_part = _strip_accents(part).lower()
+        key_part = strip_diacritics(part).lower()
         for attempt in range(50):
             rng = self._rng("name", role, "vi" if vi else "en", key_part, str(attempt))
             if vi:
@@ -232,7 +225,7 @@ class Anonymizer:
                 fk = self._faker(self._en, "name", role, key_part, str(attempt))
                 s = fk.last_name() if role == "last" else fk.first_name()
             # Compared unaccented: "Hưng" for "Hùng" would leave "hung" (typed without accents) unchanged.
-            folded = _strip_accents(s).lower()
+            folded = strip_diacritics(s).lower()
             # Nor containing one: "Janet" would carry "Jane" into the output bytes.
             inner = {folded[i:j] for i in range(len(folded)) for j in range(i + 4, len(folded) + 1)}
             if s not in self._used and folded != key_part and folded not in real_parts and inner.isdisjoint(real_parts) \
@@ -317,7 +310,7 @@ class Anonymizer:
             return token
         self.replaced["name"] += 1
         if low.isascii() and not real.isascii():  # typed without accents: so is the surrogate
-            sur = _strip_accents(sur)
+            sur = strip_diacritics(sur)
         if token.isupper() and len(token) > 1:
             return sur.upper()
         return sur.lower() if token.islower() else sur

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 
+from .text_features import URL_PATTERN
+
 _EMAIL_RE = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 
 _TLDS = r"(?:com|net|org|vn|io|me|co|info|biz|edu|gov|app|dev|tv|ly|gg|us|uk|ca|au|link|xyz)"
@@ -17,7 +19,7 @@ _OBF_EMAIL_RE = re.compile(rf"\b[\w+-]+(?:{_OB_DOT}[\w+-]+)*{_OB_AT}[\w-]+(?:{_O
                            re.IGNORECASE)
 _OBF_HINT_RE = re.compile(r"\bat\b|\(at\)|\[at\]|a còng", re.IGNORECASE)
 
-_PII_URL_RE = re.compile(r"(?:https?://|www\.)[^\s<>\"']+", re.IGNORECASE)
+_PII_URL_RE = re.compile(URL_PATTERN, re.IGNORECASE)
 # Bare domains: lowercase TLD only, so "good.Me too" (a missing space) is no link.
 _DOMAIN_RE = re.compile(rf"(?<![\w@.-])(?:[A-Za-z0-9-]+\.)+{_TLDS}\b(?:/[^\s<>\"']*)?")
 _DOT_TLD_RE = re.compile(rf"\w\.{_TLDS}\b")  # cheap gate before the link patterns
