@@ -361,6 +361,7 @@ def server(server_process):
             time.sleep(0.5)
 
 
+@pytest.mark.slow
 def test_eight_simultaneous_http_chats_complete_without_interleaving(server, app_mod):
     from gradio_client import Client
 
@@ -385,6 +386,8 @@ def test_eight_simultaneous_http_chats_complete_without_interleaving(server, app
     assert not any(m in log.read_text() for m in messages), "chat text must never be logged"
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium missing: run `make test-setup`")
 def test_browser_chats_one_on_one_and_group_moves_temperature_and_sees_streaming(server, tmp_path):
     from playwright.sync_api import expect, sync_playwright
