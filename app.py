@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import functools
 import inspect
-import itertools
 import json
 import os
 import random
-import re
 import sys
 import threading
 import time
@@ -93,60 +91,13 @@ def session_of(request: gr.Request | None) -> str:
     return getattr(request, "session_hash", None) or "local"
 
 
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}")
-
-
-def looks_like_hub_id(text: str | None) -> bool:
-    """Whether `text` names a Hub repo ("owner/name") rather than a local path (as resolve_adapter decides: neither
-    it nor its first folder exists here)."""
-    text = (text or "").strip()
-    return bool(_HUB_ID.fullmatch(text)) and not Path(text).exists() and not Path(text.split("/")[0]).exists()
-
-
-def allowed_adapter_dir(text: str, settings: sc.AppSettings) -> str:
-    """The real path of adapter B's directory, if it lies inside SIMME_ADAPTER_DIRS with every file in it (symlinks
-    resolved, so neither "../" nor a link leads out); a Hub id only with SIMME_ALLOW_HUB_ADAPTERS=1.
-    gr.Error (one sentence, no path) otherwise."""
-    text = text.strip()
-    roots = settings.adapter_roots()
-    inside = lambda path: any(path == root or path.startswith(root + os.sep) for root in roots)  # noqa: E731
-    given = Path(text).expanduser()
-    candidates = ([Path(root) / text for root in roots] if not given.is_absolute() else []) + [given]
-    for candidate in candidates:
-        real = os.path.realpath(candidate)
-        if not os.path.isdir(real):
-            continue
-        if not inside(real):
-            raise gr.Error("Adapter B must be a folder inside the allowed adapter folders (SIMME_ADAPTER_DIRS).")
-        files = list(itertools.islice(Path(real).rglob("*"), 1001))
-        if len(files) > 1000:
-            raise gr.Error("Adapter B's folder holds more than 1,000 files: that is not a LoRA adapter.")
-        if not all(inside(os.path.realpath(f)) for f in files):
-            raise gr.Error("Adapter B has a file that links outside the allowed adapter folders.")
-        if not (Path(real) / "adapter_config.json").is_file():
-            raise gr.Error("Adapter B's folder has no adapter_config.json.")
-        return real
-    if looks_like_hub_id(text):
-        if settings.allow_hub_adapters:
-            return text
-        raise gr.Error("Loading adapters from the Hub is turned off (the operator can set SIMME_ALLOW_HUB_ADAPTERS=1).")
-    raise gr.Error("Adapter B was not found in the allowed adapter folders (SIMME_ADAPTER_DIRS).")
-
-
-def needs_hub(settings: sc.AppSettings) -> bool:
-    """Whether the configuration may fetch from the Hub: a Hub adapter or base model, or Hub ids allowed for B.
-    The default adapter path (outputs/03_adapter, absent before 03 ran) is never taken for a Hub id."""
-    adapter = settings.adapter if settings.adapter != sc.ADAPTER_DIR else None
-    return settings.allow_hub_adapters or any(map(looks_like_hub_id, (adapter, settings.adapter_b, settings.base_model)))
-
-
 def private_environment(settings: sc.AppSettings, environ=os.environ) -> None:
     """No analytics, and the Hub offline unless the configuration needs it (a variable already set is kept).
 
     huggingface_hub read HF_HUB_OFFLINE when gradio imported it, so its constant is set too.
     """
     environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-    if not needs_hub(settings):
+    if not sc.needs_hub(settings):
         for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
             environ.setdefault(name, "1")
     if environ is os.environ and environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
@@ -328,7 +279,7 @@ class TwinApp:
             return None
         cfg, path = self.settings, Path(self.feedback_dir) / store
         with self._feedback_lock:
-            rows, size = feedback_usage(path)
+            rows, size = sc.feedback_usage(path)
             if rows + 1 > cfg.feedback_max_rows or size + len(json.dumps(row).encode()) > cfg.feedback_max_bytes:
                 gr.Warning("Feedback storage is full: this one was not saved.")
                 return None
@@ -338,7 +289,10 @@ class TwinApp:
         """Load adapter B for the A/B mode: a directory inside SIMME_ADAPTER_DIRS (or a Hub id when allowed), on the
         base of adapter A (an adapter's recorded base is never fetched); the previous B is freed."""
         text = sc.clip_text(path, 1000)
-        source = allowed_adapter_dir(text, self.settings) if text else None
+        try:
+            source = sc.allowed_adapter_dir(text, self.settings) if text else None
+        except sc.UserError as err:
+            raise gr.Error(str(err)) from None
         with self._load_lock:
             try:
                 new = load_twin(self.settings, source, base_model=self.twin.info()["base"]) if source else None
@@ -382,15 +336,6 @@ class TwinApp:
         score = sc.score_guess(score, slot, real_index)
         verdict = "Right!" if slot == real_index else "Wrong."
         return None, score, f"{verdict} Reply {real_index + 1} was real. Score: {sc.format_score(score)}"
-
-
-def feedback_usage(path: Path) -> tuple[int, int]:
-    """(rows, bytes on disk) of a feedback store; (0, 0) when it does not exist yet."""
-    if not (path / "dataset_info.json").exists():
-        return 0, 0
-    from datasets import load_from_disk
-
-    return len(load_from_disk(str(path))), sum(f.stat().st_size for f in path.iterdir() if f.is_file())
 
 
 def build_demo(app: TwinApp, plots: list[str] = ()) -> gr.Blocks:

@@ -188,3 +188,12 @@ def atomic_output_dir(final: str | Path):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     replace_dir(tmp, final)
+
+
+def feedback_usage(path: Path) -> tuple[int, int]:
+    """(rows, bytes on disk) of a feedback store; (0, 0) when it does not exist yet."""
+    if not (path / "dataset_info.json").exists():
+        return 0, 0
+    from datasets import load_from_disk
+
+    return len(load_from_disk(str(path))), sum(f.stat().st_size for f in path.iterdir() if f.is_file())

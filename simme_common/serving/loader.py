@@ -8,7 +8,8 @@ from typing import Any
 from ..models import AdapterRef, adapter_base_model, load_model, load_twin_tokenizer, resolve_adapter, resolve_base_model
 from ..runtime import UserError
 from .llama_cpp import LlamaCppOptions, _load_llama_cpp
-from .twin import ModelThread, TwinModel
+from .model_thread import ModelThread
+from .twin import TwinModel
 
 
 def load_twin(base_model: str | None = None, adapter: str | AdapterRef | None = None, backend: str = "auto",

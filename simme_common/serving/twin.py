@@ -1,5 +1,5 @@
 """TwinModel: a loaded twin behind one lock that streams replies, caches identical requests and reuses KV prefixes
-(transformers or llama.cpp), and ModelThread, the one thread a native model is built and run on."""
+(transformers or llama.cpp)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 
 from ..chat_format import chat_token_ids, stop_token_ids
 from ..runtime import UserError
+from .model_thread import ModelThread
 
 
 def reply_cache_key(messages: list[dict], settings: dict) -> str:
@@ -36,63 +37,6 @@ def _release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         pass
-
-
-class ModelThread:
-    """One long-lived thread that makes every call of a native model, its construction included.
-
-    llama.cpp's OpenMP runtime keeps a thread team per calling thread. A Llama built on one thread and run from
-    another left the builder's team competing for the 2 cores: in one process (2026-12-03, Q4_0) decode ran at
-    28-64 tokens/s that way against 94-98 when built and run on the same thread (prefill 0.36-0.62 s vs 0.32 s).
-    """
-
-    def __init__(self, name: str = "simme-llama"):
-        import queue
-
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._closed, self._closing = False, threading.Lock()
-        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            job()
-
-    def submit(self, fn) -> None:
-        """Run fn() on the thread, after the calls already queued; returns at once (RuntimeError once closed)."""
-        with self._closing:
-            if self._closed:
-                raise RuntimeError("this model was unloaded")
-            self._jobs.put(fn)
-
-    def close(self, fn=None) -> None:
-        """Run fn() (the model's cleanup) after every queued call, then end the thread; later submits fail."""
-        with self._closing:
-            if self._closed:
-                return
-            self._closed = True
-            if fn is not None:
-                self._jobs.put(fn)
-            self._jobs.put(None)
-        if threading.current_thread() is not self._thread:
-            self._thread.join()
-
-    def call(self, fn):
-        """fn() on the thread; its result, or its error raised here."""
-        import queue
-
-        done: queue.SimpleQueue = queue.SimpleQueue()
-
-        def job():
-            try:
-                done.put((True, fn()))
-            except BaseException as err:
-                done.put((False, err))
-        self.submit(job)
-        ok, value = done.get()
-        if not ok:
-            raise value
-        return value
 
 
 class TwinModel:
