@@ -17,7 +17,7 @@ import secrets
 from collections import Counter
 from pathlib import Path
 
-from .pii_detect import _MONTH_RE, _MONTHS, _SOCIAL_HOSTS, classify_number, detect_pii, find_pii  # noqa: F401
+from .pii_detect import _MONTH_RE, _MONTHS, _SOCIAL_HOSTS, detect_pii
 from .runtime import UserError
 from .text_features import strip_diacritics, vi_letters
 

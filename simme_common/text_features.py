@@ -60,8 +60,6 @@ def _tweet_tokenizer():
 @functools.lru_cache(maxsize=None)
 def _regex(pattern: str):
     """Compiled regex, once per process."""
-    import re
-
     return re.compile(pattern)
 
 
@@ -74,8 +72,6 @@ def tokenize_words(text: str) -> list[str]:
 @functools.lru_cache(maxsize=None)
 def vi_letters() -> frozenset[str]:
     """Precomposed non-ASCII letters of Vietnamese (vowels with tone/shape marks and đ), both cases."""
-    import unicodedata
-
     marks = ["", "\u0300", "\u0301", "\u0303", "\u0309", "\u0323"]
     out = {"đ", "Đ"}
     for base in "aăâeêioôơuưy":
@@ -88,8 +84,6 @@ def vi_letters() -> frozenset[str]:
 
 def strip_diacritics(word: str) -> str:
     """ASCII skeleton of a Vietnamese word ("không" -> "khong")."""
-    import unicodedata
-
     word = word.replace("đ", "d").replace("Đ", "D")
     return "".join(c for c in unicodedata.normalize("NFD", word) if not unicodedata.combining(c))
 
@@ -191,8 +185,6 @@ def textblob_polarity(text: str, language: str | None = None) -> float | None:
 
 def histogram_probs(values: list[float], edges: list[float]) -> list[float]:
     """Share of `values` per bin [e_i, e_i+1) (first/last bins absorb values outside the edges); zeros when empty."""
-    import bisect
-
     counts = [0] * (len(edges) - 1)
     for v in values:
         i = bisect.bisect_right(edges, v) - 1

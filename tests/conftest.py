@@ -8,8 +8,13 @@ Run: .venv/bin/python -m pytest -q tests
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -105,3 +110,34 @@ def fixtures_dir() -> Path:
     """The shared Messenger export fixtures (../shared/fixtures/messenger)."""
     assert FIXTURES.exists(), f"fixtures not found at {FIXTURES}"
     return FIXTURES
+
+
+@contextmanager
+def app_server(env: dict[str, str], log: Path):
+    """`python app.py` with `env` on a free 127.0.0.1 port, output to `log`: yields (process, url); stopped after."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**env, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1"}
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield proc, f"http://127.0.0.1:{port}/"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def wait_until_serving(proc, url: str, log: Path, timeout: float = 240) -> None:
+    """Return once the app answers HTTP (any status: a login page counts); fail with its log if it exits or hangs."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, f"app.py exited:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"app.py did not start:\n{log.read_text()[-3000:]}"
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.5)

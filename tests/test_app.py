@@ -12,17 +12,14 @@ import importlib
 import json
 import os
 import random
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 import simme_common as sc
+from conftest import app_server, wait_until_serving
 
 ROOT = Path(__file__).resolve().parents[1]
 OWNER, CONTACTS = "Kai Surrogate", ["Nova Example", "Remy Sample"]
@@ -323,42 +320,24 @@ def test_thumbs_rate_the_whole_reply_with_its_prompt(app_mod, tmp_path):
 
 # --- the real server: concurrency over HTTP and a real browser ------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module", autouse=True)
 def server_process(tiny_model_dir, pipeline_dirs, tmp_path_factory):
     """Start `python app.py` (tiny model, free localhost port) first thing, so it boots while in-process tests run."""
     prepared, analysis = pipeline_dirs
-    port, log = free_port(), tmp_path_factory.mktemp("server") / "app.log"
+    log = tmp_path_factory.mktemp("server") / "app.log"
     env = {**os.environ, "SIMME_BASE_MODEL": str(tiny_model_dir), "SIMME_ADAPTER": str(log.parent / "no_adapter"),
            "SIMME_BACKEND": "transformers", "SIMME_PREPARED_DIR": str(prepared), "SIMME_ANALYSIS_DIR": str(analysis),
-           "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_ANALYTICS_ENABLED": "False"}
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        yield proc, f"http://127.0.0.1:{port}/", log
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+           "GRADIO_ANALYTICS_ENABLED": "False"}
+    with app_server(env, log) as (proc, url):
+        yield proc, url, log
 
 
 @pytest.fixture(scope="module")
 def server(server_process):
     """(url, log path) of the app server once it answers HTTP."""
     proc, url, log = server_process
-    deadline = time.monotonic() + 240
-    while True:
-        assert proc.poll() is None, f"app.py exited:\n{log.read_text()[-3000:]}"
-        assert time.monotonic() < deadline, f"app.py did not start:\n{log.read_text()[-3000:]}"
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return url, log
-        except OSError:
-            time.sleep(0.5)
+    wait_until_serving(proc, url, log)
+    return url, log
 
 
 @pytest.mark.slow

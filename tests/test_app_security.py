@@ -19,7 +19,6 @@ import http.cookiejar
 import importlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from pathlib import Path
 import pytest
 
 import simme_common as sc
+from conftest import app_server, wait_until_serving
 
 ROOT = Path(__file__).resolve().parents[1]
 USER, PASSWORD = "owner", "correct horse"
@@ -40,12 +40,6 @@ LIMITS = {"SIMME_MAX_MESSAGE_CHARS": "200", "SIMME_MAX_NAME_CHARS": "20", "SIMME
           "SIMME_MAX_TITLE_CHARS": "30", "SIMME_MAX_HISTORY_MESSAGES": "12", "SIMME_MAX_HISTORY_CHARS": "3000",
           "SIMME_MAX_NEW_TOKENS": "16", "SIMME_FEEDBACK_MAX_ROWS": "3", "SIMME_MAX_UPLOAD_BYTES": "100000"}
 PRIVATE_ENV = ("GRADIO_ANALYTICS_ENABLED", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_adapter(base_dir: Path, out: Path) -> Path:
@@ -87,36 +81,21 @@ def dirs(tiny_model_dir, tmp_path_factory):
 def server_process(tiny_model_dir, dirs):
     """`python app.py` with a login, tight caps and no privacy variables preset (the app must set them itself);
     started first so it boots while the other tests run."""
-    port, log = free_port(), dirs["root"] / "app.log"
+    log = dirs["root"] / "app.log"
     env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
     env.update(LIMITS, SIMME_BASE_MODEL=str(tiny_model_dir), SIMME_ADAPTER=str(dirs["root"] / "no_adapter"),
                SIMME_BACKEND="transformers", SIMME_ANALYSIS_DIR=str(dirs["analysis"]),
                SIMME_PREPARED_DIR=str(dirs["root"] / "no_prepared"), SIMME_FEEDBACK_DIR=str(dirs["feedback"]),
-               SIMME_ADAPTER_DIRS=str(dirs["allowed"]), SIMME_AUTH=f"{USER}:{PASSWORD}",
-               GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1")
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        yield proc, f"http://127.0.0.1:{port}/", log
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+               SIMME_ADAPTER_DIRS=str(dirs["allowed"]), SIMME_AUTH=f"{USER}:{PASSWORD}")
+    with app_server(env, log) as (proc, url):
+        yield proc, url, log
 
 
 @pytest.fixture(scope="module")
 def server(server_process):
     proc, url, log = server_process
-    deadline = time.monotonic() + 240
-    while True:
-        assert proc.poll() is None, f"app.py exited:\n{log.read_text()[-3000:]}"
-        assert time.monotonic() < deadline, f"app.py did not start:\n{log.read_text()[-3000:]}"
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return proc, url, log
-        except urllib.error.HTTPError:  # answering (the login page redirects / refuses): up
-            return proc, url, log
-        except OSError:
-            time.sleep(0.5)
+    wait_until_serving(proc, url, log)
+    return proc, url, log
 
 
 class Http:
@@ -294,6 +273,7 @@ def test_loading_adapter_b_ten_times_frees_the_previous_one(server, user, dirs):
 LLAMA_LOADS = """
 import json, sys
 import simme_common as sc
+from conftest import app_server, wait_until_serving
 from pathlib import Path
 
 def usage():

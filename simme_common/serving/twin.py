@@ -49,7 +49,6 @@ class TwinModel:
 
     def __init__(self, tokenizer, backend: str, info: dict, model=None, llama=None, cache_size: int = 64,
                  prefix_cache: bool = True, prefix_slots: int = 4, llama_thread: ModelThread | None = None):
-        import threading
         from collections import OrderedDict
 
         self.tokenizer, self.backend, self.model, self.llama = tokenizer, backend, model, llama
@@ -206,7 +205,6 @@ class TwinModel:
         its session as `cache_scope`, so one user's requests never hit (or time) another user's entries.
         """
         import queue
-        import threading
 
         if self._closed:
             raise RuntimeError("this model was unloaded")
