@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import simme_common as sc
+from simme_common.serving import handlers
 from conftest import app_server, wait_until_serving
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,8 +125,8 @@ def test_expand_turns_round_trips_through_flatten_history():
 # --- bubbles, silence, end of turn ----------------------------------------------------------------------
 
 def test_reply_is_split_into_bubbles_and_a_half_streamed_silent_marker_is_hidden(app_mod):
-    assert app_mod.as_bubbles("hey\n\nlol ") == [{"role": "assistant", "content": "hey"}, {"role": "assistant", "content": "lol"}]
-    assert app_mod.as_bubbles(sc.SILENT_REPLY) == [{"role": "assistant", "content": sc.SILENT_NOTE}]
+    assert handlers.as_bubbles("hey\n\nlol ") == [{"role": "assistant", "content": "hey"}, {"role": "assistant", "content": "lol"}]
+    assert handlers.as_bubbles(sc.SILENT_REPLY) == [{"role": "assistant", "content": sc.SILENT_NOTE}]
     assert sc.stream_bubbles("<sil") == [] and sc.stream_bubbles("<s") == []
     assert sc.stream_bubbles("ok\nth") == ["ok", "th"]
 

@@ -32,6 +32,7 @@ from pathlib import Path
 import pytest
 
 import simme_common as sc
+from simme_common.serving import handlers
 from conftest import app_server, wait_until_serving
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -273,7 +274,6 @@ def test_loading_adapter_b_ten_times_frees_the_previous_one(server, user, dirs):
 LLAMA_LOADS = """
 import json, sys
 import simme_common as sc
-from conftest import app_server, wait_until_serving
 from pathlib import Path
 
 def usage():
@@ -432,10 +432,10 @@ def test_errors_reach_clients_without_paths_or_tracebacks(user, app_mod, capsys)
         yield "partial"
         broken(text)
 
-    for handler in (app_mod.client_errors(broken), lambda t: list(app_mod.client_errors(broken_stream)(t))):
+    for handler in (handlers.client_errors(broken), lambda t: list(handlers.client_errors(broken_stream)(t))):
         with pytest.raises(gr.Error) as raised:
             handler("secret chat text")
-        assert raised.value.message == app_mod.UNEXPECTED_ERROR  # one sentence, no path
+        assert raised.value.message == handlers.UNEXPECTED_ERROR  # one sentence, no path
     log = capsys.readouterr().err
     assert "OSError" in log and "secret chat text" not in log and "/srv/private" not in log
     assert sc.public_message("no LoRA adapter at /home/me/x: not found; train one") == "No LoRA adapter at …: not found."
