@@ -5,8 +5,12 @@ capped server-side, no analytics, the Hub offline unless a Hub adapter is config
 
 python app.py                                              # http://127.0.0.1:7860, adapter outputs/03_adapter
 SIMME_ADAPTER=outputs/03_adapter SIMME_AUTH=me:secret GRADIO_SERVER_PORT=7861 python app.py
+python app.py --export_space build/space --analysis_dir data/02_analysis          # a Space folder (docs/deploy.md)
+SIMME_AUTH=me:secret python app.py --export_space build/space --push_to_hub you/simme   # ... pushed, private
+python app.py --export_gguf build/twin                     # the merged twin GGUF + an Ollama Modelfile
 
-Every setting is an environment variable SIMME_<FIELD> of simme_common.settings.AppSettings, read once by main().
+Every setting is an environment variable SIMME_<FIELD> of simme_common.settings.AppSettings, read once by main();
+the flags (AppArguments) only export.
 """
 
 from __future__ import annotations
@@ -14,12 +18,37 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
 
 import simme_common as sc
 from simme_common.serving.handlers import GROUP, ONE_ON_ONE, TwinApp, client_errors, load_twin, sender_choices
+from simme_common.settings import folder_defaults
+
+
+@dataclass
+class AppArguments:
+    """Flags of app.py: without any, it serves (settings from SIMME_* variables); with --export_*, it writes."""
+
+    export_space: str | None = field(default=None, metadata={"help": "Write a self-contained Hugging Face Space folder here."})
+    push_to_hub: str | None = field(default=None, metadata={"help": "With --export_space: upload it to this Space "
+                                    "(created private; SIMME_AUTH from the environment becomes its secret)."})
+    public: bool = field(default=False, metadata={"help": "With --push_to_hub: create the Space public."})
+    export_gguf: str | None = field(default=None, metadata={"help": "Write the merged twin GGUF, its tokenizer and an "
+                                    "Ollama Modelfile here."})
+    adapter: str | None = field(default=None, metadata={"help": "Adapter to export (default: SIMME_ADAPTER)."})
+    base_model: str | None = field(default=None, metadata={"help": "Its base (default: SIMME_BASE_MODEL or the adapter's)."})
+    quant: str = field(default="iq4_nl", metadata={"help": "GGUF type of the exported twin (see serving/gguf_export.py)."})
+    model_repo: str | None = field(default=None, metadata={"help": "The Space downloads the twin folder (--export_gguf) "
+                                   "from this Hub model repo at start-up (HF_TOKEN secret) instead of holding it."})
+    analysis_dir: str | None = field(default=None, metadata={"help": "02's output: copy its plots into the Space."})
+    include_blind_samples: bool = field(default=False, metadata={"help": "Copy 01's anonymized test samples into the "
+                                        "Space for \"Real or twin?\" (off otherwise)."})
+    prepared_dir: str | None = field(default=None, metadata={"help": "01's output (default: SIMME_PREPARED_DIR)."})
+    owner: str | None = field(default=None, metadata={"help": "Owner name in the Modelfile's system prompt "
+                              "(default: the style card's)."})
 
 def private_environment(settings: sc.AppSettings, environ=os.environ) -> None:
     """No analytics, and the Hub offline unless the configuration needs it (a variable already set is kept).
@@ -61,7 +90,7 @@ def build_demo(app: TwinApp, plots: list[str] = ()) -> gr.Blocks:
                     with gr.Group(visible=False) as group_box:
                         members = gr.Textbox("Alex, Sam", label="Group members (comma-separated)")
                         sender = gr.Dropdown(["Alex", "Sam"], value="Alex", allow_custom_value=True, label="Send as")
-                        title = gr.Textbox(label="Group name (optional)")
+                        title = gr.Textbox("", label="Group name (optional)")
                     with gr.Accordion("Generation settings", open=True):
                         temperature = gr.Slider(0.0, 1.5, value=0.7, step=0.05, label="Temperature")
                         auto_rule = " ".join((sc.auto_temperature.__doc__ or "").split())
@@ -116,7 +145,9 @@ def build_demo(app: TwinApp, plots: list[str] = ()) -> gr.Blocks:
                 gr.Markdown(f"No plots in `{cfg.analysis_dir}`: run 02_analyze first (`accelerate launch 02_analyze.py`).")
 
         with gr.Tab("Real or twin?"):
-            if not app.blind_samples:
+            if not app.blind_samples and cfg.twin:
+                gr.Markdown("Off: this twin was exported without held-out samples (`--include_blind_samples`).")
+            elif not app.blind_samples:
                 gr.Markdown(f"No held-out test split in `{cfg.prepared_dir}/dataset`: run 01_prepare first.")
             else:
                 gr.Markdown("One reply is what the owner really sent, the other is the twin's. Which one is real?")
@@ -140,12 +171,17 @@ def build_demo(app: TwinApp, plots: list[str] = ()) -> gr.Blocks:
 def load_app(settings: sc.AppSettings) -> tuple[TwinApp, list[str]]:
     """Load the twin(s) and the pipeline's outputs named by the settings (missing pieces degrade politely)."""
     banner = None
-    try:
-        twin = load_twin(settings, settings.adapter)
-    except sc.UserError as err:
-        twin = load_twin(settings, None)
-        banner = f"{str(err).rstrip('.')}. Running the base model without an adapter."
-    twin_b = load_twin(settings, settings.adapter_b) if settings.adapter_b else None
+    if settings.twin:  # a merged twin folder: no base model, no merge, no torch
+        from simme_common.serving.twin_dir import load_twin_dir
+
+        twin = load_twin_dir(settings.twin, settings.llama_options())
+    else:
+        try:
+            twin = load_twin(settings, settings.adapter)
+        except sc.UserError as err:
+            twin = load_twin(settings, None)
+            banner = f"{str(err).rstrip('.')}. Running the base model without an adapter."
+    twin_b = load_twin(settings, settings.adapter_b) if settings.adapter_b and not settings.twin else None
     analysis, prepared = Path(settings.analysis_dir), Path(settings.prepared_dir)
     style_card = json.loads((analysis / "style_card.json").read_text()) if (analysis / "style_card.json").exists() else None
     owner, contacts, blind = (style_card or {}).get("owner"), [], []
@@ -159,16 +195,71 @@ def load_app(settings: sc.AppSettings) -> tuple[TwinApp, list[str]]:
         if (prepared / "dataset").exists():
             test = load_from_disk(str(prepared / "dataset"))["test"]
             blind = [m for m in test[sc.MESSAGES] if sc.is_blind_testable(m)]
+    if settings.blind_samples:  # an exported Space: anonymized held-out samples, one JSON chat per line
+        lines = Path(settings.blind_samples).read_text().splitlines()
+        blind = [m for m in (json.loads(line) for line in lines if line.strip()) if sc.is_blind_testable(m)]
     plots = sorted(str(p) for p in analysis.glob("*.png"))
     app = TwinApp(twin, settings=settings, owner=owner or "Me", contacts=contacts[:50], style_card=style_card,
                   blind_samples=blind, twin_b=twin_b, banner=banner)
     return app, plots
 
 
-def main() -> None:
-    """Read the settings once, load the twin, build the UI and serve it."""
+def export(args: AppArguments, settings: sc.AppSettings) -> None:
+    """--export_space (and --push_to_hub) or --export_gguf: write the folder, print its files and size."""
+    import tempfile
+
+    from simme_common.serving import space_export as sx
+    from simme_common.serving.twin_dir import export_twin_dir
+
+    if args.push_to_hub and not args.export_space:
+        raise sc.UserError("--push_to_hub uploads the folder of --export_space: give both")
+    if args.push_to_hub and not settings.auth:
+        raise sc.UserError("refusing to push a Space without a login: set SIMME_AUTH=user:password here (it becomes "
+                           "the Space's secret)")
+    adapter, base = args.adapter or settings.adapter, args.base_model or settings.base_model
+    if args.export_gguf:
+        twin = export_twin_dir(base, adapter, args.export_gguf, args.quant, keep=settings.gguf_keep)
+        info = json.loads((twin / "twin.json").read_text())
+        card = Path(args.analysis_dir or settings.analysis_dir) / "style_card.json"
+        owner = args.owner or (json.loads(card.read_text()).get("owner") if card.exists() else None) or "Me"
+        from simme_common.serving.modelfile import modelfile_text
+        from transformers import AutoTokenizer
+
+        template = AutoTokenizer.from_pretrained(str(twin)).chat_template
+        (twin / "Modelfile").write_text(modelfile_text(info["gguf"], template, owner))
+        print_folder(twin, "Merged twin (ollama create simme-twin -f Modelfile, or llama-server -m the GGUF)")
+    if args.export_space:
+        blind = sx.load_blind_samples(args.prepared_dir or settings.prepared_dir) if args.include_blind_samples else None
+        with tempfile.TemporaryDirectory() as tmp:
+            twin_dir = None if args.model_repo else export_twin_dir(base, adapter, Path(tmp) / "twin", args.quant,
+                                                                    keep=settings.gguf_keep)
+            sx.write_space(sx.SpaceExport(args.export_space, __file__, twin_dir and str(twin_dir), args.model_repo,
+                                          args.analysis_dir, blind))
+        print_folder(Path(args.export_space), "Space folder")
+        if blind:
+            print(f"Real or twin?: {len(blind):,} anonymized held-out samples copied (surrogate names and numbers).")
+        if args.push_to_hub:
+            url = sx.push_space(args.export_space, args.push_to_hub, settings.auth, public=args.public)
+            print(f"Pushed to {url} ({'public' if args.public else 'private'}; secret SIMME_AUTH set).")
+
+
+def print_folder(folder: Path, what: str) -> None:
+    """Each file of `folder` with its size, then the total."""
+    files = [(p, p.stat().st_size) for p in sorted(folder.rglob("*")) if p.is_file()]
+    for path, size in files:
+        print(f"  {size / 1e6:10.2f} MB  {path.relative_to(folder)}")
+    print(f"{what}: {folder} ({len(files):,} files, {sum(s for _, s in files) / 1e6:,.1f} MB)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Read the settings once, then export (flags) or load the twin, build the UI and serve it."""
+    from transformers import HfArgumentParser
+
     started = time.perf_counter()
-    settings = sc.AppSettings.from_env()
+    (args,) = HfArgumentParser(AppArguments).parse_args_into_dataclasses(args=argv)
+    settings = sc.AppSettings.from_env(defaults=folder_defaults(Path(__file__).resolve().parent))
+    if args.export_space or args.export_gguf or args.push_to_hub:
+        return export(args, settings)
     login = sc.parse_auth(settings.auth)
     settings.check_exposure()
     private_environment(settings)  # before gradio builds anything and before any model is loaded
@@ -176,7 +267,10 @@ def main() -> None:
     app, plots = load_app(settings)
     demo = build_demo(app, plots)
     hub = "offline" if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") else "online"
-    print(f"SimMe app ready in {time.perf_counter() - started:.1f} s (backend: {app.twin.backend}, Hub: {hub})", flush=True)
+    info = app.twin.info()
+    model = info.get("twin") or info.get("adapter") or "no adapter"
+    print(f"SimMe app ready in {time.perf_counter() - started:.1f} s on {host}:{port} (backend: {app.twin.backend}, "
+          f"model: {info.get('base')} + {model}, {info.get('quantization') or 'unquantized'}; Hub: {hub})", flush=True)
     # Never share=True: the twin speaks for a real person. No run history: it would keep chats in the browser.
     # Only the plot files are served; show_error=False keeps exception texts (paths) in the server log, while
     # gr.Error messages, written for users, still reach them.

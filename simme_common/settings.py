@@ -9,9 +9,11 @@ our patched llama.cpp through the environment, which is the only way it reads it
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from .runtime import UserError
@@ -24,12 +26,14 @@ class AppSettings:
     """Every setting of the app; field `x` is the environment variable SIMME_X (`ENV_NAMES` lists exceptions)."""
 
     adapter: str = ADAPTER_DIR  # local path or Hub repo id of the LoRA adapter
+    twin: str | None = None  # a merged twin folder (GGUF + tokenizer; app.py --export_space) or a Hub model repo of one
     adapter_b: str | None = None  # optional second adapter for the A/B mode
     base_model: str | None = None  # None: the adapter's recorded base, else the bundled SmolLM2-135M-Instruct
     backend: str = "auto"  # auto | transformers | llama.cpp
     quant: str | None = None  # see load_twin's `quantization`
     analysis_dir: str = ANALYSIS_DIR
     prepared_dir: str = PREPARED_DIR
+    blind_samples: str | None = None  # JSONL of anonymized held-out samples for "Real or twin?" (an exported Space)
     feedback_dir: str | None = None  # unset: no feedback is stored anywhere
     auth: str | None = None  # "user:password" turns on Gradio's login
     server_name: str | None = None  # GRADIO_SERVER_NAME; None: 127.0.0.1, or 0.0.0.0 on a Space
@@ -56,9 +60,10 @@ class AppSettings:
     amx_bf16_min_tokens: str | None = None  # our llama.cpp build's BF16 prefill threshold ("0" = off); None: by RAM
 
     def listen_address(self) -> tuple[str, int]:
-        """(host, port) to serve on: 0.0.0.0:7860 on a Space (its proxy forwards there), else 127.0.0.1:7860."""
+        """(host, port) to serve on: 0.0.0.0 on a Space (its proxy forwards to port 7860, the default), else
+        127.0.0.1:7860."""
         if self.space_id:
-            return "0.0.0.0", 7860
+            return "0.0.0.0", self.server_port or 7860
         return self.server_name or "127.0.0.1", self.server_port or 7860
 
     def check_exposure(self) -> None:
@@ -79,12 +84,14 @@ class AppSettings:
         return [os.path.realpath(os.path.expanduser(p.strip())) for p in parts if p.strip()]
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> AppSettings:
-        """Settings from SIMME_* variables (unset or empty: the default); UserError naming a malformed variable."""
+    def from_env(cls, environ: Mapping[str, str] | None = None, defaults: Mapping[str, str] | None = None) -> AppSettings:
+        """Settings from SIMME_* variables (unset or empty: `defaults`, then the field's default); UserError naming a
+        malformed variable."""
         environ = os.environ if environ is None else environ
+        environ = {**(defaults or {}), **{k: v for k, v in environ.items() if v.strip()}}
         values: dict[str, Any] = {}
         for f in fields(cls):
-            name = ENV_NAMES.get(f.name, f"SIMME_{f.name.upper()}")
+            name = env_name(f.name)
             raw = environ.get(name, "").strip()
             if not raw:
                 continue
@@ -107,8 +114,33 @@ class AppSettings:
                                amx_bf16_min_tokens=self.amx_bf16_min_tokens)
 
 
+SPACE_SETTINGS_FILE = "simme_space.json"  # written by app.py --export_space beside the Space's app.py
+
+
+def folder_defaults(app_dir: str | Path) -> dict[str, str]:
+    """The SIMME_* defaults an exported Space folder records in SPACE_SETTINGS_FILE (relative paths resolved against
+    `app_dir`); {} when there is none. The Space's own variables and secrets still win."""
+    path = Path(app_dir) / SPACE_SETTINGS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        values = json.loads(path.read_text())
+    except ValueError as err:
+        raise UserError(f"{path} is not valid JSON ({err}): re-run app.py --export_space") from None
+    if not isinstance(values, dict) or not all(isinstance(k, str) and k.startswith("SIMME_") for k in values):
+        raise UserError(f"{path} must map SIMME_* variable names to values: re-run app.py --export_space")
+    paths = {"SIMME_TWIN", "SIMME_ANALYSIS_DIR", "SIMME_BLIND_SAMPLES", "SIMME_PREPARED_DIR"}
+    return {k: str(Path(app_dir) / v) if k in paths and (Path(app_dir) / str(v)).exists() else str(v)
+            for k, v in values.items()}
+
+
 # Fields read from variables that are not SIMME_*: Gradio's own address variables and the one a Space sets.
 ENV_NAMES = {"server_name": "GRADIO_SERVER_NAME", "server_port": "GRADIO_SERVER_PORT", "space_id": "SPACE_ID"}
+
+
+def env_name(field: str) -> str:
+    """The environment variable of AppSettings field `field` (SIMME_<FIELD> unless ENV_NAMES says otherwise)."""
+    return ENV_NAMES.get(field, f"SIMME_{field.upper()}")
 
 
 def is_loopback(host: str) -> bool:

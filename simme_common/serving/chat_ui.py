@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from ..pii_detect import detect_pii
 from ..chat_format import BUBBLE_DELIMITER, OTHER_ROLE, OWNER_ROLE, SILENT_REPLY, build_system_prompt, format_user_turn, split_bubbles
 from ..runtime import UserError
 
@@ -227,6 +228,35 @@ def stream_bubbles(partial_reply: str) -> list[str]:
     if text and SILENT_REPLY.startswith(text):
         return []
     return split_bubbles(partial_reply)
+
+
+PII_MASKS = {"address_en": "[address]", "address_vi": "[address]", "url": "[link]", "dob": "[date of birth]"}
+
+
+def mask_pii(text: str) -> str:
+    """`text` with every PII-shaped string (pii_detect.detect_pii: phones, e-mails, links, handles, addresses, IDs,
+    cards, plates, dates of birth) replaced by its kind, e.g. "[phone]". The twin was trained on surrogates only, so
+    such a string in a reply is memorized or invented, and is not shown either way."""
+    for start, end, kind in sorted(detect_pii(text), reverse=True):
+        text = text[:start] + PII_MASKS.get(kind, f"[{kind}]") + text[end:]
+    return text
+
+
+# A word that may belong to PII still being generated: digits, "@", a dot inside a word, a spelled-out "at"/"dot".
+_PII_START_RE = re.compile(r"\d|@|\w\.\w|^(?:at|dot|chấm|còng|a)$|^[(\[]?(?:at|dot)[)\]]?$|^\+", re.IGNORECASE)
+
+
+def mask_pii_streaming(partial: str, window: int = 6) -> str:
+    """What a client may see of a reply still streaming: mask_pii of it, less a tail that may be the start of PII
+    (from the earliest suspicious word among the last `window` words, and the suspicious words just before it), so
+    "call 0912 3" never shows digits that "call 0912 345 678" would have masked."""
+    words = list(re.finditer(r"\S+", partial))
+    hold = next((j for j in range(max(0, len(words) - window), len(words)) if _PII_START_RE.search(words[j].group())), None)
+    if hold is None:
+        return mask_pii(partial)
+    while hold > 0 and _PII_START_RE.search(words[hold - 1].group()):
+        hold -= 1
+    return mask_pii(partial[:words[hold].start()])
 
 
 def parse_names(text: str | None) -> list[str]:

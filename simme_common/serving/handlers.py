@@ -10,12 +10,14 @@ import random
 import sys
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import gradio as gr
 
 import simme_common as sc
+from simme_common.serving.chat_ui import mask_pii, mask_pii_streaming
 
 ONE_ON_ONE, GROUP = "One-on-one", "Group"
 
@@ -93,6 +95,15 @@ def as_bubbles(reply: str) -> list[dict]:
     return [{"role": "assistant", "content": b} for b in sc.split_bubbles(reply) or [sc.SILENT_NOTE]]
 
 
+def masked_stream(replies):
+    """A twin's streamed reply texts as the client may see them: PII-shaped strings masked, and while streaming a
+    tail that may be the start of one held back (chat_ui.mask_pii_streaming); the last text is masked whole."""
+    reply = ""
+    for reply in replies:
+        yield mask_pii_streaming(reply)
+    yield mask_pii(reply)
+
+
 class TwinApp:
     """What the UI handlers share: the twin(s), the owner's name and style card, and the blind-test samples."""
 
@@ -166,9 +177,28 @@ class TwinApp:
         text = sc.neutralize_control_tokens(sc.format_user_turn(chat_type, speaker, message), self.control_tokens)
         return self.history(history) + [{"role": "user", "content": text}], chat_type, others
 
-    def respond(self, message, history, mode, contact, members, sender, title, temperature, auto_temp, top_p,
-                repetition_penalty, max_new_tokens, pace, seed, request: gr.Request = None):
-        """Chat handler: show the user's bubble, then stream the twin's reply as bubbles (or a silent note)."""
+    def respond(self, message: str, history: list | None = None, mode: str = ONE_ON_ONE, contact: str | None = None,
+                members: str | None = None, sender: str | None = None, title: str | None = None,
+                temperature: float = 0.7, auto_temp: bool = False, top_p: float = 0.9, repetition_penalty: float = 1.1,
+                max_new_tokens: int = 96, pace: bool = False, seed: int = -1, request: gr.Request = None):
+        """Chat with the twin: stream its reply to `message` as chat bubbles (the whole chat, then "" for the box).
+
+        Args:
+            message: what you send (at most SIMME_MAX_MESSAGE_CHARS characters).
+            history: the chat so far, as the Chatbot holds it; empty for a new chat.
+            mode: "One-on-one" or "Group".
+            contact: who you are in a one-on-one chat (default "Friend").
+            members: group members, comma-separated (Group mode).
+            sender: the member sending the message (Group mode; default the first member).
+            title: the group's name (optional).
+            temperature: sampling temperature, 0 (greedy) to 1.5.
+            auto_temp: pick the temperature from the chat (overrides temperature).
+            top_p: nucleus sampling, 0.05 to 1.
+            repetition_penalty: 1 (none) to 2.
+            max_new_tokens: longest reply, in tokens (capped by SIMME_MAX_NEW_TOKENS).
+            pace: wait between bubbles as long as the owner types (streaming clients only).
+            seed: -1 for a fresh sample, else a fixed seed (same request, same reply).
+        """
         started = self._start(message, history, mode, contact, members, sender)
         if started is None:
             yield self.history(history), self.refused(message)
@@ -179,7 +209,7 @@ class TwinApp:
         gen = self.gen_kwargs(messages, temperature, auto_temp, top_p, repetition_penalty, max_new_tokens, seed)
         gap = sc.typing_gap_seconds(self.style_card) if pace is True else None
         shown, last, reply = 0, time.monotonic(), ""
-        for reply in self.twin.stream(messages, **gen, **self.cache_options(gen, request)):
+        for reply in masked_stream(self.twin.stream(messages, **gen, **self.cache_options(gen, request))):
             bubbles = sc.stream_bubbles(reply)
             if gap and shown and len(bubbles) > shown:  # a new bubble starts: wait as long as the owner would
                 time.sleep(max(0.0, gap - (time.monotonic() - last)))
@@ -206,7 +236,7 @@ class TwinApp:
         order = self.rng.sample([0, 1], 2)  # order[slot] = which twin (0 = A, 1 = B) is shown in that slot
         replies = ["", ""]
         for slot, which in enumerate(order):
-            for replies[slot] in twins[which].stream(messages, **gen, **self.cache_options(gen, request)):
+            for replies[slot] in masked_stream(twins[which].stream(messages, **gen, **self.cache_options(gen, request))):
                 yield history, "", replies[0], replies[1], None
         pending = {"history": history, "messages": messages, "replies": replies, "order": order}
         yield history, "", replies[0], replies[1], pending
@@ -248,18 +278,19 @@ class TwinApp:
         if n:
             gr.Info(f"Saved rating #{n}.")
 
-    def _save_feedback(self, store: str, row: dict) -> int | None:
-        """Append `row` to $SIMME_FEEDBACK_DIR/<store> within its quota (rows and bytes): its new length, or None
-        with a warning when nothing is stored (no feedback dir, or the store is full)."""
+    def _save_feedback(self, store: str, row: dict | list[dict]) -> int | None:
+        """Append `row` (or rows) to $SIMME_FEEDBACK_DIR/<store> within its quota (rows and bytes): its new length,
+        or None with a warning when nothing is stored (no feedback dir, or the store is full)."""
         if not self.feedback_dir:
             return None
+        new = row if isinstance(row, list) else [row]
         cfg, path = self.settings, Path(self.feedback_dir) / store
         with self._feedback_lock:
             rows, size = sc.feedback_usage(path)
-            if rows + 1 > cfg.feedback_max_rows or size + len(json.dumps(row).encode()) > cfg.feedback_max_bytes:
+            if rows + len(new) > cfg.feedback_max_rows or size + len(json.dumps(new).encode()) > cfg.feedback_max_bytes:
                 gr.Warning("Feedback storage is full: this one was not saved.")
                 return None
-            return sc.append_to_disk_dataset(path, [row])
+            return sc.append_to_disk_dataset(path, new)
 
     def load_b(self, path: str):
         """Load adapter B for the A/B mode: a directory inside SIMME_ADAPTER_DIRS (or a Hub id when allowed), on the
@@ -285,8 +316,8 @@ class TwinApp:
     def _blind_pair(self) -> tuple[list[dict], str]:
         """A random held-out sample and the twin's reply to its context."""
         sample = self.rng.choice(self.blind_samples)
-        return sample, self.twin.generate(sample[:-1], temperature=0.7, top_p=0.9, repetition_penalty=1.1,
-                                          max_new_tokens=64, use_cache=False)
+        return sample, mask_pii(self.twin.generate(sample[:-1], temperature=0.7, top_p=0.9, repetition_penalty=1.1,
+                                                   max_new_tokens=64, use_cache=False))
 
     def new_round(self):
         """A random held-out context with the real and the twin reply in random order.
@@ -300,15 +331,26 @@ class TwinApp:
         with self._round_lock:
             if self._next_round is None:
                 self._next_round = self._prefetch.submit(self._blind_pair)
-        context, real = sample[:-1], sample[-1]["content"]
-        options, real_index = sc.new_blind_round(real, twin, self.rng)
+        # Held-out samples carry surrogates shaped like phones or e-mails: masked like the twin's, so neither the
+        # masks nor the surrogates tell the real reply apart.
+        context = [dict(m, content=mask_pii(m["content"])) for m in sample[:-1]]
+        options, real_index = sc.new_blind_round(mask_pii(sample[-1]["content"]), twin, self.rng)
         shown = [sc.BUBBLE_DELIMITER.join(sc.split_bubbles(o)) or sc.SILENT_NOTE for o in options]
-        return sc.expand_turns(context), shown[0], shown[1], real_index, "Which reply did the owner really send?"
+        round_ = {"real": real_index, "round_id": uuid.uuid4().hex}
+        return sc.expand_turns(context), shown[0], shown[1], round_, "Which reply did the owner really send?"
 
-    def guess(self, slot: int, real_index: int | None, score: dict):
-        """Score a guess; the running accuracy lives in this browser session's gr.State only."""
-        if real_index is None:
+    def guess(self, slot: int, round_: dict | None, score: dict):
+        """Score a guess (`round_`: new_round's {"real", "round_id"}); the running accuracy lives in this browser
+        session's gr.State only. With SIMME_FEEDBACK_DIR set, the guess is saved to its blind_guesses store: one row
+        per reply shown (what it was, what it was taken for), no text."""
+        real_index = round_.get("real") if isinstance(round_, dict) else None
+        if real_index not in (0, 1) or slot not in (0, 1):
             return None, score, "Start a **new round** first."
         score = sc.score_guess(score, slot, real_index)
         verdict = "Right!" if slot == real_index else "Wrong."
+        if self.feedback_dir:
+            round_id, now = str(round_.get("round_id") or uuid.uuid4().hex)[:64], time.time()
+            self._save_feedback("blind_guesses", [
+                {"round_id": round_id, "shown": "real" if i == real_index else "twin",
+                 "guessed": "real" if i == slot else "twin", "timestamp": now} for i in (0, 1)])
         return None, score, f"{verdict} Reply {real_index + 1} was real. Score: {sc.format_score(score)}"
