@@ -15,13 +15,16 @@ import json
 import os
 import pickle
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import simme_common as sc
+from simme_common.export_paths import DEFAULT_SECTIONS, shown_export_path
+from simme_common.prepare import thread_chat_id
+from simme_common.selection import ChatSelection, is_chat_id, section_list
+from simme_common.stage_io import private_spool
 
 
 @dataclass
@@ -59,6 +62,23 @@ class PrepareArguments:
                                 metadata={"help": "JSON files nested deeper than this are skipped (Messenger files nest ~6 deep)."})
     seed: int = field(default=42, metadata={"help": "Seed of non-secret choices (chat ids with --no_anonymize); surrogates "
                                                     "come from the secret key at $SIMME_KEY_FILE, never from the seed."})
+    # Consent and selection: what is read and kept (every exclusion is counted in ingest_report.json, never named).
+    include_sections: list[str] = field(
+        default_factory=lambda: list(DEFAULT_SECTIONS),
+        metadata={"help": "Export sections read, space- or comma-separated, from inbox, archived_threads, e2ee_cutover, "
+                          "message_requests, filtered_threads. Message requests and filtered (spam) threads are "
+                          "strangers' words: left out unless listed."})
+    include_chats: list[str] = field(
+        default_factory=list, metadata={"help": "Keep only these chats: chat ids (c + 12 hex digits, as in messages/) or "
+                                                "regular expressions over the original chat title (matched in memory only)."})
+    exclude_chats: list[str] = field(
+        default_factory=list, metadata={"help": "Leave out these chats (chat ids or title regular expressions, as "
+                                                "--include_chats)."})
+    since: str | None = field(default=None, metadata={"help": "Keep messages from this ISO date or time on "
+                                                               "(2021-06-01; UTC unless an offset is given)."})
+    until: str | None = field(default=None, metadata={"help": "Keep messages up to this ISO date (the whole day) or time."})
+    min_messages: int = field(default=1, metadata={"help": "Leave out chats with fewer usable messages than this "
+                                                            "(after --since/--until)."})
 
 
 def _warn(msg: str) -> None:
@@ -75,16 +95,24 @@ def _anonymizer_key() -> bytes:
     return key
 
 
-def _shown_args(args: PrepareArguments, anonymize: bool) -> PrepareArguments:
-    """The arguments as logged and saved: paths (facebook-<name>-<date>.zip) and --owner are names, so redacted."""
-    if not anonymize:
+def _shown_args(args: PrepareArguments, redact: bytes | bool) -> PrepareArguments:
+    """The arguments as logged and saved: paths (facebook-<name>-<date>.zip), --owner and chat title patterns can
+    hold names, so they are redacted (chat ids are not names)."""
+    if not redact:
         return args
+
+    def chats(items: list[str]) -> list[str]:
+        return [c if is_chat_id(c) else "<pattern>" for c in items]
+
     return dataclasses.replace(args, owner="<given>" if args.owner else None,
-                               export_path=[f"<{sc.redact_path(p, 'export')}>" for p in args.export_path])
+                               export_path=[shown_export_path(p, redact) for p in args.export_path],
+                               include_chats=chats(args.include_chats), exclude_chats=chats(args.exclude_chats))
 
 
-def _spool_threads(args: PrepareArguments, anonymize: bool, spool_path: Path) -> tuple[list[dict], list[dict]]:
-    """Pass 1: parse every thread and pickle it to `spool_path`; return (thread metas, failures)."""
+def _spool_threads(args: PrepareArguments, redact: bytes | bool, sections: tuple[str, ...], spool_path: Path,
+                   tally: sc.IngestTally) -> tuple[list[dict], list[dict]]:
+    """Pass 1: parse every thread of the chosen sections and pickle it to `spool_path`; return (thread metas,
+    failures); threads of other sections are counted in `tally`, never read."""
     from tqdm.auto import tqdm
 
     metas, failures = [], []
@@ -92,12 +120,12 @@ def _spool_threads(args: PrepareArguments, anonymize: bool, spool_path: Path) ->
         limits = sc.IngestLimits(max_file_bytes=args.max_file_bytes, max_zip_bytes=args.max_zip_bytes,
                                  max_zip_ratio=args.max_zip_ratio, max_message_chars=args.max_message_chars,
                                  max_json_depth=args.max_json_depth)
-        parsed = sc.parse_export(args.export_path, redact=anonymize, limits=limits)
+        parsed = sc.parse_export(args.export_path, redact=redact, limits=limits, sections=sections)
         for kind, item in tqdm(parsed, desc="Parsing threads", unit=" threads"):
+            if kind == "excluded":
+                tally.exclude(item["reason"], item["threads"])
+                continue
             if kind == "failure":
-                if anonymize and not item["path"].startswith("<"):  # a given path or zip name can hold a name
-                    shown = f"<{sc.redact_path(item['path'], 'export')}>"
-                    item = {**item, "path": shown, "error": item["error"].replace(item["path"], shown)}
                 failures.append(item)
                 _warn(item["error"])
                 continue
@@ -108,9 +136,11 @@ def _spool_threads(args: PrepareArguments, anonymize: bool, spool_path: Path) ->
                           "participants": frozenset(item["participants"]), "you_lines": item["you_lines"]})
     if not metas:
         shown = "; ".join(f["error"] for f in failures[:3]) or "no Messenger thread files found"
-        redacted = " (file names redacted; --no_anonymize shows them)" if anonymize and failures else ""
-        given = _shown_args(args, anonymize).export_path
-        raise sc.UserError(f"nothing readable in {', '.join(map(str, given))}: {shown}{redacted}. "
+        redacted = " (file names redacted; --no_anonymize shows them)" if redact and failures else ""
+        left_out = sum(tally.chats_excluded.values())
+        hint = f"; {left_out} chat(s) of sections not in --include_sections were left out" if left_out else ""
+        given = _shown_args(args, redact).export_path
+        raise sc.UserError(f"nothing readable in {', '.join(map(str, given))}: {shown}{redacted}{hint}. "
                            "Pass the export folder or its .zip files (Settings > Download your information > JSON).")
     return metas, failures
 
@@ -128,17 +158,21 @@ def _read_conversations(spool_path: Path, metas: list[dict], groups: dict[int, l
             yield sc.merge_thread_records(records)
 
 
-def _build_samples(args: PrepareArguments, tokenizer, conversations, owner: str, anon, spool_dir: Path) -> sc.IngestTally:
-    """Pass 2: anonymize and sample each conversation into messages.arrow and samples.jsonl of `spool_dir`."""
+def _build_samples(args: PrepareArguments, tokenizer, conversations, owner: str, anon, spool_dir: Path,
+                   selection: ChatSelection, tally: sc.IngestTally) -> None:
+    """Pass 2: select, anonymize and sample each conversation into messages.arrow and samples.jsonl of `spool_dir`."""
     from datasets.arrow_writer import ArrowWriter
 
     settings = sc.SampleSettings(max_length=args.max_length, session_gap_minutes=args.session_gap_minutes,
                                  burst_seconds=args.burst_seconds, silent_min_turns=args.silent_min_turns, seed=args.seed)
-    tally = sc.IngestTally()
     msg_writer = ArrowWriter(path=str(spool_dir / "messages.arrow"), features=sc.messages_schema())
     # closing(): on an error the progress bar ends before the error is printed
     with contextlib.closing(conversations), open(spool_dir / "samples.jsonl", "w", encoding="utf-8") as samples:
         for rec in conversations:
+            left_out = selection.apply(rec, owner, thread_chat_id(rec["key"], anon, args.seed))
+            if left_out:
+                tally.exclude(left_out, messages=rec["total"])
+                continue
             tally.add_record(rec)
             if not rec["messages"]:
                 continue
@@ -150,7 +184,6 @@ def _build_samples(args: PrepareArguments, tokenizer, conversations, owner: str,
             tally.add_samples(thread)
     msg_writer.finalize()
     msg_writer.close()
-    return tally
 
 
 def _split_and_save(args: PrepareArguments, spool_dir: Path, sessions: list[tuple[int, str, int]], out_dir: Path) -> dict[str, int]:
@@ -200,47 +233,57 @@ def main(args: PrepareArguments) -> dict:
     anonymize = not args.no_anonymize
     if not anonymize:
         _warn("--no_anonymize: real names, phone numbers, emails and addresses will be written to the output; never share it")
-    shown_args = _shown_args(args, anonymize)
+    sections = section_list(args.include_sections)
+    selection = ChatSelection.from_flags(args.include_chats, args.exclude_chats, args.since, args.until, args.min_messages)
+    # The secret key also labels redacted paths: a file keeps its label from run to run, and no name can be tested.
+    redact = _anonymizer_key() if anonymize else False
+    shown_args = _shown_args(args, redact)
     print(f"Script parameters {shown_args}")
-
-    # ---------------------------------------------------------------- pass 1: parse every thread, spool to disk
-    spool_dir = tempfile.TemporaryDirectory(prefix="simme01_")  # raw texts: deleted when the run ends
-    spool_path = Path(spool_dir.name)
-    metas, failures = _spool_threads(args, anonymize, spool_path / "threads.pkl")
-    groups = sc.group_thread_parts(metas)
-    # Owner: given, or the person present in the most conversations.
-    you_lines: Counter = Counter()
-    for m in metas:
-        you_lines.update(m["you_lines"])
-    people = [set().union(*(metas[i]["people"] for i in members)) for members in groups.values()]
-    owner, inferred, evidence = sc.resolve_owner(args.owner, people, dict(you_lines), anonymize)
-    anon = sc.Anonymizer(sorted(set().union(*people)), key=_anonymizer_key()) if anonymize else None
-    owner_shown = anon.name(owner) if anon else owner
-    print(f"Owner {'inferred' if inferred else 'given'}: {owner_shown!r} ({'surrogate' if anon else 'real name'}) | {evidence}")
-
-    # ---------------------------------------------------------------- pass 2: merge, anonymize, sessions, samples
-    tokenizer = sc.load_tokenizer(args.model_name_or_path)
     out_dir = Path(args.output_dir)
-    conversations = _read_conversations(spool_path / "threads.pkl", metas, groups)
-    tally = _build_samples(args, tokenizer, conversations, owner, anon, spool_path)
-    if tally.total == tally.dropped["malformed"]:  # valid rows that are all calls or photos are still an export
-        raise sc.UserError(f"nothing usable: all {tally.total:,} message(s) read are malformed (see the warnings above); "
-                           f"the previous output in {out_dir} is left as it was")
-    if tally.repaired["message_truncated"]:
-        _warn(f"{tally.repaired['message_truncated']} message(s) longer than {args.max_message_chars:,} characters "
-              "were truncated (--max_message_chars)")
+    tally = sc.IngestTally()
 
-    # ---------------------------------------------------------------- split by time, report, and save atomically
-    # Everything is written into a temporary directory beside out_dir that replaces it only when complete:
-    # a crash or kill leaves the previous output whole.
-    with sc.atomic_output_dir(out_dir) as tmp_out:
-        n_samples = _split_and_save(args, spool_path, tally.sessions, tmp_out)
-        report = sc.ingest_report(tally, owner=owner_shown, inferred=inferred, evidence=evidence, anonymized=anonymize,
-                                  failures=failures, n_samples=n_samples, max_length=args.max_length, anon=anon,
-                                  elapsed_s=round(time.time() - t0, 1))
-        (tmp_out / "ingest_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        _save_run_config(tmp_out, shown_args, anonymize)
-    spool_dir.cleanup()
+    # Raw texts live in a private temporary directory, removed on every exit path (SIGTERM included; docs/prepare.md).
+    with private_spool("simme01_") as spool_path:
+        # ------------------------------------------------------------ pass 1: parse every thread, spool to disk
+        metas, failures = _spool_threads(args, redact, sections, spool_path / "threads.pkl", tally)
+        groups = sc.group_thread_parts(metas)
+        # Owner: given, or the person present in the most conversations.
+        you_lines: Counter = Counter()
+        for m in metas:
+            you_lines.update(m["you_lines"])
+        people = [set().union(*(metas[i]["people"] for i in members)) for members in groups.values()]
+        owner, inferred, evidence = sc.resolve_owner(args.owner, people, dict(you_lines), anonymize)
+        anon = sc.Anonymizer(sorted(set().union(*people)), key=redact) if anonymize else None
+        owner_shown = anon.name(owner) if anon else owner
+        print(f"Owner {'inferred' if inferred else 'given'}: {owner_shown!r} ({'surrogate' if anon else 'real name'}) | {evidence}")
+
+        # ------------------------------------------------------------ pass 2: select, merge, anonymize, sample
+        tokenizer = sc.load_tokenizer(args.model_name_or_path)
+        conversations = _read_conversations(spool_path / "threads.pkl", metas, groups)
+        _build_samples(args, tokenizer, conversations, owner, anon, spool_path, selection, tally)
+        if not tally.counts["threads"]:
+            left_out = ", ".join(f"{r} {n}" for r, n in sorted(tally.chats_excluded.items()))
+            raise sc.UserError(f"no chat left after the selection (chats left out: {left_out}); widen --include_chats, "
+                               f"--exclude_chats, --since, --until or --min_messages. {out_dir} is left as it was")
+        if tally.total == tally.dropped["malformed"]:  # valid rows that are all calls or photos are still an export
+            raise sc.UserError(f"nothing usable: all {tally.total:,} message(s) read are malformed (see the warnings "
+                               f"above); the previous output in {out_dir} is left as it was")
+        if tally.repaired["message_truncated"]:
+            _warn(f"{tally.repaired['message_truncated']} message(s) longer than {args.max_message_chars:,} characters "
+                  "were truncated (--max_message_chars)")
+
+        # ------------------------------------------------------------ split by time, report, and save atomically
+        # Everything is written into a temporary directory beside out_dir that replaces it only when complete:
+        # a crash or kill leaves the previous output whole.
+        with sc.atomic_output_dir(out_dir) as tmp_out:
+            n_samples = _split_and_save(args, spool_path, tally.sessions, tmp_out)
+            report = sc.ingest_report(tally, owner=owner_shown, inferred=inferred, evidence=evidence,
+                                      anonymized=anonymize, failures=failures, n_samples=n_samples,
+                                      max_length=args.max_length, anon=anon, elapsed_s=round(time.time() - t0, 1),
+                                      sections=sections)
+            (tmp_out / "ingest_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n",
+                                                        encoding="utf-8")
+            _save_run_config(tmp_out, shown_args, anonymize)
     print(sc.print_table(sc.ingest_summary_rows(report), f"Ingest report -> {out_dir / 'ingest_report.json'}"))
     if args.strict and failures:
         raise sc.UserError(f"{len(failures)} file(s) could not be read (--strict); see files_failed in {out_dir / 'ingest_report.json'}")

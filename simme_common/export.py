@@ -16,7 +16,7 @@ _ATTACHMENT_KEYS = ("photos", "videos", "audio_files", "gifs", "files", "sticker
 
 DROP_REASONS = (
     "unsent", "taken_down", "call", "reaction_pseudo", "membership_event", "attachment_placeholder",
-    "attachment_only", "system_other", "empty", "malformed", "duplicate",
+    "attachment_only", "system_other", "empty", "malformed", "duplicate", "before_since", "after_until",
 )
 
 
@@ -231,18 +231,29 @@ def _classify_e2ee_message(m: Any) -> tuple[str | None, str | None, int | None, 
     return None, sender, int(ts), text, ""
 
 
-def parse_export(paths: list[str | Path], redact: bool = True, limits: IngestLimits | None = None):
+def parse_export(paths: list[str | Path], redact: bool | bytes = True, limits: IngestLimits | None = None,
+                 sections: tuple[str, ...] | None = None):
     """Yield one parsed thread at a time (dict from parse_thread_documents + key, kind, sources) and failures.
 
-    Streams: only one thread's files are in memory at once. Yields ("thread", record) and
-    ("failure", {path, error, reason}). Nothing in the export raises: damaged files, fields and messages are
-    failures or counted drops.
+    Streams: only one thread's files are in memory at once. Yields ("thread", record), ("failure", {path, error,
+    reason}) and, when `sections` is given, ("excluded", {"reason": "section:<name>", "threads": n}) for the threads
+    of other sections, which are never read. `redact` as in discover_export. Nothing in the export raises: damaged
+    files, fields and messages are failures or counted drops.
     """
+    from collections import Counter
+
     limits = limits or IngestLimits()
     entries, failures = discover_export(paths, limits, redact)
     for f in failures:
         yield "failure", f
+    left_out: Counter = Counter()
     for group in iter_thread_groups(entries):
+        if sections is not None:  # a thread folder found in several sections is read from the chosen ones only
+            chosen = [e for e in group if e["section"] in sections]
+            if not chosen:
+                left_out[group[0]["section"]] += 1
+                continue
+            group = chosen
         docs, fails, kinds = read_thread_group(group, redact, limits)
         for f in fails:
             yield "failure", f
@@ -267,6 +278,8 @@ def parse_export(paths: list[str | Path], redact: bool = True, limits: IngestLim
             for p in problems:
                 yield "failure", {"path": shown, "error": f"{shown}: {p}", "reason": "malformed_message"}
         yield "thread", rec
+    for section, n in sorted(left_out.items()):
+        yield "excluded", {"reason": f"section:{section}", "threads": n}
 
 
 def merge_thread_records(records: list[dict]) -> dict:

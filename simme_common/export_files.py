@@ -1,21 +1,18 @@
-"""Finding and reading the files of a Messenger / Instagram export (folders and zips) without loading them all,
-and display paths with every name-bearing component redacted."""
+"""Finding and reading the files of a Messenger / Instagram export (folders and zips) without loading them all."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from collections import Counter
 from typing import Any
 
-
-EXPORT_SECTIONS = ("inbox", "archived_threads", "filtered_threads", "message_requests", "e2ee_cutover")
-
-
-_THREAD_FILE_RE = re.compile(r"^message(?:_(\d+))?\.json$")
+from .export_paths import (  # noqa: F401 (EXPORT_SECTIONS, redact_path: the package imports them from here)
+    EXPORT_SECTIONS, _THREAD_FILE_RE, _section_of, _source_of, entry_display_path, redact_path, shown_export_path,
+)
 
 
 _HTML_THREAD_RE = re.compile(r"^message(?:_\d+)?\.html?$", re.IGNORECASE)
@@ -51,27 +48,17 @@ def _mb(n: int) -> str:
 _MOJIBAKE_BYTES_RE = re.compile(rb"\\u00[cdefCDEF][0-9a-fA-F]|\xc3[\x80-\xbf]|\xc2[\x80-\xbf]")
 
 
-def _source_of(parts: tuple[str, ...]) -> str:
-    """Section of a file from its path components (inbox, archived_threads, ..., instagram)."""
-    lowered = [p.lower() for p in parts]
-    if any("instagram" in p for p in lowered):
-        return "instagram"
-    for p in reversed(lowered):
-        if p in EXPORT_SECTIONS:
-            return p
-    return "inbox"
-
-
 def discover_export(paths: list[str | Path], limits: IngestLimits | None = None,
-                    redact: bool = False) -> tuple[list[dict], list[dict]]:
+                    redact: bool | bytes = False) -> tuple[list[dict], list[dict]]:
     """List every JSON file under the given folders and .zip files without reading them.
 
     Args:
         paths: folders and/or .zip files (several zips of one download, or a folder holding them).
         limits: caps checked here from sizes alone (file bytes, zip total and compression ratio).
-        redact: whether failure messages must hide name-bearing path components.
+        redact: whether failure messages hide name-bearing path components: False shows them, True labels them
+            with a key of this process, bytes with that key (the same labels on every run; see redact_path).
     Returns:
-        (entries, failures): entries are dicts {origin, zip, member, parts, group, part, source, size}; classic
+        (entries, failures): entries are dicts {origin, zip, member, parts, group, part, source, section, size}; classic
         `message_N.json` files of one thread folder share `group` (across sections and zips); failures are
         {path, error, reason} for paths that do not exist, zips that cannot be opened and files over a limit.
         Symlinks are never followed out of an export folder, and zip entries that climb out of the zip (`../`,
@@ -93,7 +80,8 @@ def discover_export(paths: list[str | Path], limits: IngestLimits | None = None,
         m = _THREAD_FILE_RE.match(parts[-1])
         group = f"classic:{parts[-2]}" if m and len(parts) >= 2 else f"file:{origin}:{member}"
         return {"origin": origin, "zip": zip_path, "member": member, "parts": parts, "group": group,
-                "part": int(m.group(1) or 0) if m else 0, "source": _source_of(parts), "size": size}
+                "part": int(m.group(1) or 0) if m else 0, "source": _source_of(parts), "section": _section_of(parts),
+                "size": size}
 
     def add(entry: dict | None) -> None:
         if entry is None:
@@ -106,7 +94,7 @@ def discover_export(paths: list[str | Path], limits: IngestLimits | None = None,
         entries.append(entry)
 
     def add_zip(zpath: Path) -> None:
-        shown_zip = f"<{redact_path(str(zpath), 'zip')}>" if redact else str(zpath)
+        shown_zip = shown_export_path(zpath, redact)
         try:
             with zipfile.ZipFile(zpath) as zf:
                 total = 0
@@ -142,7 +130,8 @@ def discover_export(paths: list[str | Path], limits: IngestLimits | None = None,
     for raw in paths:
         path = Path(raw)
         if not path.exists():
-            failures.append(_failure(str(path), f"{path}: path does not exist", "missing_path"))
+            shown = shown_export_path(path, redact)
+            failures.append(_failure(shown, f"{shown}: path does not exist", "missing_path"))
         elif path.is_file() and path.suffix.lower() == ".zip":
             add_zip(path)
         elif path.is_file():
@@ -168,6 +157,8 @@ def discover_export(paths: list[str | Path], limits: IngestLimits | None = None,
                                                      "symlink_outside_export"))
                             continue
                     try:
+                        if not full.is_file():  # a FIFO or device would block or never end
+                            continue
                         size = full.stat().st_size
                     except OSError:
                         continue
@@ -176,7 +167,7 @@ def discover_export(paths: list[str | Path], limits: IngestLimits | None = None,
                     else:
                         add(entry_of(str(path), None, member, size))
     for origin, n in html_files.items():
-        shown = f"<{redact_path(origin, 'zip' if origin.lower().endswith('.zip') else 'export')}>" if redact else origin
+        shown = shown_export_path(origin, redact)
         failures.append(_failure(shown, f"{shown}: {n} HTML message file(s) skipped (an HTML export): SimMe reads only the "
                                         "JSON format; download your information again choosing JSON",
                                  "html_export"))
@@ -242,28 +233,6 @@ def read_entry_bytes(entry: dict, max_bytes: int | None = None) -> bytes:
     if len(raw) > cap:
         raise ValueError(f"file is over the {_mb(cap)} limit (--max_file_bytes); skipped")
     return raw
-
-
-def redact_path(path: str, kind: str = "file") -> str:
-    """A stable placeholder for a path component that may hold a person's name (thread folder, zip, E2EE file)."""
-    import hashlib
-
-    return f"{kind}-{hashlib.sha1(path.encode()).hexdigest()[:8]}"
-
-
-def entry_display_path(entry: dict, redact: bool) -> str:
-    """Path shown in errors and reports. When redacting, every component that can hold a name (the export folder or
-    zip name, e.g. facebook-<name>-<date>.zip, thread folders, E2EE `<Name>_<n>.json`) is replaced by a hash."""
-    parts = list(entry["parts"])
-    if not redact:
-        inner = "/".join(parts)
-        return f"{entry['zip']}!{inner}" if entry["zip"] else str(Path(entry["origin"]) / inner)
-    if _THREAD_FILE_RE.match(parts[-1]) and len(parts) >= 2:
-        parts[-2] = redact_path(parts[-2], "thread")
-    elif parts:
-        parts[-1] = redact_path(parts[-1], "thread") + ".json"
-    root = redact_path(entry["zip"] or entry["origin"], "zip" if entry["zip"] else "export")
-    return f"<{root}>/" + "/".join(parts)
 
 
 def detect_file_kind(doc: Any) -> str | None:
@@ -351,7 +320,7 @@ def instagram_old_to_documents(doc: list) -> list[dict]:
     return out
 
 
-def read_thread_group(entries: list[dict], redact: bool,
+def read_thread_group(entries: list[dict], redact: bool | bytes,
                       limits: IngestLimits | None = None) -> tuple[list[tuple[Any, str, str, bool]], list[dict], list[str]]:
     """Load and shape-check the files of one thread group: (docs for parse_thread_documents, failures, e2ee_flags).
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from .chat_format import MESSAGES, OTHER_ROLE, OWNER_ROLE, SILENT_REPLY, build_system_prompt, chat_token_ids, format_user_turn
 from .export import DROP_REASONS, REPAIR_REASONS, infer_owner
+from .export_paths import EXPORT_SECTIONS
 from .pii import PII_KINDS
 from .runtime import UserError
 from .samples import group_bursts, pack_windows, render_lengths, silent_cut_points, split_sessions, truncate_to_tokens
@@ -104,6 +105,12 @@ class ThreadSamples:
     counts: Counter = field(default_factory=Counter)
 
 
+def thread_chat_id(key: str, anon, seed: int) -> str:
+    """The chat_id of a thread. Its key is a folder name that can hold a name: keyed when anonymized, so it cannot
+    be guessed back."""
+    return anon.chat_id(key) if anon else "c" + hashlib.sha1(f"{seed}:{key}".encode()).hexdigest()[:12]
+
+
 def build_thread_samples(rec: dict, owner: str, anon, tokenizer, settings: SampleSettings) -> ThreadSamples:
     """Anonymize one merged thread (from merge_thread_records), split it into sessions and cut its samples.
 
@@ -118,8 +125,7 @@ def build_thread_samples(rec: dict, owner: str, anon, tokenizer, settings: Sampl
     owner_name = anon.name(owner) if anon else owner
     name = anon.name if anon else (lambda s: s)
     text_of = anon.text if anon else (lambda s: s)
-    # The thread key is a folder name that can hold a name: keyed when anonymized, so it cannot be guessed back.
-    chat_id = anon.chat_id(rec["key"]) if anon else "c" + hashlib.sha1(f"{settings.seed}:{rec['key']}".encode()).hexdigest()[:12]
+    chat_id = thread_chat_id(rec["key"], anon, settings.seed)
     others, chat_type = _thread_others(rec, owner)
     out.counts[chat_type] += 1
     msgs = [(ts, name(s), text_of(t), src, s == owner) for ts, s, t, src in rec["messages"]]
@@ -236,6 +242,14 @@ class IngestTally:
     duplicates: int = 0
     counts: Counter = field(default_factory=Counter)
     sessions: list[tuple[int, str, int]] = field(default_factory=list)
+    chats_excluded: Counter = field(default_factory=Counter)
+    messages_excluded: Counter = field(default_factory=Counter)
+
+    def exclude(self, reason: str, threads: int = 1, messages: int | None = None) -> None:
+        """Count chats left out by the selection (and their messages, when they were read)."""
+        self.chats_excluded[reason] += threads
+        if messages is not None:
+            self.messages_excluded[reason] += messages
 
     def add_record(self, rec: dict) -> None:
         """Count one merged thread's messages and drops."""
@@ -253,11 +267,14 @@ class IngestTally:
 
 
 def ingest_report(tally: IngestTally, *, owner: str, inferred: bool, evidence: str, anonymized: bool,
-                  failures: list[dict], n_samples: dict[str, int], max_length: int, anon, elapsed_s: float) -> dict:
+                  failures: list[dict], n_samples: dict[str, int], max_length: int, anon, elapsed_s: float,
+                  sections: tuple[str, ...] = EXPORT_SECTIONS) -> dict:
     """The ingest_report.json of stage 01 (owner is the name as shown: a surrogate when anonymized).
 
     `files_skipped` counts files_failed by named reason; `repaired` counts kept messages that were changed
-    (lone surrogates removed, truncated to --max_message_chars).
+    (lone surrogates removed, truncated to --max_message_chars). `chats_excluded` counts the chats the selection
+    left out by reason (`section:<name>` never read; include_chats, exclude_chats, min_messages read, then left
+    out, their messages in `messages_excluded`); totals count the selected chats only.
 
     Raises AssertionError if kept + dropped messages do not add up to the total read.
     """
@@ -274,6 +291,8 @@ def ingest_report(tally: IngestTally, *, owner: str, inferred: bool, evidence: s
         "windows_too_long": c["windows_too_long"],
         "max_length": max_length, "sources": {k[4:]: v for k, v in c.items() if k.startswith("src:")},
         "pii_replaced": {k: anon.replaced[k] for k in PII_KINDS} if anon else {},  # counts by kind, never values
+        "sections": list(sections), "chats_excluded": dict(sorted(tally.chats_excluded.items())),
+        "messages_excluded": dict(sorted(tally.messages_excluded.items())),
         "elapsed_s": elapsed_s,
     }
     assert report["messages_total"] == report["messages_kept"] + sum(report["dropped"].values()), "accounting invariant"
@@ -289,6 +308,7 @@ def ingest_summary_rows(report: dict) -> list[tuple[str, Any]]:
             ("messages total", report["messages_total"]), ("messages kept", report["messages_kept"])]
     rows += [(f"  dropped: {r}", k) for r, k in report["dropped"].items() if k]
     rows += [(f"  repaired: {r}", k) for r, k in report.get("repaired", {}).items() if k]
+    rows += [(f"chats excluded: {r}", k) for r, k in report.get("chats_excluded", {}).items()]
     rows += [("files failed", len(report["files_failed"]))]
     rows += [(f"  skipped: {r}", k) for r, k in report.get("files_skipped", {}).items()]
     rows += [("sessions", report["sessions"]), ("turns", report["turns"]),

@@ -99,8 +99,16 @@ def cpu_threads(num_processes: int = 1, requested: int | None = None) -> int:
 
 
 def simme_cache_dir() -> Path:
-    """Where converted models live: $SIMME_CACHE, else ~/.cache/simme."""
-    return Path(os.environ.get("SIMME_CACHE") or Path.home() / ".cache" / "simme")
+    """Where converted models live: $SIMME_CACHE, else ~/.cache/simme; created, or narrowed, to mode 0700, because
+    the merged twins cached under it carry the owner's style."""
+    path = Path(os.environ.get("SIMME_CACHE") or Path.home() / ".cache" / "simme")
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        try:
+            path.chmod(0o700)
+        except PermissionError:  # a cache another user owns and shares: theirs to protect
+            pass
+    return path
 
 
 def process_peak_memory_mb() -> float:

@@ -1,7 +1,10 @@
-"""The on-disk contract between the stages: default directories, loading 01's dataset, the feedback store."""
+"""The on-disk contract between the stages: default directories, loading 01's dataset, atomic and private (0600/0700)
+outputs, the feedback store, and the private spool of raw data that is removed on every exit path."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -72,8 +75,6 @@ def append_to_disk_dataset(path: str | Path, rows: list[dict]) -> int:
     one (replace_dir), so an interrupted append leaves the previous rows intact and concurrent writers never
     lose rows.
     """
-    import shutil
-
     from datasets import Dataset, concatenate_datasets, load_from_disk
     from filelock import FileLock
 
@@ -97,7 +98,6 @@ def append_to_disk_dataset(path: str | Path, rows: list[dict]) -> int:
 def _exchange(a: Path, b: Path) -> bool:
     """Atomically swap two existing paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
     import ctypes
-    import os
 
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -137,12 +137,12 @@ def carry_entries(old: Path, final: Path, keep: tuple[str, ...]) -> None:
 def replace_dir(new: Path, final: Path, keep: tuple[str, ...] = ()) -> None:
     """Put the finished directory `new` at `final` so that `final` is at every moment either the complete old
     or the complete new output (an atomic exchange; where the OS lacks one, a recoverable two-step rename).
+    The new output is made private first (make_private): it holds the owner's messages or their twin.
 
     Entries of the old output matching `keep` (glob patterns) are moved into the new one after the exchange.
     """
-    import shutil
-
     new, final = Path(new), Path(final)
+    make_private(new)
     _recover_dir(final)
     if not final.exists():
         new.rename(final)
@@ -166,8 +166,6 @@ def atomic_output_dir(final: str | Path):
 
     Leftover temporary directories of killed runs (`.<name>.tmp-*` beside it) are removed on the next use.
     """
-    import os
-    import shutil
     import tempfile
 
     final = Path(final)
@@ -188,6 +186,79 @@ def atomic_output_dir(final: str | Path):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     replace_dir(tmp, final)
+
+
+def make_private(root: str | Path) -> None:
+    """Narrow a directory tree to its owner: directories 0700, files 0600 (symlinks are left as they are)."""
+    root = Path(root)
+    root.chmod(0o700)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name, mode in [(d, 0o700) for d in dirnames] + [(f, 0o600) for f in filenames]:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                os.chmod(path, mode)
+
+
+_SPOOL_LOCK = ".lock"
+
+
+def _exit_on_signal(signum: int, frame) -> None:
+    raise SystemExit(128 + signum)  # unwinds through every `finally`, which removes the spool
+
+
+@contextmanager
+def private_spool(prefix: str = "simme01_"):
+    """A private (0700) temporary directory for raw, un-anonymized data, removed on every exit path: success, an
+    exception, Ctrl-C, and SIGTERM or SIGHUP, which raise SystemExit while it is open (main thread only).
+
+    SIGKILL and the OOM killer cannot be caught: a spool of such a run (`<prefix><pid>_*` in the temp dir) is
+    recognized by its lock, which died with its process, and removed when the next spool of `prefix` opens.
+    """
+    import fcntl
+    import signal
+    import tempfile
+    import threading
+
+    sweep_dead_spools(prefix)
+    # Made under a hidden name, locked, then renamed: a concurrent sweep never sees it unlocked.
+    hidden = Path(tempfile.mkdtemp(prefix=f".{prefix}{os.getpid()}_"))
+    lock = open(hidden / _SPOOL_LOCK, "w")
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    path = hidden.with_name(hidden.name[1:])
+    hidden.rename(path)
+    signals = (signal.SIGTERM, signal.SIGHUP) if threading.current_thread() is threading.main_thread() else ()
+    previous = {sig: signal.signal(sig, _exit_on_signal) for sig in signals}
+    try:
+        yield path
+    finally:
+        for sig in signals:  # a second signal must not interrupt the removal
+            signal.signal(sig, signal.SIG_IGN)
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+            lock.close()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def sweep_dead_spools(prefix: str = "simme01_", tmp_dir: str | Path | None = None) -> int:
+    """Remove the spools of `prefix` (ours, in the temp dir) whose process died without removing them, e.g. killed
+    by SIGKILL or for memory: nobody holds their lock. Returns how many were removed."""
+    import fcntl
+    import tempfile
+
+    removed = 0
+    for path in sorted(Path(tmp_dir or tempfile.gettempdir()).glob(f"{prefix}*")):
+        try:
+            if path.is_symlink() or not path.is_dir() or path.stat().st_uid != os.getuid():
+                continue
+            with open(path / _SPOOL_LOCK, "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: its run is alive
+                shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+        except OSError:
+            continue
+    return removed
 
 
 def feedback_usage(path: Path) -> tuple[int, int]:
