@@ -333,6 +333,13 @@ def case_symlinks_out_of_the_export(tmp):
     return [], {}, {"skipped": "symlink_outside_export", "kept_exactly": 4}
 
 
+def case_fifo_named_like_a_thread_file(tmp):
+    fifo = tmp / "messages" / "inbox" / "fifo_35" / "message_1.json"
+    fifo.parent.mkdir(parents=True)
+    os.mkfifo(fifo)  # opening it would block forever: not a regular file, so never opened
+    return [], {}, {"kept_exactly": 4}
+
+
 def case_many_malformed_rows(tmp):
     rows = [msg("Pa", "bad", "x") for _ in range(20_000)] + [msg("Al", T0 + 11 * DAY, "last one")]
     damaged_thread(tmp, "many_34", thread_doc(["Al", "Pa"], rows))
