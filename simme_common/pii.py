@@ -17,6 +17,9 @@ import secrets
 from collections import Counter
 from pathlib import Path
 
+from . import name_lexicon as lex
+from .name_lexicon import VI_GIVEN_SET, VI_MENTION_BEFORE, VOCATIVE_AFTER, VOCATIVE_BEFORE, common_words
+from .ner import DEFAULT_NER_MODEL, load_person_ner
 from .pii_detect import _MONTH_RE, _MONTHS, _SOCIAL_HOSTS, detect_pii
 from .runtime import UserError
 from .text_features import strip_diacritics, vi_letters
@@ -24,25 +27,7 @@ from .text_features import strip_diacritics, vi_letters
 DEFAULT_KEY_FILE = "~/.config/simme/anonymizer.key"
 KEY_BYTES = 32
 
-
-
 _NAME_TOKEN_RE = re.compile(r"\w+")
-
-# Words around a name that mark it as a name even when the name is also a common word ("an ơi", "hi Will").
-_VOCATIVE_AFTER = {"ơi", "oi", "à", "ạ", "ah"}
-# Common Vietnamese given names: also syllables of places ("Hà Nội", "Bình Dương"), so only taken after or before a
-# word that addresses or mentions a person ("gặp Tuấn", "anh Tuấn", "Tuấn ơi").
-_VI_GIVEN = ("An Anh Bảo Bình Châu Chi Cường Dũng Duy Dương Đạt Đức Giang Hà Hải Hân Hạnh Hiếu Hoa Hòa Hoàng Hùng Hương "
-             "Huy Huyền Khánh Khoa Kiên Lan Linh Long Mai Minh My Nam Nga Ngân Ngọc Nhung Nhi Phong Phúc Phương Quân "
-             "Quang Quỳnh Sơn Tâm Thảo Thanh Thắng Thành Thủy Thư Tiến Trang Trí Trinh Trung Tú Tuấn Tùng Uyên Vân Việt "
-             "Vinh Vy Yến").split()
-_VI_MENTION_BEFORE = {"anh", "chị", "em", "bạn", "cô", "chú", "bác", "ông", "bà", "gặp", "với", "hỏi", "nhắn", "gọi",
-                      "bảo", "thằng", "con", "nhỏ", "bé", "cháu", "cậu", "dì", "mợ"}
-_VOCATIVE_BEFORE = {"anh", "chị", "chi", "em", "bạn", "cô", "chú", "bác", "ông", "bà", "hi", "hey", "hello", "thanks",
-                    "thank", "dear", "yo", "bye", "with", "and", "tell", "ask", "call", "told", "asked"}
-
-_VI_GIVEN_SET = frozenset(_VI_GIVEN) | frozenset(
-    ("Hưng", "Vũ", "Tú", "Hoàng", "Phúc", "Trung", "Quang", "Khoa", "Lộc", "Thảo", "Hằng", "Loan", "Nhàn", "Diệp"))
 
 PII_KINDS = ("name", "name_other", "phone", "email", "url", "handle", "address_en", "address_vi", "id", "card", "bank", "ssn",
              "passport", "plate", "dob")
@@ -85,55 +70,6 @@ def _vi_family_names() -> set[str]:
     return {strip_diacritics(n) for n in Provider.last_names}
 
 
-@functools.lru_cache(maxsize=2)
-def _common_words(vietnamese: bool) -> frozenset[str]:
-    """Lowercase words too common to replace in any casing when a name part equals one ("will", "may", "an").
-
-    English: every word the Brill lexicon (TextBlob) tags as something other than a proper noun ("brown",
-    "hope"; not "smith"). Vietnamese: the function words and a few everyday syllables, accented and not; an
-    English lexicon would wrongly protect "hung" (Hùng typed without accents).
-    """
-    from stop_words import get_stop_words
-
-    if vietnamese:
-        vi = {w for w in get_stop_words("vi") if " " not in w}
-        vi |= {"an", "nam", "mai", "hoa", "lan", "tin", "thu", "ha", "hai", "son", "long", "binh", "minh", "tam",
-               "phuc", "vui", "my", "anh", "em", "chi", "hoang", "thanh", "hong", "nga", "ngoc"}
-        return frozenset(vi | {strip_diacritics(w) for w in vi})
-    import textblob
-
-    words = set(get_stop_words("en"))
-    with open(Path(textblob.__file__).parent / "en" / "en-lexicon.txt", encoding="utf-8") as f:
-        for line in f:
-            word, _, tags = line.partition(" ")
-            if word.islower() and tags.split() and tags.split()[0] not in ("NNP", "NNPS"):
-                words.add(word)
-    return frozenset(words | {"hope", "will", "may", "june", "april", "grace", "joy", "faith", "sunny", "summer"})
-
-
-@functools.lru_cache(maxsize=1)
-def _other_names() -> tuple[frozenset[str], frozenset[str]]:
-    """English (given names, family names) that are no everyday word: names of people nobody listed ("met Sarah").
-
-    A lexicon (faker's en_US name lists), not NER: names outside it are missed. Vietnamese: _VI_GIVEN.
-    """
-    from faker.providers.person.en_US import Provider as En
-
-    en, vi = _common_words(False), _common_words(True)
-
-    def rare(n: str) -> bool:
-        low = n.lower()
-        return low not in en and low not in vi and strip_diacritics(low) not in vi and len(n) > 2
-
-    # Names that are more often places, brands, languages or faiths in chat ("San Francisco", "English").
-    not_people = {"English", "Virginia", "Francisco", "Sydney", "Dakota", "Austin", "Mercedes", "Alexa", "Jesus",
-                  "Christian", "Jordan", "Paris", "Georgia", "Carolina", "Houston", "Dallas", "Denver", "Phoenix",
-                  "Chelsea", "Washington", "Lincoln", "Madison", "Orlando", "Savannah", "Tesla", "Siri", "Camry"}
-    given = {n for n in En.first_names if rare(n) and n not in not_people}
-    family = {n for n in En.last_names if rare(n) and n not in not_people}
-    return frozenset(given), frozenset(family)
-
-
 class Anonymizer:
     """Secret-keyed, consistent surrogates for participants' names and for PII found in free text.
 
@@ -141,7 +77,9 @@ class Anonymizer:
     counts replacements in texts by kind (no values).
     """
 
-    def __init__(self, names: list[str], key: bytes):
+    def __init__(self, names: list[str], key: bytes, ner_model: str | None = DEFAULT_NER_MODEL):
+        """`names`: the participants; `key`: the secret key; `ner_model`: the spaCy pipeline that finds names nobody
+        listed (None or "" for the name lexicon only; a missing model warns once and falls back to it)."""
         from faker import Faker
         from faker.providers.person.vi_VN import Provider as ViNames
 
@@ -153,6 +91,8 @@ class Anonymizer:
         self._vi_last = list(ViNames.last_names)
         self._vi_middle = list(ViNames.middle_names)
         self._vi_first = list(ViNames.first_names_male) + list(ViNames.first_names_female)
+        self._vi_wide_last = sorted(n.capitalize() for n in lex.VI_FAMILY)
+        self._vi_wide_first = sorted(n.capitalize() for n in lex.VI_SYLLABLES - {"văn", "thị"})
         self.whole_map: dict[str, str] = {}
         self.pii_map: dict[tuple[str, str], str] = {}
         self.replaced: Counter = Counter()
@@ -161,12 +101,13 @@ class Anonymizer:
         self._folded: dict[str, tuple[str, str, bool]] = {}
         self._used: set[str] = set()
         self._odd_names: list[tuple[str, str]] = []
-        self._given, self._family = _other_names()
-        self._other_lower = frozenset(n.lower() for n in (*self._given, *self._family, *_VI_GIVEN_SET))
+        self._given, self._family = lex.other_names()
+        self._other_lower = frozenset(n.lower() for n in (*self._given, *self._family, *VI_GIVEN_SET))
         real_parts = {strip_diacritics(p).lower() for name in names for p in name.split()}  # folded
         for name in sorted(set(names)):
             self._add_name(name, real_parts)
         self._real_parts = real_parts
+        self.ner = load_person_ner(ner_model)
 
     def __repr__(self) -> str:
         return f"Anonymizer({len(self.whole_map)} names)"  # never the key
@@ -204,7 +145,7 @@ class Anonymizer:
             sur = self._draw_part(part, role, vi, real_parts)
             if re.fullmatch(r"\w+", part) and len(part) > 1:
                 low = part.lower()
-                common = _common_words(vi)
+                common = common_words(vi)
                 entry = (part, sur, low in common or strip_diacritics(low) in common)
                 self._exact.setdefault(low, entry)
                 self._folded.setdefault(strip_diacritics(low), entry)
@@ -214,13 +155,19 @@ class Anonymizer:
         if not re.fullmatch(r"[\w ]+", name) and len(re.findall(r"\w", name)) >= 2:
             self._odd_names.append((name, self.whole_map[name]))
 
-    def _draw_part(self, part: str, role: str, vi: bool, real_parts: set[str]) -> str:
-        """Keyed surrogate of one name part: new, and unaccented neither the real part nor any real name part."""
+    def _draw_part(self, part: str, role: str, vi: bool, real_parts: set[str], wide: bool = False) -> str:
+        """Keyed surrogate of one name part: new (while the list lasts), and unaccented neither the real part nor any
+        real name part. `wide`: Vietnamese parts from the name lexicon (~150 syllables), not faker's 35 given names,
+        which the many names nobody listed would exhaust."""
         key_part = strip_diacritics(part).lower()
-        for attempt in range(50):
+        if vi and wide:
+            pools = {"last": self._vi_wide_last, "first": self._vi_wide_first, "middle": self._vi_wide_first}
+        else:
+            pools = {"last": self._vi_last, "first": self._vi_first, "middle": self._vi_middle}
+        for attempt in range(80):
             rng = self._rng("name", role, "vi" if vi else "en", key_part, str(attempt))
             if vi:
-                s = rng.choice(self._vi_last if role == "last" else self._vi_first if role == "first" else self._vi_middle)
+                s = rng.choice(pools[role])
             else:
                 fk = self._faker(self._en, "name", role, key_part, str(attempt))
                 s = fk.last_name() if role == "last" else fk.first_name()
@@ -228,8 +175,8 @@ class Anonymizer:
             folded = strip_diacritics(s).lower()
             # Nor containing one: "Janet" would carry "Jane" into the output bytes.
             inner = {folded[i:j] for i in range(len(folded)) for j in range(i + 4, len(folded) + 1)}
-            if s not in self._used and folded != key_part and folded not in real_parts and inner.isdisjoint(real_parts) \
-                    and key_part not in folded and s.lower() not in _common_words(vi):
+            if (s not in self._used or attempt >= 40) and folded != key_part and folded not in real_parts and inner.isdisjoint(real_parts) \
+                    and key_part not in folded and s.lower() not in common_words(vi):
                 break
         self._used.add(s)
         return s
@@ -277,6 +224,16 @@ class Anonymizer:
 
     def text(self, text: str) -> str:
         """Replace names and PII inside one message text with their surrogates."""
+        return self.texts([text])[0]
+
+    def texts(self, texts: list[str]) -> list[str]:
+        """Replace names and PII inside message texts with their surrogates (NER batched over the texts)."""
+        texts = [self._replace_pii(t) for t in texts]
+        ner_words = self.ner.person_words(texts) if self.ner else [[] for _ in texts]
+        return [self._replace_names(t, w) for t, w in zip(texts, ner_words)]
+
+    def _replace_pii(self, text: str) -> str:
+        """The detect_pii kinds and names with emoji/punctuation, replaced."""
         spans = detect_pii(text)
         if spans:
             out, last = [], 0
@@ -288,25 +245,32 @@ class Anonymizer:
         for real, sur in self._odd_names:  # names with emoji/punctuation cannot be matched part by part
             if real in text:
                 text = text.replace(real, sur)
+        return text
+
+    def _replace_names(self, text: str, ner_words: list[lex.Span]) -> str:
+        """Participants' name parts, and the names nobody listed that NER or the name lexicon find."""
+        spans = {s[0]: s for s in lex.find_name_spans(text)}
+        spans.update({s[0]: s for s in ner_words})
         # Word-by-word dictionary lookup: O(words), whatever the number of people (a regex alternation of
         # thousands of names would be O(names) at every position). Most messages name nobody: one C-level set
         # test skips the per-word callback for them.
-        words = _NAME_TOKEN_RE.findall(text.lower())
-        if self._exact.keys().isdisjoint(words) and self._folded.keys().isdisjoint(words) and \
-                self._other_lower.isdisjoint(words):
-            return text
-        return _NAME_TOKEN_RE.sub(self._name_token, text)
+        if not spans:
+            words = _NAME_TOKEN_RE.findall(text.lower())
+            if self._exact.keys().isdisjoint(words) and self._folded.keys().isdisjoint(words) and \
+                    self._other_lower.isdisjoint(words):
+                return text
+        return _NAME_TOKEN_RE.sub(lambda m: self._name_token(m, spans.get(m.start())), text)
 
-    def _name_token(self, m: re.Match) -> str:
+    def _name_token(self, m: re.Match, span: lex.Span | None) -> str:
         token = m.group()
         low = token.lower()
         entry = self._exact.get(low)
         if entry is None and low.isascii():
             entry = self._folded.get(low)  # "hung" for "Hùng": typed without accents; "mình" never matches "Minh"
         if entry is None:
-            return self._other_name(m)
+            return self._third_party(token, span[2], span[3]) if span else self._other_name(m)
         real, sur, common = entry
-        if common and not self._is_name_in_context(m, real):
+        if common and not span and not self._is_name_in_context(m, real):
             return token
         self.replaced["name"] += 1
         if low.isascii() and not real.isascii():  # typed without accents: so is the surrogate
@@ -320,10 +284,10 @@ class Anonymizer:
         token = m.group()
         if token in self._given:
             role = "first"
-        elif token in _VI_GIVEN_SET:
+        elif token in VI_GIVEN_SET:
             prv = re.search(r"(\w+)[\s,]{1,3}$", m.string[max(0, m.start() - 24):m.start()])
             nxt = re.match(r"[\s,]{1,3}(\w+)", m.string[m.end():m.end() + 12])
-            if not ((prv and prv.group(1).lower() in _VI_MENTION_BEFORE) or (nxt and nxt.group(1).lower() in _VOCATIVE_AFTER)):
+            if not ((prv and prv.group(1).lower() in VI_MENTION_BEFORE) or (nxt and nxt.group(1).lower() in VOCATIVE_AFTER)):
                 return token
             role = "first"
         elif token in self._family:
@@ -333,12 +297,20 @@ class Anonymizer:
             role = "last"
         else:
             return token
-        key = ("name_other", token)
+        return self._third_party(token, role, role == "first" and token in VI_GIVEN_SET)
+
+    def _third_party(self, token: str, role: str, vi: bool) -> str:
+        """Keyed surrogate of one word of a name nobody listed, in the word's casing ("sarah", "SARAH", "Sarah")."""
+        key = ("name_other", role, strip_diacritics(token).lower() if token.isascii() else token.lower())
         if key not in self.pii_map:
-            vi = role == "first" and token in _VI_GIVEN_SET
-            self.pii_map[key] = self._draw_part(token, role, vi, self._real_parts)
+            self.pii_map[key] = self._draw_part(token[:1].upper() + token[1:].lower(), role, vi, self._real_parts, wide=True)
         self.replaced["name_other"] += 1
-        return self.pii_map[key]
+        sur = self.pii_map[key]
+        if token.isascii() and not sur.isascii():  # typed without accents: so is the surrogate
+            sur = strip_diacritics(sur)
+        if token.isupper() and len(token) > 1:
+            return sur.upper()
+        return sur.lower() if token.islower() else sur
 
     def _is_name_in_context(self, m: re.Match, real: str) -> bool:
         """A name part that is also a common word counts as a name only capitalized mid-sentence, as a vocative
@@ -347,10 +319,10 @@ class Anonymizer:
         nxt = re.match(r"[\s,]{0,3}(\w+)", s[m.end():m.end() + 24])
         prv = re.search(r"(\w+)[\s,]{0,3}$", s[max(0, m.start() - 24):m.start()])
         nxt_w, prv_w = (nxt.group(1).lower() if nxt else ""), (prv.group(1).lower() if prv else "")
-        if nxt_w in _VOCATIVE_AFTER:
+        if nxt_w in VOCATIVE_AFTER:
             return True
         titled = token == real and token[:1].isupper() and not token.isupper()
-        if titled and prv_w in _VOCATIVE_BEFORE:
+        if titled and prv_w in VOCATIVE_BEFORE:
             return True
         for w in (prv_w, nxt_w):
             e = self._exact.get(w) or (self._folded.get(w) if w.isascii() else None)

@@ -44,6 +44,30 @@ _ADDR_VI_RE = re.compile(
     rf"[{_UPPER}]{_WORD}*(?:\s+[{_UPPER}]{_WORD}*){{0,4}}"
     rf"(?:\s*,\s*{_VI_ADMIN}\s*(?:\d{{1,2}}\b|[{_UPPER}]{_WORD}*(?:\s+[{_UPPER}]{_WORD}*){{0,3}}))*"
 )
+# Lowercase street addresses ("123 main st", "45 oak avenue apt 2"): only the street words that are no everyday
+# phrase ("5 minutes down the road", "a 2 way street" are not addresses).
+_EN_NOT_STREET = (r"(?:the|a|an|of|to|in|on|at|by|down|up|from|my|your|our|his|her|their|this|that|more|other|way|ways"
+                  r"|minutes?|mins?|hours?|hrs?|days?|weeks?|miles?|mi|km|blocks?|times?|lanes?|steps?|and|or|is|are)")
+_ADDR_EN_LOWER_RE = re.compile(
+    rf"(?i)\b\d{{1,6}}\s+(?:(?!{_EN_NOT_STREET}\b)[a-z]+\.?\s+){{1,3}}(?:street|st|avenue|ave|road|rd|boulevard|blvd"
+    rf"|highway|hwy|parkway|pkwy|ln|dr)\b(?:,?\s+(?:apt|suite|unit)\.?\s*#?\w+)?"
+)
+# Lowercase Vietnamese addresses ("số 12 ngõ 34 phố huế", "45 đường lê lợi, quận 1", "hẻm 51 lê văn sỹ"). A street
+# name is 1-4 words, none a particle or function word, so "phố huế nha" stops before "nha".
+_VI_STOP = (r"(?:nha|nhé|nhe|nhá|nè|đó|đấy|ạ|à|ha|hả|không|ko|k|rồi|thì|là|và|với|có|để|mà|nhưng|luôn|đi|nhà|ở|gần|cạnh"
+            r"|trước|sau|bên|qua|lúc|khi|hôm|mai|tối|sáng|chiều|này|kia|đây|mình|tui|tôi|em|anh|chị|ơi|cho|của|thôi|nữa|vậy"
+            r"|phường|quận|huyện|xã|tp|thành|tỉnh)")
+_VI_NAME_WORDS = rf"(?:(?!{_VI_STOP}\b)[^\W\d_]+)(?: (?!{_VI_STOP}\b)[^\W\d_]+){{0,3}}"
+_VI_NUM = r"\d{1,4}[a-zA-Z]?(?:/\d{1,4}[a-zA-Z]?)*"
+_VI_ALLEY = rf"(?:ngõ|ngách|hẻm|kiệt)\s+{_VI_NUM}"
+_VI_ADMIN_TAIL = rf"(?:\s*,?\s*(?:phường|quận|huyện|xã|thị xã|thành phố|tỉnh|tp\.?|p\.|q\.)\s*(?:\d{{1,2}}\b|{_VI_NAME_WORDS}))"
+_ADDR_VI_LOWER_RE = re.compile(
+    rf"(?i)(?:\bsố\s+)?(?:"
+    rf"\b{_VI_NUM}(?:\s*,?\s*{_VI_ALLEY})*\s*,?\s*(?:đường|phố)\s+(?:số\s+\d{{1,3}}\b|{_VI_NAME_WORDS})"  # 45 đường lê lợi
+    rf"|(?:\b{_VI_NUM}\s*,?\s*)?\b{_VI_ALLEY}(?:\s*,?\s*{_VI_ALLEY})*(?:\s*,?\s*(?:(?:đường|phố)\s+)?{_VI_NAME_WORDS})?"
+    rf"|\b{_VI_NUM}\s+{_VI_NAME_WORDS}(?={_VI_ADMIN_TAIL})"  # 12 nguyễn huệ, quận 1
+    rf"){_VI_ADMIN_TAIL}*"
+)
 _ADDR_VI_CUE_RE = re.compile(rf"[Đđ]ường|[Pp]hố |[Nn]gõ|[Hh]ẻm|[Kk]iệt|^[Ss]ố|{_VI_ADMIN}")
 
 _NUMBER_RE = re.compile(
@@ -144,7 +168,8 @@ def detect_pii(text: str) -> list[tuple[int, int, str]]:
         for rx in (_PII_URL_RE, _DOMAIN_RE):  # a sentence's closing punctuation is no part of the link
             found += [(m.start(), m.start() + len(m.group().rstrip(".,;:!?)]}'\"")), "url") for m in rx.finditer(text)]
     if _DIGIT_RE.search(text):
-        found += [(m.start(), m.end(), "address_en") for m in _ADDR_EN_RE.finditer(text)]
+        found += [(m.start(), m.end(), "address_en") for rx in (_ADDR_EN_RE, _ADDR_EN_LOWER_RE) for m in rx.finditer(text)]
+        found += [(m.start(), m.end(), "address_vi") for m in _ADDR_VI_LOWER_RE.finditer(text)]
         found += [(m.start(), m.end(), "address_vi") for m in _ADDR_VI_RE.finditer(text)
                   if _ADDR_VI_CUE_RE.search(m.group())]
         for m in _NUMBER_RE.finditer(text):
