@@ -2,9 +2,12 @@
 
 accelerate launch 01_prepare.py --config configs/prepare.yaml --export_path data/sample_export
 accelerate launch 01_prepare.py --export_path facebook-part1.zip facebook-part2.zip messages_e2ee.zip --owner "Full Name"
+accelerate launch 01_prepare.py --export_path export/ --include_sections inbox,archived_threads,e2ee_cutover,message_requests \
+    --exclude_chats "^Work" --since 2021-01-01 --min_messages 20
 
 Writes to --output_dir (default data/01_prepared): dataset/ (DatasetDict train/validation/test of TRL
-conversational samples), messages/ (every kept, anonymized message), ingest_report.json, run_config.json.
+conversational samples), messages/ (every kept, anonymized message), ingest_report.json, run_config.json, all
+private (0600/0700). Message requests and filtered threads are left out unless --include_sections lists them.
 """
 
 from __future__ import annotations
