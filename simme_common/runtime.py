@@ -106,7 +106,7 @@ def simme_cache_dir() -> Path:
     if path.stat().st_mode & 0o077:
         try:
             path.chmod(0o700)
-        except PermissionError:  # a cache another user owns and shares: theirs to protect
+        except OSError:  # a cache another user owns and shares, or on a read-only disk: theirs to protect
             pass
     return path
 
