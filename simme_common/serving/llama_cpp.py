@@ -31,6 +31,12 @@ class LlamaCppOptions:
     gguf_keep: int = 4  # merged twins kept in the GGUF cache (most recently used)
     amx_bf16_min_tokens: str | None = None  # override of amx_bf16_min_tokens ("0" = off); None: by RAM
     amx: bool = True  # False places weights as a stock llama.cpp build does (benchmarks of the AMX patch)
+    # Chats decoded together in one llama.cpp batch (BatchDecoder); 1 = one request at a time (the baseline path).
+    max_batch: int = 16
+    # Context of each batched chat (prompt + reply; the app's defaults need 512 + 256): its KV cells are reserved up
+    # front, batch_n_ctx x max_batch x ~23 KB for the default model (377 MB at 1024 x 16). n_ctx applies at 1.
+    batch_n_ctx: int = 1024
+    max_waiting: int = 32  # requests queued beyond max_batch before new ones are refused (TwinBusy)
 
 
 def _load_llama_cpp(base: str, adapter, tokenizer, quant: str | None, options: LlamaCppOptions):
@@ -48,14 +54,16 @@ def _load_llama_cpp(base: str, adapter, tokenizer, quant: str | None, options: L
     bf16_min = None  # not our BF16 build, or no AMX
     if amx and LLAMA_CPP_AMX_BF16 in llama_cpp.__version__ and quant == AMX_GGUF_QUANT:
         bf16_min = _set_amx_bf16_min_tokens(path.stat().st_size, options.amx_bf16_min_tokens)
-    kwargs = dict(model_path=str(path), n_ctx=options.n_ctx, n_threads=threads, n_threads_batch=threads, n_batch=512,
-                  last_n_tokens_size=64, verbose=False, seed=0)
-    llama = _build_llama(llama_cpp, kwargs, weight_buffers)
+    batched = options.max_batch > 1
+    kwargs = dict(model_path=str(path), n_ctx=options.batch_n_ctx * options.max_batch if batched else options.n_ctx,
+                  n_threads=threads, n_threads_batch=threads, n_batch=512, last_n_tokens_size=64, verbose=False, seed=0)
+    llama = _build_llama(llama_cpp, kwargs, weight_buffers, options.max_batch)
     import atexit
 
     atexit.register(llama.close)  # freed before interpreter teardown (Llama.__del__ fails once ctypes is gone)
     return llama, {"gguf": str(path), "quantization": quant, "n_threads": threads, "llama_cpp": llama_cpp.__version__,
                    "amx_bf16_min_tokens": bf16_min, "built_on_thread": threading.get_ident(),
+                   "max_batch": options.max_batch, "n_ctx_per_chat": llama_cpp.llama_n_ctx_seq(llama._ctx.ctx),
                    "weight_buffer": ("AMX" if amx else "default") if weight_buffers is None else
                    ("CPU_REPACK" if weight_buffers[1] is not None else "CPU (no repack)")}
 
@@ -77,29 +85,77 @@ def _set_amx_bf16_min_tokens(gguf_bytes: int, override: str | None) -> int:
     return _AMX_BF16_IN_PROCESS[0]
 
 
-def _build_llama(llama_cpp, kwargs: dict, weight_buffers: tuple[bool, Any] | None):
-    """llama_cpp.Llama(**kwargs) with the weight buffer placement of `llama_cpp_weight_buffers`."""
-    if weight_buffers is None:
-        return llama_cpp.Llama(**kwargs)
-    use_extra, overrides = weight_buffers
-    # Llama() takes no buffer options: amend the default model params it starts from, for this call only.
-    default_params = llama_cpp.llama_cpp.llama_model_default_params
+def _build_llama(llama_cpp, kwargs: dict, weight_buffers: tuple[bool, Any] | None, n_seq: int = 1):
+    """llama_cpp.Llama(**kwargs) with the weight buffer placement of `llama_cpp_weight_buffers` and `n_seq`
+    sequences, each in its own KV cells (a stream of n_ctx / n_seq), as BatchDecoder decodes them."""
+    use_extra, overrides = weight_buffers if weight_buffers is not None else (None, None)
+    # Llama() takes neither buffer nor sequence options: amend the default params it starts from, for this call only.
+    default_model, default_context = llama_cpp.llama_cpp.llama_model_default_params, llama_cpp.llama_cpp.llama_context_default_params
 
-    def params():
-        p = default_params()
-        p.use_extra_bufts = use_extra
-        if overrides is not None:
-            p.tensor_buft_overrides = ctypes.cast(overrides, ctypes.c_void_p)
+    def model_params():
+        p = default_model()
+        if weight_buffers is not None:
+            p.use_extra_bufts = use_extra
+            if overrides is not None:
+                p.tensor_buft_overrides = ctypes.cast(overrides, ctypes.c_void_p)
+        return p
+
+    def context_params():
+        p = default_context()
+        # One stream per sequence: each chat attends over its own cells only. A unified cache would make every
+        # token attend over all chats' cells (masked): 16x the attention work at 16 chats.
+        if n_seq > 1:
+            p.n_seq_max, p.kv_unified = n_seq, False
         return p
 
     with _LLAMA_PARAMS_LOCK:
-        llama_cpp.llama_cpp.llama_model_default_params = params
+        llama_cpp.llama_cpp.llama_model_default_params = model_params
+        llama_cpp.llama_cpp.llama_context_default_params = context_params
         try:
             llama = llama_cpp.Llama(**kwargs)
         finally:
-            llama_cpp.llama_cpp.llama_model_default_params = default_params
+            llama_cpp.llama_cpp.llama_model_default_params = default_model
+            llama_cpp.llama_cpp.llama_context_default_params = default_context
     llama._simme_buft_overrides = overrides  # llama.cpp keeps pointers to the patterns: they must live as long
     return llama
+
+
+def llama_prompt_logits(llama, ids: list[int]):
+    """(start, logits of every position of the batch at `start`) for `ids` decoded in sequence 0 from empty cells in
+    batches of n_batch, as a prompt is; each array is llama.cpp's buffer, valid until the next batch. Clears
+    llama-cpp-python's prompt reuse. Call on the model thread."""
+    import numpy as np
+
+    import llama_cpp as lc
+
+    n_ctx = lc.llama_n_ctx_seq(llama._ctx.ctx)
+    if len(ids) > n_ctx:
+        raise UserError(f"{len(ids)} tokens do not fit llama.cpp's context of {n_ctx} (SIMME_N_CTX)")
+    llama.reset()
+    llama._ctx.kv_cache_seq_rm(0, 0, -1)
+    try:
+        for start in range(0, len(ids), llama.n_batch):
+            chunk = ids[start:start + llama.n_batch]
+            llama._batch.set_batch(batch=chunk, n_past=start, logits_all=True)  # logits for every position
+            llama._ctx.decode(llama._batch)
+            yield start, np.ctypeslib.as_array(llama._ctx.get_logits(), shape=(len(chunk), llama.n_vocab()))
+    finally:
+        llama._ctx.kv_cache_seq_rm(0, 0, -1)
+        llama.reset()  # the KV cache no longer matches llama.cpp-python's record of the prompt
+
+
+def nll_of_logits(ids: list[int], batches) -> float:
+    """Sum of the NLL of each token of `ids` after the first, from `llama_prompt_logits`' batches."""
+    import numpy as np
+
+    total = 0.0
+    for start, logits in batches:
+        targets = np.array(ids[start + 1:start + len(logits) + 1])
+        rows = logits[: len(targets)]
+        top = rows.max(axis=1)
+        lse = top + np.log(np.exp(rows - top[:, None]).sum(axis=1))
+        total += float((lse - rows[np.arange(len(targets)), targets]).astype(np.float64).sum())
+    return total
 
 
 _LLAMA_PARAMS_LOCK = threading.Lock()

@@ -25,7 +25,7 @@ def load_twin(base_model: str | None = None, adapter: str | AdapterRef | None = 
         quantization: CUDA "4bit" (NF4, default) | "8bit" | "none"; CPU transformers "none" | "int8" (dynamic);
             llama.cpp "q4_0" | "iq4_nl" | "q4_k_m" | "q8_0" | "f16" | "f32" (default: default_gguf_quant).
         cache_size: entries of the reply LRU cache (0 turns it off).
-        llama: settings of the llama.cpp backend (threads, context, GGUF cache, BF16 prefill).
+        llama: settings of the llama.cpp backend (threads, context, GGUF cache, BF16 prefill, batched decoding).
     Returns:
         A TwinModel.
     """
@@ -51,7 +51,8 @@ def load_twin(base_model: str | None = None, adapter: str | AdapterRef | None = 
             info["llama_cpp_unavailable"] = str(err)
         else:
             info.update(gguf_info, load_seconds=round(time.perf_counter() - start, 2))
-            return TwinModel(tokenizer, "llama.cpp", info, llama=model, cache_size=cache_size, llama_thread=llama_thread)
+            return TwinModel(tokenizer, "llama.cpp", info, llama=model, cache_size=cache_size, llama_thread=llama_thread,
+                             max_batch=options.max_batch, max_waiting=options.max_waiting)
     quant = quant or ("4bit" if cuda else "none")
     model = load_twin_transformers(base, ref, tokenizer, quant)
     info.update(quantization=quant, load_seconds=round(time.perf_counter() - start, 2))

@@ -9,7 +9,8 @@ import threading
 from typing import Any
 
 from ..chat_format import chat_token_ids, stop_token_ids
-from ..runtime import UserError
+from .batch_decoder import BatchDecoder, common_prefix_len, restore_seq, snapshot_seq
+from .llama_cpp import llama_prompt_logits, nll_of_logits
 from .model_thread import ModelThread
 
 
@@ -19,16 +20,6 @@ def reply_cache_key(messages: list[dict], settings: dict) -> str:
 
     payload = json.dumps([[m.get("role"), m.get("content")] for m in messages] + [sorted(settings.items())], ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
-
-
-def common_prefix_len(a: list[int] | tuple[int, ...], b: list[int] | tuple[int, ...]) -> int:
-    """Length of the longest common prefix of two token id sequences."""
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def _release_freed_memory() -> None:
@@ -48,7 +39,8 @@ class TwinModel:
     """
 
     def __init__(self, tokenizer, backend: str, info: dict, model=None, llama=None, cache_size: int = 64,
-                 prefix_cache: bool = True, prefix_slots: int = 4, llama_thread: ModelThread | None = None):
+                 prefix_cache: bool = True, prefix_slots: int = 4, llama_thread: ModelThread | None = None,
+                 max_batch: int = 1, max_waiting: int = 32):
         from collections import OrderedDict
 
         self.tokenizer, self.backend, self.model, self.llama = tokenizer, backend, model, llama
@@ -69,6 +61,8 @@ class TwinModel:
             raise ValueError("a llama.cpp model comes with the ModelThread that built it (llama_thread), and only then")
         self._thread = llama_thread
         self._closed = False
+        # llama.cpp built with max_batch sequences: concurrent requests are decoded together (BatchDecoder)
+        self._decoder = BatchDecoder(self, max_batch, max_waiting) if llama is not None and max_batch > 1 else None
         if llama is not None:
             self._thread.submit(self._warm_up)
 
@@ -94,6 +88,8 @@ class TwinModel:
                     import atexit
 
                     atexit.unregister(self.llama.close)  # the registration would keep the Llama object alive
+                    if self._decoder is not None:
+                        self._decoder.close()
                     self.llama.close()
                     self.llama = None
         with self._replies_lock:
@@ -128,6 +124,8 @@ class TwinModel:
             self._prefixes = []
             if self.llama is not None:
                 self.llama.reset()
+            if self._decoder is not None:
+                self._decoder.forget()
         self.call_on_model(forget)
 
     def call_on_model(self, fn):
@@ -156,37 +154,13 @@ class TwinModel:
         return float(nll), len(ids) - 1
 
     def _nll_llama(self, ids: list[int]) -> tuple[float, int]:
-        import numpy as np
-
-        total = 0.0
-        for start, logits in self._llama_logits(ids):
-            targets = np.array(ids[start + 1:start + len(logits) + 1])
-            rows = logits[: len(targets)]
-            top = rows.max(axis=1)
-            lse = top + np.log(np.exp(rows - top[:, None]).sum(axis=1))
-            total += float((lse - rows[np.arange(len(targets)), targets]).astype(np.float64).sum())
-        return total, len(ids) - 1
+        return nll_of_logits(ids, self._llama_logits(ids)), len(ids) - 1
 
     def _llama_logits(self, ids: list[int]):
-        """(start, logits of every position of the batch at `start`) for `ids` decoded from an empty KV cache in
-        batches of n_batch, as a prompt is; each array is llama.cpp's buffer, valid until the next batch. Clears the
-        KV reuse. Call on the model thread."""
-        import numpy as np
-
-        llama = self.llama
-        if len(ids) > llama.n_ctx():
-            raise UserError(f"{len(ids)} tokens do not fit llama.cpp's context of {llama.n_ctx()} (SIMME_N_CTX)")
-        llama.reset()
-        llama._ctx.kv_cache_seq_rm(-1, 0, -1)
-        try:
-            for start in range(0, len(ids), llama.n_batch):
-                chunk = ids[start:start + llama.n_batch]
-                llama._batch.set_batch(batch=chunk, n_past=start, logits_all=True)  # logits for every position
-                llama._ctx.decode(llama._batch)
-                yield start, np.ctypeslib.as_array(llama._ctx.get_logits(), shape=(len(chunk), llama.n_vocab()))
-        finally:
-            llama._ctx.kv_cache_seq_rm(-1, 0, -1)
-            llama.reset()  # the KV cache no longer matches llama.cpp-python's record of the prompt
+        """llama_prompt_logits on sequence 0, which the batch decoder's slots then no longer hold."""
+        if self._decoder is not None:
+            self._decoder.forget()
+        return llama_prompt_logits(self.llama, ids)
 
     def generate(self, messages: list[dict], **settings) -> str:
         """The whole reply (same arguments as `stream`)."""
@@ -221,7 +195,9 @@ class TwinModel:
         ids = self.prompt_ids(messages)
         tokens: queue.Queue = queue.Queue()
         stop = threading.Event()
-        if self._thread is not None:
+        if self._decoder is not None:
+            self._decoder.submit(ids, settings, tokens.put, stop)  # TwinBusy when its queue is full
+        elif self._thread is not None:
             self._thread.submit(lambda: self._worker(ids, settings, tokens, stop))
         else:
             threading.Thread(target=self._worker, args=(ids, settings, tokens, stop), daemon=True).start()
@@ -387,24 +363,14 @@ class TwinModel:
 
     def _snapshot_llama(self) -> None:
         """Store the KV cache of llama.cpp's sequence 0 with the token ids it covers."""
-        import llama_cpp
-
-        ctx = self.llama._ctx.ctx
-        size = llama_cpp.llama_state_seq_get_size(ctx, 0)
-        buf = (ctypes.c_uint8 * size)()
-        written = llama_cpp.llama_state_seq_get_data(ctx, buf, size, 0)
-        if written:  # the buffer itself is kept (no copy): it is only read again by _restore_llama
-            self._store_prefix(self.llama._input_ids.tolist(), (buf, written))
+        snapshot = snapshot_seq(self.llama._ctx.ctx, 0)
+        if snapshot is not None:  # the buffer itself is kept (no copy): it is only read again by _restore_llama
+            self._store_prefix(self.llama._input_ids.tolist(), snapshot)
 
     def _restore_llama(self, covered: tuple[int, ...], snapshot: tuple[Any, int]) -> bool:
         """Load a stored KV snapshot into sequence 0 and tell llama-cpp-python which tokens it now holds."""
-        import llama_cpp
-
         llama = self.llama
-        buf, size = snapshot
-        llama._ctx.kv_cache_seq_rm(0, 0, -1)
-        if llama_cpp.llama_state_seq_set_data(llama._ctx.ctx, buf, size, 0) != size:
-            llama._ctx.kv_cache_seq_rm(0, 0, -1)
+        if not restore_seq(llama._ctx.ctx, 0, snapshot):
             llama.reset()
             return False
         llama.input_ids[: len(covered)] = covered
