@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import simme_common as sc
+from simme_common.precision import Precision, apply_cpu_precision
+from simme_common.supervised_loss import compact_lm_head
+from simme_common.training import private_wandb_callback, wandb_run_dir
 
 
 @dataclass
@@ -46,9 +49,11 @@ def parse_args(argv: list[str] | None = None):
         output_dir=sc.ADAPTER_DIR,
         use_peft=True,
         assistant_only_loss=True,  # loss on the owner's words (and their end-of-turn token) only
-        bf16=is_torch_bf16_gpu_available(),  # TRL defaults to bf16, which is ~4x slower than fp32 on CPUs
+        # TRL's bf16 default refuses to start on CPU-only machines; there `dtype: auto` turns bf16 autocast on where
+        # the CPU has native bf16 (simme_common/precision.py)
+        bf16=is_torch_bf16_gpu_available(),
         hub_private_repo=True,  # a twin of a real person is private unless asked otherwise
-        report_to="wandb" if os.environ.get("WANDB_PROJECT") or os.environ.get("WANDB_API_KEY") else "none",
+        report_to="none",  # tracking only when asked for (--report_to wandb), never because a variable is set
     )
     try:
         return parser.parse_args_and_config(args=argv)
@@ -86,10 +91,13 @@ def build_trainer(train_args: TrainArguments, sft_config, model_args):
         raise sc.UserError(problem)
     if sft_config.hub_token:
         raise sc.UserError("--hub_token would be saved in logs and shell history; set HF_TOKEN in the environment instead")
-    if not has_gpu:
+    if has_gpu:
+        precision = Precision(model_args.dtype or "auto", bool(sft_config.bf16), "GPU: dtype and bf16 as configured")
+    else:
         torch.set_num_threads(sc.cpu_threads(state.num_processes, train_args.num_threads))
+        precision = apply_cpu_precision(model_args, sft_config)  # dtype auto: bf16 autocast where the CPU has it
         if model_args.load_in_8bit or model_args.load_in_4bit:
-            print("note: bitsandbytes on CPU is slower than fp32; the CPU recipes train in fp32", file=sys.stderr)
+            print("note: bitsandbytes on CPU is slower than plain fp32 or bf16 autocast", file=sys.stderr)
 
     # --- data: 01's conversational samples; only the messages column is needed ------------------------------
     data = sc.load_prepared_dataset(train_args.input_dir)
@@ -120,7 +128,20 @@ def build_trainer(train_args: TrainArguments, sft_config, model_args):
         processing_class=tokenizer,
         peft_config=peft_config,
     )
-    return trainer, {"train samples": len(train), "owner turns": n_owner_turns, "base model": model_path}
+    # TRL's fused LM head scores every position on CPUs; only the owner's (labelled) positions are trained
+    causal_lm = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
+    lm_head_note = compact_lm_head(causal_lm)
+    if lm_head_note and state.is_main_process:
+        print(f"note: {lm_head_note}", file=sys.stderr)
+    if "wandb" in (sft_config.report_to or []):
+        from transformers.integrations import WandbCallback
+
+        trainer.remove_callback(WandbCallback)
+        run_dir = wandb_run_dir(sft_config.output_dir, os.environ.get("WANDB_DIR"), sc.simme_cache_dir())
+        trainer.add_callback(private_wandb_callback(run_dir, {"precision": precision.as_dict()}))
+    info = {"train samples": len(train), "owner turns": n_owner_turns, "base model": model_path,
+            "precision": precision.as_dict(), "supervised-only LM head": lm_head_note is None}
+    return trainer, info
 
 
 def main(train_args: TrainArguments, sft_config, model_args):
@@ -130,8 +151,6 @@ def main(train_args: TrainArguments, sft_config, model_args):
 
     transformers.set_seed(sft_config.seed)
     state = PartialState()
-    if "wandb" in (sft_config.report_to or []):
-        os.environ.setdefault("WANDB_DIR", sft_config.output_dir)  # keeps offline runs next to the adapter
     if state.is_main_process:
         print(f"Script parameters {train_args}\nModel parameters {model_args}", file=sys.stderr)
 
@@ -157,7 +176,8 @@ def main(train_args: TrainArguments, sft_config, model_args):
     state.wait_for_everyone()
     trainer.save_model(str(staging))
     if state.is_main_process:
-        sc.save_run_config(staging, train_args, sft_config, model_args)
+        # dtype: auto's choice is recorded beside the arguments it resolved
+        sc.save_run_config(staging, train_args, sft_config, model_args, {"precision": info["precision"]})
         (staging / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
         if train_args.merge:
             _save_merged(info["base model"], staging, model_args)
@@ -171,7 +191,7 @@ def main(train_args: TrainArguments, sft_config, model_args):
         runtime = result.metrics.get("train_runtime", time.time() - start)
         tokens = next((h["num_tokens"] for h in reversed(trainer.state.log_history) if "num_tokens" in h), 0)
         rows = [
-            *info.items(),
+            *((k, v["reason"] if k == "precision" else v) for k, v in info.items()),
             ("steps", trainer.state.global_step),
             ("train loss", round(result.training_loss, 4)),
             ("tokens/s (all processes)", round(tokens / runtime, 1) if runtime else 0.0),
@@ -185,7 +205,7 @@ def main(train_args: TrainArguments, sft_config, model_args):
 
 
 # What the trainer writes into output_dir during training: kept across the final replace.
-_CARRIED = ("checkpoint-*", "runs", "wandb")
+_CARRIED = ("checkpoint-*", "runs")
 
 
 def _embedding_rows(model_path: str, sft_config) -> int:

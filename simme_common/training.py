@@ -1,7 +1,8 @@
-"""03's checks: which tokens are trained, and GPU-only options requested on a CPU machine."""
+"""03's checks (which tokens are trained, GPU-only options on a CPU machine) and its private W&B tracking."""
 
 from __future__ import annotations
 
+from pathlib import Path
 
 
 def trained_segments(input_ids: list[int], labels: list[int], tokenizer) -> list[str]:
@@ -37,3 +38,73 @@ def device_option_problem(sft_config, model_args, has_gpu: bool) -> str | None:
     if getattr(sft_config, "deepspeed", None):
         return "--deepspeed needs GPUs; drop it or use configs/accelerate/deepspeed_zero3.yaml on a GPU machine"
     return None
+
+
+# Keys whose values are local paths or name the user (hub ids, run names default to the output path): W&B gets
+# a placeholder instead, since folder names often carry a person's name (janedoe_10153).
+_PRIVATE_KEYS = ("output_dir", "logging_dir", "input_dir", "init_adapter", "run_name", "hub_model_id",
+                 "resume_from_checkpoint", "deepspeed", "_name_or_path", "base_model_name_or_path", "model_name_or_path",
+                 "push_to_hub_model_id", "push_to_hub_organization", "hub_token", "trackio_space_id")
+REDACTED = "<redacted>"
+
+
+def _looks_like_path(value: str) -> bool:
+    if value.startswith(("/", "~", "./", "../", "\\")) or value[1:3] in (":\\", ":/"):
+        return True
+    try:
+        return Path(value).exists()
+    except (OSError, ValueError):  # too long, or a NUL byte: not a path
+        return False
+
+
+def redact_private(config):
+    """A copy of a (nested) config with the values of path and identity keys, and any local path, replaced."""
+    if isinstance(config, dict):
+        return {k: REDACTED if k in _PRIVATE_KEYS and config[k] not in (None, "", []) else redact_private(config[k])
+                for k in config}
+    if isinstance(config, (list, tuple)):
+        return [redact_private(v) for v in config]
+    if isinstance(config, str) and _looks_like_path(config):
+        return REDACTED
+    return config
+
+
+def wandb_run_dir(output_dir: str, env_dir: str | None, cache_dir) -> Path:
+    """Where W&B writes its files: $WANDB_DIR unless it lies inside the adapter folder, else the user cache.
+
+    Never under output_dir, so --push_to_hub, which uploads that folder, never uploads wandb/.
+    """
+    out = Path(output_dir).resolve()
+    if env_dir:
+        chosen = Path(env_dir).expanduser().resolve()
+        if chosen != out and out not in chosen.parents:
+            return chosen
+    return Path(cache_dir) / "wandb"
+
+
+def private_wandb_callback(run_dir, extra_config: dict | None = None):
+    """A transformers WandbCallback that starts the run itself: files in `run_dir`, a config without paths or
+    names (`redact_private`), no run name taken from the output folder, no copy of the console."""
+    from transformers.integrations import WandbCallback
+
+    class PrivateWandbCallback(WandbCallback):
+        def setup(self, args, state, model, **kwargs):
+            if self._wandb is None:
+                return
+            self._initialized = True
+            if not state.is_world_process_zero:
+                return
+            config = {**(model.config.to_dict() if getattr(model, "config", None) is not None else {}), **args.to_dict()}
+            if getattr(model, "peft_config", None):
+                config["peft_config"] = {k: v.to_dict() for k, v in model.peft_config.items()}
+            config.update(extra_config or {})
+            run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if self._wandb.run is None:
+                # console off: the terminal shows paths (the summary's output folder) that W&B must not keep
+                self._wandb.init(dir=str(run_dir), config=redact_private(config),
+                                 settings=self._wandb.Settings(console="off"))
+            if getattr(self._wandb, "define_metric", None):
+                self._wandb.define_metric("train/global_step")
+                self._wandb.define_metric("*", step_metric="train/global_step", step_sync=True)
+
+    return PrivateWandbCallback()

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import simme_common as sc
+from simme_common import training
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
@@ -93,7 +94,11 @@ def test_smoke_run_updates_lora_weights_only_and_writes_outputs(smoke_run, tiny_
     assert trainer.state.global_step == 2
     history = json.loads((out / "log_history.json").read_text())
     assert any("loss" in h for h in history)
-    assert "SFTConfig" in json.loads((out / "run_config.json").read_text())["args"]
+    recorded = json.loads((out / "run_config.json").read_text())["args"]
+    assert "SFTConfig" in recorded
+    assert recorded["dict_3"]["precision"] == {"dtype": "float32", "bf16_autocast": False,
+                                               "reason": "dtype float32 as requested",
+                                               "native_bf16_flags": recorded["dict_3"]["precision"]["native_bf16_flags"]}
 
     adapter = load_file(out / "adapter_model.safetensors")
     lora_b = [v for k, v in adapter.items() if "lora_B" in k]
@@ -178,25 +183,69 @@ def test_two_process_cpu_ddp_run_trains_and_writes_once(tiny_model_dir, prepared
 
 
 @pytest.mark.slow
-def test_wandb_offline_run_is_recorded(tiny_model_dir, prepared_dir, tmp_path, monkeypatch):
+def test_wandb_offline_run_lives_outside_the_adapter_and_names_no_path(tiny_model_dir, prepared_dir, tmp_path,
+                                                                       monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("SIMME_CACHE", str(tmp_path / "cache"))
+    adapter = tmp_path / "janedoe_10153" / "adapter"  # a folder name that carries a person's name
+    monkeypatch.setenv("WANDB_DIR", str(adapter / "wandb_here"))  # inside the adapter folder: not honoured
     run_train([
         "--config", SMOKE, "--model_name_or_path", str(tiny_model_dir), "--input_dir", str(prepared_dir),
-        "--output_dir", str(tmp_path / "adapter"), "--report_to", "wandb", "--max_steps", "1",
+        "--output_dir", str(adapter), "--report_to", "wandb", "--max_steps", "1",
     ])
-    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    import wandb
+
+    wandb.finish()
+    assert (adapter / "adapter_model.safetensors").exists()
+    assert not list(adapter.rglob("*wandb*")) and not list(adapter.rglob("*.wandb"))  # --push_to_hub uploads adapter/
+    runs = list((tmp_path / "cache" / "wandb" / "wandb").glob("offline-run-*"))
     assert runs and any(p.suffix == ".wandb" for p in runs[0].iterdir())
+    recorded = b"".join(p.read_bytes() for p in runs[0].rglob("*") if p.is_file())
+    assert b"learning_rate" in recorded and b"<redacted>" in recorded  # the config went in, redacted
+    for private in ("janedoe", str(prepared_dir), str(tiny_model_dir)):
+        assert private.encode() not in recorded, private
+
+
+def test_wandb_config_redaction_and_folder_choice(tmp_path):
+    config = {"output_dir": "outputs/03_adapter", "learning_rate": 1e-3, "lr_scheduler_type": "cosine",
+              "model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct", "logging_dir": None,
+              "peft_config": {"default": {"base_model_name_or_path": "/home/jane/models/x", "r": 16}},
+              "extra": ["/home/jane/data", "~/x", "C:\\Users\\jane", "fine"]}
+    redacted = training.redact_private(config)
+    assert redacted["output_dir"] == redacted["model_name_or_path"] == training.REDACTED
+    assert redacted["learning_rate"] == 1e-3 and redacted["lr_scheduler_type"] == "cosine" and redacted["logging_dir"] is None
+    assert redacted["peft_config"]["default"] == {"base_model_name_or_path": training.REDACTED, "r": 16}
+    assert redacted["extra"] == [training.REDACTED] * 3 + ["fine"]
+    out = tmp_path / "adapter"
+    assert training.wandb_run_dir(str(out), None, tmp_path / "c") == tmp_path / "c" / "wandb"
+    assert training.wandb_run_dir(str(out), str(out / "w"), tmp_path / "c") == tmp_path / "c" / "wandb"
+    assert training.wandb_run_dir(str(out), str(out), tmp_path / "c") == tmp_path / "c" / "wandb"
+    assert training.wandb_run_dir(str(out), str(tmp_path / "elsewhere"), tmp_path / "c") == tmp_path / "elsewhere"
 
 
 def test_private_hub_repo_and_no_reporting_by_default(monkeypatch):
-    monkeypatch.delenv("WANDB_PROJECT", raising=False)
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_PROJECT", "simme")  # W&B variables alone switch nothing on
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     _, sft, model_args = train03.parse_args(["--config", SMOKE])
     assert sft.hub_private_repo is True and sft.report_to == [] and sft.assistant_only_loss and model_args.use_peft
     _, sft, _ = train03.parse_args([])
     assert sft.output_dir == sc.ADAPTER_DIR and sft.bf16 is False  # no GPU here: fp32, not TRL's bf16 default
+
+
+@pytest.mark.parametrize("recipe", ["llama31_8b_8bit.yaml", "qlora_4bit.yaml"])
+def test_gpu_recipes_parse_and_build_a_trainer_on_cpu(recipe, tiny_model_dir, prepared_dir, tmp_path):
+    """Config errors of the GPU recipes show here: the same YAML, a tiny model, CPU (bf16 through use_cpu)."""
+    train_args, sft, model_args = train03.parse_args([
+        "--config", str(ROOT / "configs" / recipe), "--model_name_or_path", str(tiny_model_dir),
+        "--input_dir", str(prepared_dir), "--output_dir", str(tmp_path), "--use_cpu", "true",
+    ])
+    assert model_args.load_in_8bit or model_args.load_in_4bit
+    trainer, info = train03.build_trainer(train_args, sft, model_args)
+    assert trainer.args.bf16 and info["precision"]["bf16_autocast"] and info["supervised-only LM head"]
+    assert trainer.args.lr_scheduler_type == "cosine" and trainer.model.peft_config["default"].r == 32
+    quantized = [m for m in trainer.model.modules() if "bitsandbytes" in type(m).__module__]
+    assert quantized, "the base's linear layers are bitsandbytes layers"
 
 
 def _user_error(argv: list[str], capsys) -> str:

@@ -1,0 +1,68 @@
+"""`dtype: auto` on CPU: bf16 autocast only where the flags say bf16 is native, fp32 elsewhere; the choice recorded.
+
+Run: .venv/bin/python -m pytest -q tests/test_precision.py
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from simme_common.precision import apply_cpu_precision, cpuinfo_flags, machine_cpu_flags, resolve_cpu_precision
+
+# First-CPU blocks of /proc/cpuinfo, trimmed: a Sapphire Rapids Xeon (AMX), a Zen 4 EPYC (AVX-512-BF16, no AMX),
+# a Skylake Xeon (AVX-512 without bf16), an AVX2 laptop and an ARM server (Features: bf16 isn't an x86 flag).
+SAPPHIRE_RAPIDS = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_bf16 amx_bf16 amx_tile amx_int8\n"
+ZEN4 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_vnni avx512_bf16\n"
+SKYLAKE_X = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512vl avx512_vnni\n"
+AVX2_LAPTOP = "processor\t: 0\nflags\t\t: fpu sse2 fma avx2 f16c\n\nprocessor\t: 1\nflags\t\t: fpu sse2 fma avx2 f16c avx512_bf16\n"
+ARM = "processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 bf16\n"
+
+
+@pytest.mark.parametrize(("cpuinfo", "autocast", "named"), [
+    (SAPPHIRE_RAPIDS, True, "amx_bf16, avx512_bf16"),
+    (ZEN4, True, "avx512_bf16"),
+    (SKYLAKE_X, False, "no native bf16"),
+    (AVX2_LAPTOP, False, "no native bf16"),  # only the first CPU's flags count
+    (ARM, False, "no native bf16"),
+    ("", False, "no native bf16"),
+])
+def test_auto_uses_bf16_autocast_only_with_native_bf16_flags(cpuinfo, autocast, named):
+    precision = resolve_cpu_precision("auto", cpuinfo_flags(cpuinfo))
+    assert precision.dtype == "float32"  # master weights stay fp32 either way
+    assert precision.bf16_autocast is autocast and named in precision.reason
+
+
+def test_torch_probe_names_the_same_flags_as_cpuinfo():
+    """The fallback where /proc/cpuinfo is missing (torch's probe) uses the flag names the detection expects."""
+    import torch
+
+    probe = torch._C._cpu._get_cpu_capability()
+    assert isinstance(probe, dict) and {"avx512_bf16", "amx_bf16"} <= probe.keys()
+    assert bool(probe["avx512_bf16"] or probe["amx_bf16"]) == resolve_cpu_precision("auto", machine_cpu_flags()).bf16_autocast
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_an_explicit_dtype_is_kept_without_autocast(dtype):
+    precision = resolve_cpu_precision(dtype, cpuinfo_flags(SAPPHIRE_RAPIDS))
+    assert precision.dtype == dtype and not precision.bf16_autocast
+
+
+def _args(dtype: str, bf16: bool = False):
+    return SimpleNamespace(dtype=dtype), SimpleNamespace(bf16=bf16, fp16=False, mixed_precision="no")
+
+
+def test_apply_sets_the_trainer_autocast_and_the_model_dtype():
+    model_args, sft = _args("auto")
+    chosen = apply_cpu_precision(model_args, sft, cpuinfo_flags(ZEN4))
+    assert model_args.dtype == "float32" and sft.bf16 and sft.mixed_precision == "bf16"
+    assert chosen.as_dict() == {"dtype": "float32", "bf16_autocast": True, "reason": chosen.reason,
+                                "native_bf16_flags": ["avx512_bf16"]}
+
+    model_args, sft = _args("auto")
+    chosen = apply_cpu_precision(model_args, sft, cpuinfo_flags(SKYLAKE_X))
+    assert model_args.dtype == "float32" and not sft.bf16 and sft.mixed_precision == "no" and not chosen.bf16_autocast
+
+    model_args, sft = _args("float32", bf16=True)  # --bf16 true --use_cpu true asked explicitly
+    assert apply_cpu_precision(model_args, sft, cpuinfo_flags(SKYLAKE_X)).bf16_autocast

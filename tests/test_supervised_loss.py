@@ -1,0 +1,106 @@
+"""The supervised-only LM head gives the full computation's loss, gradients and logged metrics.
+
+Run: .venv/bin/python -m pytest -q tests/test_supervised_loss.py
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from simme_common.supervised_loss import compact_lm_head
+
+
+def _model_and_batch(tiny_model_dir, seed: int = 0):
+    """The tiny Llama with TRL's fused head, wrapped in LoRA like 03 does, and a padded batch with masked labels."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    add_fused_lm_head(base, outputs=("log_probs", "entropy", "is_top1"))
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    vocab = base.config.vocab_size
+    input_ids = torch.randint(3, vocab, (3, 20))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 14:] = 0  # a right-padded row
+    attention_mask[2, 9:] = 0
+    labels = input_ids.clone()
+    labels[:, :6] = -100  # prompt (friends' words, system prompt)
+    labels[0, 10:13] = -100  # a second untrained stretch inside a row
+    labels[attention_mask == 0] = -100
+    return model, {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def _loss_and_grads(model, batch, fused: bool):
+    model.zero_grad()
+    out = model(**batch, fused_lm_head=True) if fused else model(**batch)
+    loss = out.loss
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return loss.detach(), grads, out
+
+
+def test_compact_head_matches_full_logits_loss_and_gradients(tiny_model_dir):
+    import torch
+
+    model, batch = _model_and_batch(tiny_model_dir)
+    full_loss, full_grads, _ = _loss_and_grads(model, batch, fused=False)  # the model's own forward: full logits
+    assert compact_lm_head(model.get_base_model()) is None
+    loss, grads, out = _loss_and_grads(model, batch, fused=True)
+
+    torch.testing.assert_close(loss, full_loss, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == full_grads.keys() and len(grads) > 0
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, full_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert any(g.abs().sum() > 0 for g in grads.values())
+    # TRL's compute_loss reads these: same shape and convention as its own head (zero off the mask)
+    shifted = batch["labels"][:, 1:]
+    assert out.log_probs.shape == shifted.shape and torch.equal(out.label_mask, shifted != -100)
+    assert (out.log_probs[shifted == -100] == 0).all() and (out.entropy[shifted == -100] == 0).all()
+
+
+def test_compact_head_matches_trl_fused_head_metrics(tiny_model_dir):
+    import torch
+
+    model, batch = _model_and_batch(tiny_model_dir, seed=1)
+    with torch.no_grad():
+        trl_out = model(**batch, fused_lm_head=True)  # TRL's head, every position scored
+    compact_lm_head(model.get_base_model())
+    with torch.no_grad():
+        out = model(**batch, fused_lm_head=True)
+    torch.testing.assert_close(out.log_probs, trl_out.log_probs, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.entropy, trl_out.entropy, rtol=1e-5, atol=1e-5)
+    assert torch.equal(out.is_top1, trl_out.is_top1) and torch.equal(out.label_mask, trl_out.label_mask)
+
+
+def test_batch_without_supervised_tokens_gives_a_differentiable_zero(tiny_model_dir):
+    model, batch = _model_and_batch(tiny_model_dir)
+    compact_lm_head(model.get_base_model())
+    batch["labels"][:] = -100
+    out = model(**batch, fused_lm_head=True)
+    out.loss.backward()  # must not fail: an all-prompt micro-batch happens with small batches
+    assert out.loss.item() == 0.0
+
+
+def test_generation_and_plain_forward_are_unchanged(tiny_model_dir):
+    import torch
+
+    model, batch = _model_and_batch(tiny_model_dir)
+    with torch.no_grad():
+        before = model(input_ids=batch["input_ids"]).logits
+    compact_lm_head(model.get_base_model())
+    with torch.no_grad():
+        after = model(input_ids=batch["input_ids"]).logits
+        generated = model.generate(input_ids=batch["input_ids"][:1, :5], max_new_tokens=3, do_sample=False)
+    assert torch.equal(before, after) and generated.shape == (1, 8)
+
+
+@pytest.mark.parametrize("field", ["final_logit_softcapping", "logit_scale"])
+def test_models_with_scaled_logits_keep_trl_head(tiny_model_dir, field):
+    model, _ = _model_and_batch(tiny_model_dir)
+    base = model.get_base_model()
+    setattr(base.config, field, 30.0)
+    previous = base.forward
+    assert field in compact_lm_head(base) and base.forward == previous
