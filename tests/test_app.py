@@ -253,16 +253,17 @@ def test_blind_round_holds_the_real_reply_at_the_real_index_and_scores_guesses()
 def test_blind_test_uses_only_non_silent_held_out_samples_and_keeps_score_in_state(app_mod):
     app = app_mod.APP
     assert len(app.blind_samples) == 3  # the silent sample is left out
-    context, opt1, opt2, real_index, _ = app.new_round()
+    context, opt1, opt2, round_, _ = app.new_round()
+    real_index = round_["real"]
     assert context[0]["role"] == "user" and [opt1, opt2][real_index].startswith("real answer")
-    cleared, score, verdict = app.guess(real_index, real_index, {"rounds": 0, "correct": 0})
+    cleared, score, verdict = app.guess(real_index, round_, {"rounds": 0, "correct": 0})
     assert cleared is None and score == {"rounds": 1, "correct": 1} and "Right" in verdict
     assert app.guess(0, None, score)[1] == score  # no double counting without a new round
     # The next round was generated in the background while this one was judged, and is the one served next.
     sample, twin_reply = app._next_round.result(timeout=120)
-    context, opt1, opt2, real_index, _ = app.new_round()
+    context, opt1, opt2, round_, _ = app.new_round()
     assert context == sc.expand_turns(sample[:-1])
-    assert [opt1, opt2][1 - real_index] == (sc.BUBBLE_DELIMITER.join(sc.split_bubbles(twin_reply)) or sc.SILENT_NOTE)
+    assert [opt1, opt2][1 - round_["real"]] == (sc.BUBBLE_DELIMITER.join(sc.split_bubbles(twin_reply)) or sc.SILENT_NOTE)
 
 
 def test_ab_loads_adapter_b_and_refuses_a_missing_one_with_a_clear_error(app_mod, tiny_model_dir, tmp_path):

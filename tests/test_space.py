@@ -357,3 +357,52 @@ def test_blind_guesses_are_recorded_per_reply_without_text_under_the_feedback_qu
     app.guess(0, app.new_round()[3], {})  # 2 more rows would pass the quota of 3: refused, nothing written
     assert len(load_from_disk(str(tmp_path / "blind_guesses"))) == 2
     assert app.guess(0, None, {})[2].startswith("Start")
+
+
+# --- the Space folder in a fresh virtual environment, as a Space runs it --------------------------------------
+
+def cached_llama_wheel_dirs() -> list[Path]:
+    """Folders of llama-cpp-python wheels built once per machine (make setup's patched one, a stock one): pip takes
+    a wheel from them instead of building the sdist (~10 min on 2 cores); pip's own cache holds the rest."""
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "simme" / "wheels"
+    return sorted({p.parent for p in root.glob("*/llama_cpp_python-*.whl")})
+
+
+@pytest.mark.slow
+def test_space_folder_serves_in_a_fresh_venv_with_only_its_requirements(space, tmp_path):
+    from gradio_client import Client
+
+    out, _ = space
+    venv, log = tmp_path / "venv", tmp_path / "space.log"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = str(venv / "bin" / "python")
+    links = [arg for d in cached_llama_wheel_dirs() for arg in ("--find-links", str(d))]
+    # --retries 0: the llama.cpp wheel index named in requirements.txt is unreachable here, and each retry waits.
+    installed = subprocess.run([py, "-m", "pip", "install", "-q", "--retries", "0", "-r", str(out / "requirements.txt"),
+                                *links], capture_output=True, text=True, timeout=1800)
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    assert subprocess.run([py, "-c", "import torch"], capture_output=True).returncode != 0  # the Space needs no torch
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIMME_") and k not in NO_HUB}
+    refused = subprocess.run([py, "app.py"], cwd=out, env={**env, "SPACE_ID": "someone/simme"}, capture_output=True,
+                             text=True, timeout=300)
+    assert refused.returncode == 2 and "SIMME_AUTH" in refused.stderr and "Space" in refused.stderr
+    port = free_port()
+    space_env = {**env, "SPACE_ID": "someone/simme", "SIMME_AUTH": "owner:pw", "GRADIO_SERVER_PORT": str(port)}
+    with open(log, "w") as sink:
+        proc = subprocess.Popen([py, "app.py"], cwd=out, env=space_env, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        wait_until_serving(proc, url, log)
+        assert re.search(rf"on 0\.0\.0\.0:{port} \(backend: llama\.cpp, model: .* twin", log.read_text())
+        client = Client(url, auth=("owner", "pw"), verbose=False, download_files=False, analytics_enabled=False)
+        for mode in ("One-on-one", "Group"):
+            job = client.submit("hey how are you doing today", api_name="/chat", mode=mode, members="Ann, Bo",
+                                sender="Bo", max_new_tokens=24, seed=3)
+            job.result(timeout=120)
+            chats = [o[0] for o in job.outputs()]
+            assert len(chats) >= 3 and chats[-1][-1]["role"] == "assistant", (mode, chats[-1])
+            if mode == "Group":
+                assert chats[0][0]["content"][0]["text"].startswith("Bo: ")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
