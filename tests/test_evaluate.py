@@ -1,4 +1,4 @@
-"""04_evaluate: metrics on hand-made replies with known values, owner-only perplexity, the regression gate, a smoke run.
+"""04_evaluate: metrics on hand-made replies, owner-only perplexity, the docs generated from metric_defs, a smoke run with a gate.
 
 Run: .venv/bin/python -m pytest -q tests/test_evaluate.py
 """
@@ -11,8 +11,6 @@ import pytest
 import simme_common as sc
 from conftest import ROOT, build_tiny_model
 
-REPLIES = ["haha ok see you at 7 😂", "không sao đâu, mai đi cà phê nha", "I don't know... maybe the usual place?"]
-OTHER = ["The quarterly budget report is attached", "Please confirm the meeting agenda", "Weather forecast: rain"]
 
 
 def _load_script():
@@ -29,11 +27,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def encoder():
-    return sc.load_text_encoder()
 
 
 def _sample(chat_type: str, turns: list[tuple[str, str]]) -> list[dict]:
@@ -83,27 +76,12 @@ def pipeline_dirs(tmp_path_factory, tiny_model_dir):
 def _args(module, root: Path, out: str, **kw):
     """Fast smoke settings for the tiny model."""
     base = dict(input_dir=str(root / "prepared"), analysis_dir=str(root / "analysis"), adapter_path=str(root / "adapter"),
-                output_dir=str(root / out), max_examples=10, max_new_tokens=8, batch_size=2, latency_samples=1,
-                pii_samples_per_probe=1, n_bootstrap=20)
+                output_dir=str(root / out), max_examples=10, max_new_tokens=8, batch_size=2, speed_samples=1,
+                speed_tokens=4, pii_samples_per_probe=1, n_bootstrap=20)
     return module.EvaluateArguments(**(base | kw))
 
 
 # --- metrics on hand-made inputs -----------------------------------------------------------------------------
-
-def test_identical_replies_score_perfectly_and_disjoint_ones_low(encoder):
-    card = sc.reply_style_card(REPLIES)
-    same, _ = sc.score_replies(REPLIES, REPLIES, REPLIES, card, encoder, set(), n_boot=10)
-    for key in ("length_similarity", "vocab_overlap", "emoji_match", "language_mix_accuracy", "rouge_l", "context_relevance"):
-        assert same[key] == pytest.approx(1.0), key
-    assert same["bleu"] == pytest.approx(1.0) and same["bertscore"] == pytest.approx(1.0, abs=1e-4)
-    assert same["sentiment_alignment"] == pytest.approx(1.0)
-    other, ci = sc.score_replies(OTHER, REPLIES, REPLIES, card, encoder, set(), n_boot=10)
-    assert other["rouge_l"] == 0.0 and other["vocab_overlap"] < 0.2 and other["bleu"] < 0.05
-    assert other["bertscore"] < 0.7 and other["emoji_match"] < same["emoji_match"]
-    assert other["language_mix_accuracy"] < 1.0 and other["context_relevance"] < 0.6
-    lo, hi = ci["rouge_l"]
-    assert lo <= other["rouge_l"] <= hi
-
 
 def test_repetition_flags_loops_and_empty_replies_but_not_silence():
     assert sc.repetition_scores(["ok see you tomorrow"]) == [0.0]
@@ -111,19 +89,20 @@ def test_repetition_flags_loops_and_empty_replies_but_not_silence():
     assert sc.repetition_scores(["", sc.SILENT_REPLY]) == [1.0, None]
 
 
-def test_memorization_counts_rare_8_word_spans_of_training_turns_not_common_phrases():
-    secret = "my locker code is seven four two one at the gym"
-    catch = "see you later alligator in a while crocodile my friend"
-    index = sc.memorization_index([secret] + [catch] * 3, other_turns=["ok"])
-    assert sc.memorized([f"btw {secret} lol", catch, "see you later"], index) == [1.0, 0.0, 0.0]
+def test_memorization_sees_short_turns_and_digits_but_not_common_phrases():
+    secret = "my locker code is 7421 at the gym on 5th"
+    catch = "see you later alligator"
+    index = sc.memorization_index([secret, "gate code 4455 ok", catch, catch, catch], other_turns=["ok", "lol sure"])
+    replies = [f"btw {secret} lol", "gate code 4455 ok", catch, "see you later", "lol sure"]
+    assert sc.memorized(replies, index) == [1.0, 1.0, 0.0, 0.0, 0.0]
 
 
-def test_pii_detector_finds_vietnamese_phones_emails_and_addresses():
-    assert "phone" in sc.find_pii("số mình là 0912 345 678 nha")
-    assert "phone" in sc.find_pii("call +84 912 345 678")
-    assert sc.find_pii("mail me: an.nguyen@example.com") == ["email"]
-    assert "address" in sc.find_pii("I live at 42 Maple Street")
-    assert sc.find_pii("ok see you at 7, bring 2 cakes") == []
+def test_pii_findings_split_invented_from_memorized_values():
+    from simme_common.metrics import pii_findings, training_pii_values
+
+    values = training_pii_values(["call me at 0912 345 678 tonight", "ok"])
+    counts, memorized_pii, kinds = pii_findings(["my number is 0912345678", "call 0987 654 321", "ok see you"], values)
+    assert counts == [1.0, 1.0, 0.0] and memorized_pii == [1.0, 0.0, 0.0] and kinds["phone"] == 2
 
 
 def test_bootstrap_interval_contains_the_mean_and_needs_two_examples():
@@ -131,6 +110,22 @@ def test_bootstrap_interval_contains_the_mean_and_needs_two_examples():
     lo, hi = sc.bootstrap_ci(lambda idx: sum(values[i] for i in idx) / len(idx), len(values), n_boot=200)
     assert lo <= 4 / 6 <= hi and lo < hi
     assert sc.bootstrap_ci(lambda idx: 1.0, 1) is None
+
+
+def test_telex_keeps_vietnamese_marks_distinct_and_emoji_are_spelled_out():
+    from simme_common.metrics_style import bertscore_text, telex
+
+    assert telex("không được") == "khoong dduwowcj" and telex("bán") != telex("bạn")
+    assert "tears of joy" in bertscore_text("😂") and bertscore_text("😂") != bertscore_text("🎉")
+
+
+def test_metric_docs_in_docs_evaluate_md_are_generated_from_metric_defs():
+    from simme_common.scorecard import DOCS_END, DOCS_START, metric_docs_markdown
+
+    text = (ROOT / "docs" / "evaluate.md").read_text(encoding="utf-8")
+    section = text.split(DOCS_START, 1)[1].split(DOCS_END, 1)[0].strip()
+    assert section == metric_docs_markdown().strip(), "run: python 04_evaluate.py --write_metric_docs docs/evaluate.md"
+    assert all(f"**{k}**" in section for k in sc.METRIC_KEYS)
 
 
 # --- perplexity -------------------------------------------------------------------------------------------------
@@ -170,7 +165,7 @@ def test_perplexity_scores_only_owner_tokens_and_generation_reuses_the_prompt_ca
 # --- the stage ----------------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_smoke_run_writes_scorecard_and_gate_exit_codes(pipeline_dirs):
+def test_smoke_run_writes_three_columns_and_gate_exit_codes(pipeline_dirs):
     module = _load_script()
     module.main(_args(module, pipeline_dirs, "eval"))
     out = pipeline_dirs / "eval"
@@ -178,12 +173,18 @@ def test_smoke_run_writes_scorecard_and_gate_exit_codes(pipeline_dirs):
     assert set(sc.METRIC_KEYS) <= set(card["base"]) and set(sc.METRIC_KEYS) <= set(card["finetuned"])
     assert card["n_examples"] == 3 and card["settings"]["n_silent_targets_skipped"] == 1
     assert card["base"]["perplexity"] != card["finetuned"]["perplexity"]  # the adapter is active only for the twin
+    assert card["finetuned"]["perplexity_validation"] is not None and card["finetuned"]["ms_per_token"] > 0
+    assert card["real"]["length_similarity"] is not None and card["real"].get("bleu") is None  # pairwise: no real column
+    assert len(card["settings"]["split_fingerprint"]) == 16
     rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and set(rows[0]) == {"context", "real", "base", "twin"}
-    assert "| perplexity |" in (out / "scorecard.md").read_text() and (out / "run_config.json").exists()
+    md = (out / "scorecard.md").read_text()
+    assert "| perplexity |" in md and "| real |" in md and (out / "run_config.json").exists()
 
-    # Same seed, same data: the run passes a gate against itself; a better baseline makes it exit 1.
-    module.main(_args(module, pipeline_dirs, "eval2", baseline=str(out / "scorecard.json")))
+    # The same adapter as the previous one, same split: the paired gate passes; a better earlier scorecard fails it.
+    module.main(_args(module, pipeline_dirs, "eval2", baseline_adapter=str(pipeline_dirs / "adapter")))
+    gate = json.loads((pipeline_dirs / "eval2" / "scorecard.json").read_text())["gate"]
+    assert gate["passed"] and {r["status"] for r in gate["rows"]} <= {"ok", "n/a"}
     better = card | {"finetuned": card["finetuned"] | {"rouge_l": card["finetuned"]["rouge_l"] + 0.5}}
     (pipeline_dirs / "better.json").write_text(json.dumps(better))
     with pytest.raises(SystemExit) as exc:
