@@ -80,3 +80,11 @@ bench: setup
 clean:
 	rm -rf data outputs
 	rm -rf "$${SIMME_CACHE:-$$HOME/.cache/simme}/gguf"
+
+# A Hugging Face Space folder of the demo's twin: the merged GGUF, the app, the plots (docs/deploy.md).
+# SPACE_REPO=you/simme also pushes it, private, with SIMME_AUTH from the environment as its login secret.
+SPACE_DIR ?= build/space
+.PHONY: space
+space: setup
+	$(PY) app.py --export_space $(SPACE_DIR) --adapter outputs/03_adapter --analysis_dir data/02_analysis \
+	  $(if $(SPACE_REPO),--push_to_hub $(SPACE_REPO),)
