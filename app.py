@@ -253,10 +253,16 @@ def print_folder(folder: Path, what: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Read the settings once, then export (flags) or load the twin, build the UI and serve it."""
-    from transformers import HfArgumentParser
+    import sys
 
     started = time.perf_counter()
-    (args,) = HfArgumentParser(AppArguments).parse_args_into_dataclasses(args=argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv:  # transformers' parser only when there are flags: serving stays as lean as before
+        from transformers import HfArgumentParser
+
+        (args,) = HfArgumentParser(AppArguments).parse_args_into_dataclasses(args=argv)
+    else:
+        args = AppArguments()
     settings = sc.AppSettings.from_env(defaults=folder_defaults(Path(__file__).resolve().parent))
     if args.export_space or args.export_gguf or args.push_to_hub:
         return export(args, settings)
