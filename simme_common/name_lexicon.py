@@ -68,6 +68,9 @@ _VI_CUE = frozenset(("anh", "chị", "em", "bạn", "cô", "chú", "bác", "th�
 # Words before "ơi" that are no name: kinship, pronouns, exclamations ("trời ơi", "mẹ ơi").
 _VI_NOT_VOCATIVE = frozenset("trời ôi mẹ má ba bố cha con anh chị em bạn cô chú bác ông bà dì cậu mợ cháu cưng "
                              "vợ chồng ai người mọi các nhà bồ mày tao tui mình thầy sếp shop ad admin ad ơi".split())
+# Vietnamese pet names ("Bin", "Bống", "Tin"): names only after a greeting or before "ơi", where they are no word.
+_NICKNAMES = frozenset("bin bi bo bon bống bông cún mít tin tún xu ken tí tèo su na nhím sóc bơ bắp bi bo mon "
+                       "miu mi ni nu ti tu ty".split())
 # Greetings after which a lowercase word that is no everyday word is a name or nickname ("hey tommy").
 _GREETINGS = frozenset(("hi", "hey", "hello", "yo", "bye", "thanks", "thank", "dear", "morning", "night"))
 # Chat words no dictionary lists: never names.
@@ -206,7 +209,10 @@ def find_name_spans(text: str) -> list[Span]:
         # "X ơi": whoever is called is a name or a nickname, unless X is kinship, a pronoun or "trời".
         if nxt in ("ơi", "oi") and low not in _VI_NOT_VOCATIVE and strip_diacritics(low) not in _VI_NOT_VOCATIVE \
                 and len(low) > 1:
-            out[m.start()] = (m.start(), m.end(), "first", has_vi_letters(word) or is_vi_name_syllable(word))
+            vi = has_vi_letters(word) or is_vi_name_syllable(word)
+            out[m.start()] = (m.start(), m.end(), "first", vi)
+            if prv == low:  # reduplicated nicknames: "tin tin ơi", "bon bon ơi"
+                out[words[i - 1].start()] = (words[i - 1].start(), words[i - 1].end(), "first", vi)
             continue
         # A lowercase Vietnamese given name after a person cue ("anh tuấn", "tên là linh"), no compound word.
         if word.islower() and prv in _VI_CUE and (low in VI_SYLLABLES or (low.isascii() and low in _VI_SYLLABLES_FOLDED
@@ -225,8 +231,8 @@ def find_name_spans(text: str) -> list[Span]:
             out[m.start()] = (m.start(), m.end(), "last", False)
             continue
         # A nickname after a greeting ("hey tommy", "thanks jojo"): lowercase, no everyday or chat word.
-        if word.islower() and prv in _GREETINGS and len(low) > 2 and low not in en_common and low not in vi_common \
-                and not low.isdigit():
+        if word.islower() and prv in _GREETINGS and (low in _NICKNAMES or (len(low) > 1 and low not in en_common
+                                                                           and low not in vi_common)):
             out[m.start()] = (m.start(), m.end(), "first", False)
     return sorted(out.values())
 

@@ -91,7 +91,34 @@ class PersonNER:
             for ent in doc.ents:
                 if ent.label_ == "PERSON":
                     out[i] += self._entity_words(texts[i], ent.start_char, ent.end_char)
+            out[i] += self._cued_words(texts[i], [(e.start_char, e.end_char, e.label_) for e in doc.ents], out[i])
         return out
+
+    def _cued_words(self, text: str, entities: list[tuple[int, int, str]], found: list[lex.Span]) -> list[lex.Span]:
+        """Capitalized words in no dictionary or lexicon that NER left unlabelled, next to a word that marks a
+        person ("met Priyanka", "my coworker Yusuf", "Keanu said"): the small model misses about half of the
+        names outside English lists in short chat lines. A word NER labels otherwise (a place, a brand) stays."""
+        taken = {s[0] for s in found}
+        spans = []
+        for m in _WORD_RE.finditer(text):
+            w = m.group()
+            if m.start() in taken or not w[0].isupper() or w.isupper() or len(w) < 3 or not w.isalpha():
+                continue
+            low = w.lower()
+            label = next((lab for a, b, lab in entities if a <= m.start() < b), "")
+            if low in self._en or low in self._vi or lex.is_chat_noise(w) or lex.has_vi_letters(w) or \
+                    label in _NUMERIC_LABELS:
+                continue
+            prv = re.search(r"(\w+)[ ,]{1,2}$", text[max(0, m.start() - 20):m.start()])
+            nxt = re.match(r"[ ,]{1,2}(\w+)(?: (\w+))?", text[m.end():m.end() + 20])
+            before = prv.group(1).lower() if prv else ""
+            after = (nxt.group(1).lower(), (nxt.group(2) or "").lower()) if nxt else ("", "")
+            # The small model calls many unknown names ORG, FAC or GPE ("met Keanu", "met Aaliyah"): a strong cue
+            # overrules its label, a weak one ("with", "love") not a place's or nationality's (GPE, NORP, LOC).
+            if before in _PERSON_BEFORE or after[0] in _PERSON_AFTER or after == ("and", "i") or \
+                    (before in _AUX and after[0] in _PERSON_VERBS) or (label in ("", "ORG", "FAC") and before in _PERSON_BEFORE_WEAK):
+                spans.append((m.start(), m.end(), "first", False))
+        return spans
 
     def _entity_words(self, text: str, start: int, end: int) -> list[lex.Span]:
         """The words of one PERSON entity that look like a name, with their roles; [] for a false alarm."""
@@ -146,6 +173,19 @@ class PersonNER:
 # Capitalized words NER tags PERSON in chat that are never people here: pronouns, titles, chat words.
 _NEVER_NAMES = frozenset("i im ill ive id me you he she we they god lord jesus christ dr mr mrs ms miss sir jr sr "
                          "santa mom mum dad mama papa grandma grandpa bro sis".split())
+
+
+# Words right before or after a person's name in chat ("met X", "my sister X", "X said", "did X text you").
+_PERSON_BEFORE = frozenset("met meet meeting told tell asked ask texted messaged dm dated dating hugged invited "
+                           "coworker colleague friend bf gf boyfriend girlfriend husband wife sister brother cousin "
+                           "roommate boss neighbor neighbour classmate teammate son daughter aunt uncle niece nephew "
+                           "mentor tutor named".split())
+_PERSON_BEFORE_WEAK = frozenset("with saw see called call text love miss visited".split())
+_PERSON_AFTER = frozenset("said says told texted asked thinks thought wants wanted knows loves hates replied "
+                          "messaged invited".split())
+_AUX = frozenset("did does do will can could would should has have".split())
+_PERSON_VERBS = frozenset("text call reply say come know like want tell ask".split())
+_NUMERIC_LABELS = frozenset(("DATE", "TIME", "MONEY", "CARDINAL", "ORDINAL", "PERCENT", "QUANTITY"))
 
 
 def _mid_sentence(text: str, start: int) -> bool:

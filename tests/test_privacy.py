@@ -84,6 +84,31 @@ def planted_values(seed: int = 0) -> dict[str, list[tuple[str, str]]]:
         ["Jessica {v} called me", "ask Kevin {v} about it"])
     add("name_other", lambda: rng.choice(["Tuấn", "Linh", "Hương", "Quân", "Trang", "Dũng", "Thảo", "Huy"]),
         ["hôm qua gặp {v} ở quán", "anh {v} nói vậy đó", "{v} ơi đi chơi không", "nhắn {v} chưa"])
+    # Names NER catches beyond the lists: capitalized names in no lexicon (spaCy NER + person cues).
+    add("name_unlisted", lambda: rng.choice(["Priyanka", "Keanu", "Siobhan", "Oksana", "Dmitri", "Tariq", "Leilani",
+                                             "Olumide", "Zainab", "Hiroshi"]),
+        ["I met {v} at the gym yesterday", "my coworker {v} is so annoying", "{v} said she would come"])
+    # What NER misses in chat: Vietnamese names in lowercase (family-name lexicon, or a person cue before a given
+    # name), all-caps names, nicknames and vocatives.
+    add("name_vi_lowercase", lambda: rng.choice(["nguyễn văn hùng", "trần thị mai", "phạm minh tuấn", "lê thị hương",
+                                                 "hoàng anh dũng", "nguyen van nam", "tran thi lan", "đỗ quang huy"]),
+        ["hôm qua gặp {v} ở quán", "{v} nhắn mình nè", "bạn của mình tên {v}"])
+    add("name_vi_lowercase", lambda: rng.choice(["tuấn", "hương", "quân", "trang", "dũng", "thảo", "huy", "yến"]),
+        ["anh {v} nói vậy đó", "chị {v} về chưa", "bạn mình tên là {v}"])
+    add("name_allcaps", lambda: rng.choice(["SARAH", "KEVIN", "JESSICA", "NGUYỄN VĂN HÙNG", "TRẦN THỊ MAI"]),
+        ["{v} said no lol", "hôm qua gặp {v}"])
+    add("nickname_vocative", lambda: rng.choice(["tommy", "bin", "bống", "na", "jojo", "tin tin", "bi"]),
+        ["{v} ơi đi chơi không", "hey {v} what's up"])
+    # Lowercase street addresses, EN and VI.
+    street = lambda: rng.choice(["main", "oak", "elm", "maple", "park", "lake view", "pine"])  # noqa: E731
+    add("address_en_lower", lambda: f"{rng.randrange(1, 9999)} {street()} {rng.choice(['st', 'street', 'ave', 'avenue', 'rd', 'road', 'blvd'])}",
+        ["i live at {v} now", "come to {v} at 7", "my address is {v} apt 4"])
+    vi_street = lambda: rng.choice(["huế", "lê lợi", "nguyễn huệ", "trần hưng đạo", "hàng bạc", "lý thường kiệt"])  # noqa: E731
+    add("address_vi_lower", lambda: f"số {rng.randrange(1, 300)} ngõ {rng.randrange(1, 99)} phố {vi_street()}",
+        ["nhà mình ở {v} nha", "qua {v} đi"])
+    add("address_vi_lower", lambda: f"{rng.randrange(1, 300)} đường {vi_street()}, quận {rng.randrange(1, 12)}",
+        ["mình ở {v} nhé", "giao tới {v}"])
+    add("address_vi_lower", lambda: f"hẻm {rng.randrange(1, 300)} {vi_street()}", ["nhà nó trong {v} đó"])
     # Participants' names in every casing, unaccented, and as vocatives ("An" and "Will" are also common words).
     for v, s in [("jane", "jane said hi"), ("JANE", "JANE!!"), ("Jane", "ok Jane"), ("hùng", "hùng ơi đi ăn"),
                  ("hung", "hung dau roi"), ("HÙNG", "HÙNG ƠI"), ("Hùng", "gặp Hùng chưa"), ("an", "an ơi mai rảnh không"),
@@ -96,8 +121,9 @@ def planted_values(seed: int = 0) -> dict[str, list[tuple[str, str]]]:
 
 def _kind_hit(kind: str, value: str, output: str) -> bool:
     """The planted value is gone from the anonymized sentence (names: as a whole word, any casing)."""
-    if kind == "name":
-        return not re.search(rf"(?<!\w){re.escape(value)}(?!\w)", output)
+    if kind.startswith(("name", "nickname")):  # every word of the name, as a whole word
+        return not any(re.search(rf"(?<!\w){re.escape(w)}(?!\w)", output) for w in value.split() if w.lower() not in
+                       ("văn", "thị", "van", "thi"))  # gender markers are kept on purpose
     return value not in output
 
 
@@ -105,13 +131,14 @@ def test_recall_per_kind_on_planted_en_and_vi_values_is_at_least_95_percent(anon
     anon = sc.Anonymizer(PARTICIPANTS, key=sc.load_or_create_key(anonymizer_key_file))
     rows = []
     for kind, items in planted_values().items():
-        misses = [(v, s, anon.text(s)) for v, s in items if not _kind_hit(kind, v, anon.text(s))]
-        recall = 1 - len(misses) / len(items)
-        rows.append((kind, len(items), recall))
-        assert recall >= RECALL_MIN, f"{kind}: recall {recall:.2f}; missed e.g. {misses[:3]}"
-    print("\nrecall per kind (planted EN/VI values):")
-    for kind, n, recall in rows:
+        outputs = anon.texts([s for _, s in items])
+        misses = [(v, s, o) for (v, s), o in zip(items, outputs) if not _kind_hit(kind, v, o)]
+        rows.append((kind, len(items), 1 - len(misses) / len(items), misses))
+    print(f"\nrecall per kind (planted EN/VI values; NER: {anon.ner}):")
+    for kind, n, recall, _ in rows:
         print(f"  {kind:<18} n={n:<3} recall={recall:.3f}")
+    for kind, _, recall, misses in rows:
+        assert recall >= RECALL_MIN, f"{kind}: recall {recall:.2f}; missed e.g. {misses[:3]}"
     # Each replaced value keeps its kind: a phone stays a phone, an e-mail an e-mail.
     assert re.fullmatch(r"\+84 9\d{2} \d{3} \d{3}", anon.text("+84 912 345 678"))
     assert "@" in anon.text("a.b@example.com") and anon.text("facebook.com/jane.doe").startswith("facebook.com/")
@@ -134,10 +161,9 @@ def _chitchat_messages(n: int) -> list[str]:
 def over_redaction(anon: sc.Anonymizer, texts: list[str]) -> tuple[int, int]:
     """(word tokens replaced, word tokens) over texts with no PII and no names: every replacement is wrong."""
     wrong = total = 0
-    for text in texts:
+    for text, out in zip(texts, anon.texts(texts)):  # batched, as 01 runs it (NER over nlp.pipe)
         words = re.findall(r"\w+", text)
         total += len(words)
-        out = anon.text(text)
         if out != text:
             sm = difflib.SequenceMatcher(a=words, b=re.findall(r"\w+", out), autojunk=False)
             wrong += len(words) - sum(b.size for b in sm.get_matching_blocks())
@@ -177,7 +203,7 @@ def _write_export(root: Path) -> dict[str, str]:
     lines = [s for items in planted.values() for _, s in items]
     # Names nobody listed are checked where they were written (recall test): their surrogates come from the same
     # name lists, so "Hương" can rightly appear as the surrogate of another name.
-    secrets_ = {v for kind, items in planted.items() if kind not in ("name", "name_other") for v, _ in items}
+    secrets_ = {v for kind, items in planted.items() if not kind.startswith(("name", "nickname")) for v, _ in items}
     others = [p for p in PARTICIPANTS if p != OWNER]
     t = 1_700_000_000_000
     for i, other in enumerate(others):
