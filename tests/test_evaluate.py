@@ -162,6 +162,29 @@ def test_perplexity_scores_only_owner_tokens_and_generation_reuses_the_prompt_ca
     assert replies[0]["n_tokens"] == stop
 
 
+def test_hits_at_1_scores_candidates_on_one_cached_prompt_like_separate_forwards(tiny_model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from simme_common import metrics_model as mm
+
+    tok = sc.ensure_training_template(AutoTokenizer.from_pretrained(tiny_model_dir))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    prompt = sc.chat_token_ids(tok, _sample("one_on_one", [("user", "hey how are you doing today")]), add_generation_prompt=True)
+    cands = [tok(t + "<|im_end|>", add_special_tokens=False)["input_ids"] for t in ("im good thanks wbu", "ok", "lol that is so funny 😂")]
+    got = mm.candidate_loglik(model, prompt, cands)
+    for c, value in zip(cands, got):
+        with torch.no_grad():
+            logp = model(torch.tensor([prompt + c])).logits[0].log_softmax(-1)
+        want = sum(float(logp[len(prompt) - 1 + k, t]) for k, t in enumerate(c)) / len(c)
+        assert value == pytest.approx(want, abs=1e-4)
+    # Ranking: each context's own reply is candidate 0; distractors come from other contexts only.
+    cands_of = mm.hits_candidates(25, seed=1)
+    assert all(c[0] == i and i not in c[1:] and len(c) == 20 for i, c in enumerate(cands_of))
+    hits, k = mm.hits_at_1(model, [prompt] * 3, cands, seed=1)
+    assert k == 3 and len(hits) == 3 and set(hits) <= {0.0, 1.0}
+
+
 # --- the stage ----------------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
