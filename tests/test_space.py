@@ -194,6 +194,18 @@ def test_space_folder_without_blind_samples_has_the_game_off(adapter, tiny_model
     assert refused.returncode != 0 and "not empty" in refused.stderr
 
 
+def test_space_with_a_model_repo_holds_no_twin_and_keeps_the_hub_online_for_it(tmp_path):
+    from simme_common.settings import folder_defaults
+
+    out = tmp_path / "space"
+    result = run_app(["--export_space", str(out), "--model_repo", "someone/simme-twin"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (out / "twin").exists() and "HF_TOKEN" in (out / "README.md").read_text()
+    settings = sc.AppSettings.from_env({}, defaults=folder_defaults(out))
+    assert settings.twin == "someone/simme-twin" and sc.needs_hub(settings)
+    assert not sc.needs_hub(sc.AppSettings(twin=str(out)))  # a local twin folder: the Hub stays offline
+
+
 # --- --push_to_hub against a local stand-in of the Hub API ----------------------------------------------------
 
 class FakeHub(BaseHTTPRequestHandler):

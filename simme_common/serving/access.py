@@ -52,7 +52,9 @@ def allowed_adapter_dir(text: str, settings) -> str:
 
 
 def needs_hub(settings) -> bool:
-    """Whether the configuration may fetch from the Hub: a Hub adapter or base model, or Hub ids allowed for B.
+    """Whether the configuration may fetch from the Hub: a Hub twin, adapter or base model, or Hub ids allowed for B.
     The default adapter path (outputs/03_adapter, absent before 03 ran) is never taken for a Hub id."""
+    if settings.twin:  # a merged twin replaces adapter and base
+        return looks_like_hub_id(settings.twin) or settings.allow_hub_adapters
     adapter = settings.adapter if settings.adapter != ADAPTER_DIR else None
     return settings.allow_hub_adapters or any(map(looks_like_hub_id, (adapter, settings.adapter_b, settings.base_model)))
