@@ -24,7 +24,7 @@ class Metric:
     why_no_real: str | None = None  # why the `real` column is n/a
 
 
-_PAIR = "pairwise against the real reply itself (the real column would be 1 by construction)"
+_PAIR = "pairwise against the real reply, which would score 1 against itself"
 _MODEL = "a property of the model, not of a reply"
 
 METRICS = (
@@ -74,7 +74,8 @@ METRICS = (
            "empty reply counts 1", "lower", 0.05),
     Metric("memorization_rate", "share of replies that repeat a train-split owner turn of >= 3 tokens whole, or contain "
            "an 8-token span of one (tokens keep digits), unless the span is common (said by another participant or "
-           "in >= 3 owner turns)", "lower", 0.02),
+           "in >= 3 owner turns); a memorized reply counts as an empty reply in every other row but the PII rows, so "
+           "copying the training set wins nothing", "lower", 0.02),
     Metric("pii_per_reply", "PII-shaped strings per reply (simme_common.pii_detect.detect_pii; counts by kind in "
            "`pii_kinds`); anonymized real replies carry surrogates, so the real column is the owner's own rate",
            "lower", 0.05),
