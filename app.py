@@ -222,12 +222,15 @@ def export(args: AppArguments, settings: sc.AppSettings) -> None:
         info = json.loads((twin / "twin.json").read_text())
         card = Path(args.analysis_dir or settings.analysis_dir) / "style_card.json"
         owner = args.owner or (json.loads(card.read_text()).get("owner") if card.exists() else None) or "Me"
-        from simme_common.serving.modelfile import modelfile_text
+        from simme_common.serving.modelfile import modelfile_text, plain_chat_template
         from transformers import AutoTokenizer
 
         template = AutoTokenizer.from_pretrained(str(twin)).chat_template
         (twin / "Modelfile").write_text(modelfile_text(info["gguf"], template, owner))
-        print_folder(twin, "Merged twin (ollama create simme-twin -f Modelfile, or llama-server -m the GGUF)")
+        (twin / "chat_template.server.jinja").write_text(plain_chat_template(template))
+        print_folder(twin, "Merged twin")
+        print(f"Run it: cd {twin} && ollama create simme-twin -f Modelfile, or llama-server -m {info['gguf']} "
+              "--jinja --chat-template-file chat_template.server.jinja")
     if args.export_space:
         blind = sx.load_blind_samples(args.prepared_dir or settings.prepared_dir) if args.include_blind_samples else None
         with tempfile.TemporaryDirectory() as tmp:

@@ -138,6 +138,9 @@ def test_export_gguf_writes_a_modelfile_whose_template_renders_exactly_the_apps_
     # Ollama puts the Modelfile's SYSTEM first in .Messages when the request has no system message of its own.
     ollama = render_go_template(mf["TEMPLATE"], [{"role": "system", "content": mf["SYSTEM"]}] + app_messages[1:])
     assert ollama == app_prompt and app_prompt.count("<|im_start|>") == 5
+    tok.chat_template = (out / "chat_template.server.jinja").read_text()  # what llama-server renders
+    assert "{% generation %}" not in tok.chat_template and "{% endgeneration %}" not in tok.chat_template
+    assert tok.apply_chat_template(app_messages, tokenize=False, add_generation_prompt=True) == app_prompt
     assert "Merged twin" in result.stdout and "MB" in result.stdout
 
 

@@ -29,6 +29,14 @@ def template_family(chat_template: str) -> str:
     raise ValueError("the twin's chat template is not one of SimMe's training templates (chat_format.py)")
 
 
+def plain_chat_template(chat_template: str) -> str:
+    """The training template without its {% generation %} markers (a TRL extension other Jinja renderers, such as
+    llama.cpp's server with --chat-template-file, do not know): the same text for every chat."""
+    import re
+
+    return re.sub(r"{%-?\s*(?:end)?generation\s*-?%}", "", chat_template)
+
+
 def modelfile_text(gguf_name: str, chat_template: str, owner: str, contact: str = "Friend") -> str:
     """The Modelfile of a twin folder whose GGUF is `gguf_name` (beside it), as `owner` chatting with `contact`."""
     family = template_family(chat_template)
