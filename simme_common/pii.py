@@ -193,31 +193,40 @@ class Anonymizer:
         if key in self.pii_map:
             return self.pii_map[key]
         norm = re.sub(r"\D", "", value) if kind in ("phone", "id", "card", "bank", "ssn") else value.lower()
-        rng = self._rng("pii", kind, norm)
-        if kind == "email":
-            fk = self._faker(self._en, "email", norm)
-            sur = f"{fk.user_name()}@{fk.free_email_domain()}"
-        elif kind == "url":
-            sur = self._url(value, norm)
-        elif kind == "handle":
-            sur = "@" + self._faker(self._en, "handle", norm).user_name()
-        elif kind == "address_en":
-            sur = self._faker(self._en, "address", norm).street_address()
-        elif kind == "address_vi":
-            sur = f"số {rng.randrange(1, 300)} đường {rng.choice(self._vi_last)} {rng.choice(self._vi_first)}"
-        elif kind == "dob":
-            sur = _replace_date(value, rng)
-        else:
-            sur = _replace_digits(value, kind, rng)
+        for attempt in range(20):
+            # Faker's words can carry a real name ("12 Williams Street" for Will): drawn again, keyed.
+            sur = self._draw_surrogate(kind, value, norm, norm + ("\x1f%d" % attempt if attempt else ""))
+            low = strip_diacritics(sur).lower()
+            if kind not in ("email", "url", "handle", "address_en", "address_vi") or \
+                    not any(p in low for p in self._real_parts if len(p) > 2):
+                break
         self.pii_map[key] = sur
         return sur
 
-    def _url(self, value: str, norm: str) -> str:
+    def _draw_surrogate(self, kind: str, value: str, norm: str, seed: str) -> str:
+        """One keyed draw of a same-kind surrogate of `value` (`norm`: its normalized form; `seed`: the MAC's input)."""
+        rng = self._rng("pii", kind, seed)
+        if kind == "email":
+            fk = self._faker(self._en, "email", seed)
+            return f"{fk.user_name()}@{fk.free_email_domain()}"
+        if kind == "url":
+            return self._url(value, norm, seed)
+        if kind == "handle":
+            return "@" + self._faker(self._en, "handle", seed).user_name()
+        if kind == "address_en":
+            return self._faker(self._en, "address", seed).street_address()
+        if kind == "address_vi":
+            return f"số {rng.randrange(1, 300)} đường {rng.choice(self._vi_last)} {rng.choice(self._vi_first)}"
+        if kind == "dob":
+            return _replace_date(value, rng)
+        return _replace_digits(value, kind, rng)
+
+    def _url(self, value: str, norm: str, seed: str) -> str:
         """A link to the same social site with another profile, or another domain with a path of the same shape."""
         bare = re.sub(r"^(?:https?://)?(?:www\.)?", "", norm)
         host, _, path = bare.partition("/")
         prefix = re.match(r"(?i)(?:https?://)?(?:www\.)?", value).group()
-        fk = self._faker(self._en, "url", norm)
+        fk = self._faker(self._en, "url", seed)
         if host in _SOCIAL_HOSTS:
             return f"{prefix}{host}/{fk.user_name()}" if path else value
         return f"{prefix}{fk.domain_name()}" + (f"/{fk.slug()}" if path else "")
@@ -268,6 +277,8 @@ class Anonymizer:
         if entry is None and low.isascii():
             entry = self._folded.get(low)  # "hung" for "Hùng": typed without accents; "mình" never matches "Minh"
         if entry is None:
+            if span and span[3] and span[2] == "middle" and low in ("văn", "thị", "van", "thi"):
+                return token  # gender-marking middle names are not identifying (as for participants)
             return self._third_party(token, span[2], span[3]) if span else self._other_name(m)
         real, sur, common = entry
         if common and not span and not self._is_name_in_context(m, real):
