@@ -3,11 +3,16 @@
 python bench/bench_prepare.py                 # 266k-message export (built once, cached in --out_dir), 5 reps
 python bench/bench_prepare.py --quick         # 20k messages (<= 40 s)
 python bench/bench_prepare.py --end_to_end    # also time the whole stage (anonymization, samples) once
+python bench/bench_prepare.py --quick --anon_messages 0   # skip the anonymizer race
 
 Project path = `simme_common.parse_export`: discovery, reading, JSON parsing, the per-file mojibake check and
 per-string repair, drop classification and the stable sort, thread by thread. Baselines, alternating with it
 on the same files: `json.load` of every file (the floor), and `json.load` + `ftfy.fix_text` on every string
 (the common "just run ftfy on everything" repair). Targets: <= 4x the json.load time, >= 10x faster than ftfy.
+
+Anonymizer race (the first --anon_messages message texts of the export, batched as `Anonymizer.texts`): with
+person NER (spaCy en_core_web_sm behind its gate) against the lexicon only, and the NER pipeline one text at a
+time (`Anonymizer.text`, as 01 calls it per message) on a tenth of them: what NER costs, reported, no target.
 """
 
 from __future__ import annotations
@@ -99,6 +104,51 @@ def race(export: Path, files: list[Path], reps: int) -> dict:
     }
 
 
+def message_texts(files: list[Path], n: int) -> list[str]:
+    """The first `n` non-empty message texts of the export (its files in order)."""
+    texts: list[str] = []
+    for f in files:
+        with open(f, "rb") as fh:
+            doc = json.load(fh)
+        texts += [m["content"] for m in doc.get("messages", []) if isinstance(m.get("content"), str) and m["content"].strip()]
+        if len(texts) >= n:
+            break
+    return texts[:n]
+
+
+def anonymizer_race(texts: list[str], reps: int) -> dict:
+    """Anonymizer.texts with person NER vs the lexicon only (alternating), and NER one text at a time once."""
+    from simme_common.ner import DEFAULT_NER_MODEL
+    from simme_common.pii import Anonymizer
+
+    names = ["Will Turner", "May Brown", "Hope Davis", "Grace Lee", "Nguyễn Thị An", "Jordan Smith"]
+    key = bytes(range(32))
+    # A fresh Anonymizer per run: its surrogate caches would make later runs cheaper than the first.
+    runs = {"with_ner": lambda: Anonymizer(names, key=key).texts(texts),
+            "lexicon_only": lambda: Anonymizer(names, key=key, ner_model=None).texts(texts)}
+    ner = Anonymizer(names, key=key).ner
+    if ner is None:
+        return {"skipped": f"{DEFAULT_NER_MODEL} is not installed"}
+    runs["with_ner"]()  # warm-up: spaCy import and model load, once per process
+    times = benchlib.alternate(runs, reps=reps)
+    tenth = texts[: max(1, len(texts) // 10)]
+    one = Anonymizer(names, key=key)
+    t0 = time.perf_counter()
+    for t in tenth:
+        one.text(t)
+    one_s = time.perf_counter() - t0
+    rate = {k: [len(texts) / t for t in v] for k, v in times.items()}
+    gated = sum(map(ner.needs_ner, texts))
+    return {
+        "n_messages": len(texts), "ner_model": DEFAULT_NER_MODEL, "gated_share": round(gated / len(texts), 4),
+        "messages_per_s": {k: round(benchlib.stats(v)["median"]) for k, v in rate.items()}
+        | {"with_ner_one_text_at_a_time": round(len(tenth) / one_s)},
+        "ner_cost_x": round(benchlib.stats(times["with_ner"])["median"] / benchlib.stats(times["lexicon_only"])["median"], 2),
+        "summary": [benchlib.summary_row("anonymize: NER vs lexicon only", "messages/s", rate["with_ner"],
+                                         rate["lexicon_only"], target="reported (NER cost)")],
+    }
+
+
 def end_to_end(export: Path, out_dir: Path) -> dict:
     """The whole 01 stage once on the export: seconds, messages/s and its samples count."""
     prep = sc.load_script(ROOT / "01_prepare.py")
@@ -114,6 +164,8 @@ def main() -> None:
     parser.add_argument("--n_messages", type=int, default=None, help="export size (default 260,000; quick 20,000)")
     parser.add_argument("--reps", type=int, default=5, help="repetitions vs json.load (half as many vs ftfy)")
     parser.add_argument("--end_to_end", action="store_true", help="also run the whole 01 stage once on the export")
+    parser.add_argument("--anon_messages", type=int, default=None,
+                        help="messages in the anonymizer race (default 50,000; quick 5,000; 0 skips it)")
     benchlib.add_out_dir_arg(parser)
     args = parser.parse_args()
     n_target = args.n_messages or (20_000 if args.quick else 260_000)
@@ -127,12 +179,22 @@ def main() -> None:
     raced = race(export, files, args.reps)
     result = {"n_messages": raced.pop("n_messages"), "n_files": len(files), "export_mb": round(size_mb, 1),
               "build_export_s": round(build_s, 1), **raced}
+    n_anon = args.anon_messages if args.anon_messages is not None else (5_000 if args.quick else 50_000)
+    if n_anon:
+        anon = anonymizer_race(message_texts(files, n_anon), reps=max(1, args.reps // 2))
+        result["summary"] += anon.pop("summary", [])
+        result["anonymize"] = anon
     if args.end_to_end:
         result["end_to_end"] = end_to_end(export, args.out_dir)
     benchlib.write_result("prepare", result, args.quick, args.out_dir)
     print(f"parse: {result['messages_per_s']['project']:,.0f} msg/s | {result['time_ratio_vs_json_load']:.2f}x json.load time "
           f"(target <= 4) | {result['speedup_vs_ftfy_every_string']:.1f}x faster than ftfy on every string (target >= 10) | "
           f"peak RSS {benchlib.peak_rss_mb():,.0f} MiB for a {size_mb:,.0f} MB export")
+    if "messages_per_s" in result.get("anonymize", {}):
+        a = result["anonymize"]
+        print(f"anonymize: {a['messages_per_s']['with_ner']:,} msg/s with NER ({100 * a['gated_share']:.1f} % of messages "
+              f"reach it), {a['messages_per_s']['lexicon_only']:,} msg/s lexicon only ({a['ner_cost_x']:.2f}x the time), "
+              f"{a['messages_per_s']['with_ner_one_text_at_a_time']:,} msg/s with NER one text at a time")
 
 
 if __name__ == "__main__":
