@@ -58,18 +58,19 @@ def _subset(split, args: EvaluateArguments) -> list:
 
 
 def _train_turns(data) -> tuple[list[str], list[str]]:
-    """(the owner's train-split turns, once each: packed windows repeat turns; the other participants' turns)."""
+    """(the owner's, the other participants') train-split turns, once per session: packed windows repeat turns."""
     if "train" not in data:
         raise sc.UserError("the prepared dataset has no train split: the owner's style reference comes from it")
-    owner, other = {}, []
+    owner, other = {}, {}
     columns = [c for c in ("chat_id", "session_start", sc.MESSAGES) if c in data["train"].column_names]
     for row in data["train"].select_columns(columns).to_list():
         for m in row[sc.MESSAGES]:
+            key = (row.get("chat_id"), row.get("session_start"), m["content"])
             if m["role"] == sc.OWNER_ROLE and m["content"] != sc.SILENT_REPLY:
-                owner.setdefault((row.get("chat_id"), row.get("session_start"), m["content"]), m["content"])
+                owner.setdefault(key, m["content"])
             elif m["role"] == sc.OTHER_ROLE:
-                other.append(m["content"])
-    return list(owner.values()), other
+                other.setdefault(key, m["content"])
+    return list(owner.values()), list(other.values())
 
 
 def _test_inputs(args: EvaluateArguments) -> dict:
