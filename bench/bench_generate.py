@@ -5,6 +5,7 @@ against without, alternating, in one run.
 python bench/bench_generate.py            # 5 reps, 64 new tokens after a ~200-token chat, 2 threads
 python bench/bench_generate.py --quick    # 2 reps of 32 new tokens, a 20-turn long chat (<= 90 s when idle, GGUF cached)
 python bench/bench_generate.py --adapter outputs/03_adapter --quant q4_k_m   # another GGUF type
+python bench/bench_generate.py --concurrent_only   # only the 16-concurrent-chats rows (batched vs one at a time)
 
 Every measured configuration runs in its own process (this file with --worker NAME: one request line in, one JSON
 line out), taking turns round by round. Sharing one process, the fp32 baseline's OpenMP threads competed with
@@ -19,6 +20,10 @@ context budget (trimmed a block at a time vs turn by turn), the
 fraction of the memory-bandwidth floor (weight bytes read per token / measured read bandwidth), what the
 quantization costs (teacher-forced NLL of the chat against the fp32 model; 1.00 = lossless), peak RSS;
 on CUDA also the bitsandbytes 4-bit (NF4) and 8-bit paths against bf16.
+
+Concurrent rows (llama.cpp): --clients users at once, each --turns sampled replies of --concurrent_tokens tokens,
+in the app's worker (batched decoding, LlamaCppOptions.max_batch) against a worker of the same path with
+max_batch=1 (one request at a time), taking turns: p50/p95 first output and aggregate generated tokens/s.
 
 Patch rows (patches/llama-cpp-python-0.3.36-*.patch; in the table, project = with and baseline = without): "with" is
 the app's path, "without" the same path with the patch's work switched off at run time, where our build then does
@@ -82,20 +87,53 @@ def start_worker(args, name: str, base: str, adapter: str) -> benchlib.Worker:
 
 
 def start_workers(args, base: str, adapter: str, workers: dict) -> dict[str, str | None]:
-    """Fill `workers` with the app, the fp32 baseline and the without side of every patch that can act here; returns
-    each patch's reason when it cannot."""
+    """Fill `workers` with the app, the fp32 baseline, the one-at-a-time path (llama.cpp) and the without side of every
+    patch that can act here; returns each patch's reason when it cannot."""
     workers["app"] = start_worker(args, "app", base, adapter)
     reasons = {patch: patch_unavailable(patch, workers["app"].ready()) for patch in PATCHES}
-    for name in ["fp32"] + [PATCHES[patch][0] for patch, reason in reasons.items() if reason is None]:
+    serial = ["serial"] if workers["app"].ready()["backend"] == "llama.cpp" else []
+    fp32 = [] if args.concurrent_only else ["fp32"]
+    patches = [] if args.concurrent_only else [PATCHES[patch][0] for patch, reason in reasons.items() if reason is None]
+    for name in fp32 + serial + patches:
         workers[name] = start_worker(args, name, base, adapter)
     return reasons
+
+
+def time_concurrent(workers: dict, args) -> dict[str, list[dict]]:
+    """--clients chats at once on the app's worker (batched) and on the one-at-a-time worker, taking turns."""
+    rounds: dict[str, list[dict]] = {"project": [], "baseline": []}
+    request = f"concurrent {args.clients} {args.turns} {args.concurrent_tokens}"
+    for _ in range(args.concurrent_reps):
+        rounds["project"].append(workers["app"].call(request))
+        rounds["baseline"].append(workers["serial"].call(request))
+    return rounds
+
+
+def concurrent_rows(args, rounds: dict) -> list[dict]:
+    """Batched decoding vs one request at a time: aggregate tokens/s and p50/p95 first output (one sample a round)."""
+    def quantile(values: list[float], q: float) -> float:
+        ordered = sorted(values)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    what = f"concurrent: {args.clients} chats x {args.turns} replies of {args.concurrent_tokens} tokens"
+    samples = {side: {"tps": [r["tps"] for r in runs], "p50": [quantile(r["firsts"], 0.5) for r in runs],
+                      "p95": [quantile(r["firsts"], 0.95) for r in runs]} for side, runs in rounds.items()}
+    p, b = samples["project"], samples["baseline"]
+    return [
+        benchlib.summary_row(f"{what}, aggregate generated tokens/s, batched vs one at a time", "tok/s", p["tps"],
+                             b["tps"], target=">= 2x"),
+        benchlib.summary_row(f"{what}, p95 first output, batched vs one at a time", "s", p["p95"], b["p95"],
+                             higher_is_better=False, target="<= 1.5 s"),
+        benchlib.summary_row(f"{what}, p50 first output, batched vs one at a time", "s", p["p50"], b["p50"],
+                             higher_is_better=False),
+    ]
 
 
 def time_rounds(workers: dict, reps: int) -> dict[str, list[dict]]:
     """Every worker's cold reply and the app's follow-up turns, taking turns for `reps` rounds after a warm-up round."""
     requests = {"project": ("app", "cold"), "baseline": ("fp32", "cold"), "project_turn": ("app", "turn"),
                 "project_return": ("app", "return")}
-    requests.update({name: (name, "cold") for name in workers if name not in ("app", "fp32")})
+    requests.update({name: (name, "cold") for name in workers if name not in ("app", "fp32", "serial")})
     samples: dict[str, list[dict]] = {key: [] for key in requests}
 
     def ask(key: str, name: str, op: str):
@@ -177,11 +215,14 @@ def measure(args, base: str, adapter: str) -> dict:
     workers: dict[str, benchlib.Worker] = {}
     try:
         reasons = start_workers(args, base, adapter, workers)
+        concurrent = time_concurrent(workers, args) if "serial" in workers else None
+        if args.concurrent_only:
+            return {"ready": {name: w.ready() for name, w in workers.items()}, "concurrent": concurrent}
         samples = time_rounds(workers, args.reps)
         long_chat = time_long_chats(workers["app"], args.quick)
         nll = {"project": workers["app"].call("nll")["nll"], "baseline": workers["fp32"].call("nll")["nll"]}
         return {"ready": {name: w.ready() for name, w in workers.items()}, "samples": samples,
-                "long_chat": long_chat, "nll": nll, "reasons": reasons}
+                "long_chat": long_chat, "nll": nll, "reasons": reasons, "concurrent": concurrent}
     finally:
         for worker in workers.values():
             worker.close()
@@ -210,8 +251,9 @@ def summarize(args, m: dict) -> dict:
         "floor_tps": {"project": bw * 1e9 / proj_bytes, "baseline": bw * 1e9 / fp32_bytes},
         "fraction_of_floor": {"project": p_tps / (bw * 1e9 / proj_bytes), "baseline": b_tps / (bw * 1e9 / fp32_bytes)},
         "weight_bytes_per_token": {"project": proj_bytes, "baseline": fp32_bytes},
-        "patches": patches,
-        "summary": app_rows(app, first, tps, m["long_chat"], nll_ratio) + rows,
+        "patches": patches, "concurrent": m["concurrent"],
+        "summary": app_rows(app, first, tps, m["long_chat"], nll_ratio) + rows
+                   + (concurrent_rows(args, m["concurrent"]) if m["concurrent"] else []),
     }
 
 
@@ -219,7 +261,7 @@ def print_patch_rows(result: dict) -> None:
     """The patch rows and the CPU flags they depend on, readable at the end of the output."""
     print(f"CPU flags: {' '.join(benchlib.cpu_flags()) or 'unknown'} | llama-cpp-python {result['info'].get('llama_cpp')}")
     for row in result["summary"]:
-        if row["metric"].startswith("patch "):
+        if row["metric"].startswith(("patch ", "concurrent")):
             figures = (f"with {row['project']:.4g} | without {row['baseline']:.4g} | ratio {row['ratio']:.2f}x"
                        if "ratio" in row else row["project"])
             print(f"{row['metric']} ({row['unit']}): {figures}")
@@ -237,6 +279,11 @@ def main() -> int:
     parser.add_argument("--quant", default=None, choices=sorted(sc.GGUF_FTYPES),
                         help=f"llama.cpp GGUF type of the app path (default the app's: {sc.AMX_GGUF_QUANT} on AMX CPUs with "
                              f"our llama.cpp build, else {sc.DEFAULT_GGUF_QUANT})")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent chats of the concurrent rows")
+    parser.add_argument("--turns", type=int, default=2, help="replies per concurrent chat (the 2nd reuses its KV prefix)")
+    parser.add_argument("--concurrent_tokens", type=int, default=32, help="tokens of each concurrent reply")
+    parser.add_argument("--concurrent_reps", type=int, default=2, help="rounds of the concurrent rows, each side")
+    parser.add_argument("--concurrent_only", action="store_true", help="only the concurrent rows (app vs one at a time)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     benchlib.add_out_dir_arg(parser)
     args = parser.parse_args()
@@ -244,13 +291,20 @@ def main() -> int:
         serve_worker(args)
         return 0
     if args.quick:
-        args.reps, args.new_tokens = 2, min(args.new_tokens, 32)
+        args.reps, args.new_tokens, args.turns, args.concurrent_reps = 2, min(args.new_tokens, 32), 1, 1
 
     import torch
 
     base = sc.resolve_base_model(args.base_model)
     with tempfile.TemporaryDirectory() as tmp:
         adapter = args.adapter or str(random_lora(base, Path(tmp) / "lora"))
+        if args.concurrent_only:
+            m = measure(args, base, adapter)
+            result = {"info": m["ready"]["app"]["info"], "threads": args.threads, "concurrent": m["concurrent"],
+                      "summary": concurrent_rows(args, m["concurrent"]) if m["concurrent"] else []}
+            benchlib.write_result("generate_concurrent", result, args.quick, args.out_dir)
+            print_patch_rows(result)
+            return 0
         result = summarize(args, measure(args, base, adapter))
         if torch.cuda.is_available():
             result["cuda"], rows = cuda_results(args, base, adapter)

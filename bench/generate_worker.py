@@ -112,6 +112,43 @@ def long_chat_first_tokens(twin, turns: int, budget: int, block_tokens: int) -> 
     return firsts
 
 
+def concurrent_chats(twin, clients: int, turns: int, new_tokens: int, prompt_tokens: int) -> dict:
+    """`clients` users at once, each a chat of `turns` sampled replies of exactly `new_tokens` tokens (each follow-up
+    carries the previous reply, as the app's history does): every reply's first-output seconds, the aggregate
+    generated tokens/s and the wall time."""
+    import threading
+
+    chats = [make_chat(twin.tokenizer, prompt_tokens, contact=f"Friend{i}") for i in range(clients)]
+    firsts: list[float] = []
+    go = threading.Barrier(clients + 1)
+
+    def user(i: int) -> None:
+        chat = chats[i]
+        go.wait()
+        for turn in range(turns):
+            t0, first, text = time.perf_counter(), None, ""
+            for text in twin.stream(chat, temperature=0.7, top_p=0.9, repetition_penalty=1.1,
+                                    max_new_tokens=new_tokens, seed=1000 * i + turn, use_cache=False):
+                first = first or time.perf_counter() - t0
+            firsts.append(first if first is not None else time.perf_counter() - t0)
+            chat = chat + [{"role": "assistant", "content": text or "ok"}, {"role": "user", "content": f"ok cool ({turn})"}]
+
+    stop_ids, twin.stop_ids = twin.stop_ids, []  # exactly new_tokens per reply, on both sides
+    twin.forget_prefix()
+    try:
+        threads = [threading.Thread(target=user, args=(i,)) for i in range(clients)]
+        for thread in threads:
+            thread.start()
+        go.wait()
+        t0 = time.perf_counter()
+        for thread in threads:
+            thread.join()
+        wall = time.perf_counter() - t0
+    finally:
+        twin.stop_ids = stop_ids
+    return {"firsts": firsts, "tps": clients * turns * new_tokens / wall, "wall_s": wall}
+
+
 def time_hf(model, input_ids, new_tokens: int) -> dict:
     """Plain transformers.generate (greedy, exactly `new_tokens`): first-token latency and decode tokens/s."""
     import torch
@@ -148,6 +185,8 @@ def load_app_twin(args):
         options = dataclasses.replace(options, amx_bf16_min_tokens="0")
     if args.worker == "no_amx":  # weights placed as a stock build places them (its quantization and buffers)
         options = dataclasses.replace(options, amx=False)
+    if args.worker == "serial":  # requests one at a time (the baseline of batched decoding)
+        options = dataclasses.replace(options, max_batch=1)
     quant = settings.quant if torch.cuda.is_available() else args.quant or settings.quant
     return sc.load_twin(args.base_model, args.adapter, backend="auto", quantization=quant, llama=options)
 
@@ -196,6 +235,8 @@ def app_requests(twin, chat: list[dict], args) -> dict:
         "turn": lambda: time_twin(twin, follow_up(own_reply()), args.new_tokens, cold=False),
         "return": back_after_other_user,
         "long": lambda turns, budget, block: {"firsts": long_chat_first_tokens(twin, int(turns), int(budget), int(block))},
+        "concurrent": lambda clients, turns, new_tokens: concurrent_chats(twin, int(clients), int(turns), int(new_tokens),
+                                                                          args.prompt_tokens // 2),
     }
 
 
