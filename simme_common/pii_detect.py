@@ -60,7 +60,7 @@ _VI_STOP = (r"(?:nha|nhé|nhe|nhá|nè|đó|đấy|ạ|à|ha|hả|không|ko|k|r�
 _VI_NAME_WORDS = rf"(?:(?!{_VI_STOP}\b)[^\W\d_]+)(?: (?!{_VI_STOP}\b)[^\W\d_]+){{0,3}}"
 _VI_NUM = r"\d{1,4}[a-zA-Z]?(?:/\d{1,4}[a-zA-Z]?)*"
 _VI_ALLEY = rf"(?:ngõ|ngách|hẻm|kiệt)\s+{_VI_NUM}"
-_VI_ADMIN_TAIL = rf"(?:\s*,?\s*(?:phường|quận|huyện|xã|thị xã|thành phố|tỉnh|tp\.?|p\.|q\.)\s*(?:\d{{1,2}}\b|{_VI_NAME_WORDS}))"
+_VI_ADMIN_TAIL = rf"(?:\s*,?\s*\b(?:phường|quận|huyện|xã|thị xã|thành phố|tỉnh|tp\.?|p\.|q\.)\s*(?:\d{{1,2}}\b|{_VI_NAME_WORDS}))"
 _ADDR_VI_LOWER_RE = re.compile(
     rf"(?i)(?:\bsố\s+)?(?:"
     rf"\b{_VI_NUM}(?:\s*,?\s*{_VI_ALLEY})*\s*,?\s*(?:đường|phố)\s+(?:số\s+\d{{1,3}}\b|{_VI_NAME_WORDS})"  # 45 đường lê lợi
