@@ -105,6 +105,17 @@ def test_pii_findings_split_invented_from_memorized_values():
     assert counts == [1.0, 1.0, 0.0] and memorized_pii == [1.0, 0.0, 0.0] and kinds["phone"] == 2
 
 
+def test_style_reference_is_the_owners_bursts_without_stop_words_and_emoji_is_na_without_emoji():
+    from simme_common.metrics_style import owner_profile, reply_features, style_stats
+
+    plain = owner_profile(["ok see you\nat the gym", "haha fine", "the usual place then"])
+    assert plain["emoji"] is None and "the" not in plain["words"] and plain["words"]["gym"] == 1
+    feats = [reply_features(r) for r in ["ok see you\nat the gym 😂", "haha fine"]]
+    assert feats[0]["chars"] == len("ok see you\nat the gym 😂")  # a burst is one unit, bubbles included
+    stats = style_stats(feats, plain, [0, 1])
+    assert stats["emoji_match"] is None and 0 < stats["vocab_overlap"] <= 1 and 0 <= stats["length_similarity"] <= 1
+
+
 def test_bootstrap_interval_contains_the_mean_and_needs_two_examples():
     values = [0.0, 1.0, 1.0, 0.0, 1.0, 1.0]
     lo, hi = sc.bootstrap_ci(lambda idx: sum(values[i] for i in idx) / len(idx), len(values), n_boot=200)
