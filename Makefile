@@ -88,3 +88,9 @@ SPACE_DIR ?= build/space
 space: setup
 	$(PY) app.py --export_space $(SPACE_DIR) --adapter outputs/03_adapter --analysis_dir data/02_analysis \
 	  $(if $(SPACE_REPO),--push_to_hub $(SPACE_REPO),)
+
+# The GPU recipes (8-bit, 4-bit), the FSDP and ZeRO-3 launchers on 1 GPU and the app's CUDA serving path, on the
+# bundled model: tokens/s and peak memory per row (docs/train.md). Needs a CUDA GPU and requirements-gpu.txt.
+.PHONY: gpu-check
+gpu-check: setup
+	$(PY) scripts/gpu_check.py
