@@ -13,6 +13,12 @@ from typing import Any, Callable
 from ..runtime import UserError
 
 
+# Sampled replies keep the 64 likeliest tokens before top-p: top-p over the whole 49k vocabulary sorts it for every
+# token (10 ms measured, as long as a decode step; 0.3 ms with this cut), and the nucleus of a chat model at the app's
+# temperatures lies far inside it. Both llama.cpp paths use it, so batched and one-at-a-time sample alike.
+SAMPLE_TOP_K = 64
+
+
 class TwinBusy(UserError):
     """The twin's queue is full: the request is refused at once rather than left waiting (safe to show a client)."""
 
@@ -188,7 +194,7 @@ class BatchDecoder:
         # every unseeded request the same sample.
         self.llama.set_seed(int(settings["seed"]) if settings["seed"] is not None else random.randrange(2**31))
         slot.sampler = self.llama._init_sampler(
-            top_k=0 if not greedy else 1, top_p=1.0 if greedy else settings["top_p"], min_p=0.0,
+            top_k=SAMPLE_TOP_K if not greedy else 1, top_p=1.0 if greedy else settings["top_p"], min_p=0.0,
             temp=0.0 if greedy else settings["temperature"], repeat_penalty=settings["repetition_penalty"])
         rest = ids[keep:]
         for start in range(0, len(rest), self.llama.n_batch):  # llama.eval's batches

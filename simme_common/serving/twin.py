@@ -9,7 +9,7 @@ import threading
 from typing import Any
 
 from ..chat_format import chat_token_ids, stop_token_ids
-from .batch_decoder import BatchDecoder, common_prefix_len, restore_seq, snapshot_seq
+from .batch_decoder import SAMPLE_TOP_K, BatchDecoder, common_prefix_len, restore_seq, snapshot_seq
 from .llama_cpp import llama_prompt_logits, nll_of_logits
 from .model_thread import ModelThread
 
@@ -349,7 +349,7 @@ class TwinModel:
         stop_ids = set(self.stop_ids)
         n = 0
         for token in llama.generate(
-            ids, top_k=0 if not greedy else 1, top_p=1.0 if greedy else settings["top_p"], min_p=0.0,
+            ids, top_k=SAMPLE_TOP_K if not greedy else 1, top_p=1.0 if greedy else settings["top_p"], min_p=0.0,
             temp=0.0 if greedy else settings["temperature"], repeat_penalty=settings["repetition_penalty"], reset=True,
         ):
             if token in stop_ids or stop.is_set():
