@@ -1,0 +1,200 @@
+"""Ablation of the CPU recipe (configs/cpu_demo.yaml): which settings make the better twin in <= 10 min of training.
+
+python bench/ablate_train.py                       # every variant below on the bundled sample (hours on 2 cores)
+python bench/ablate_train.py --quick               # 4 variants x 8 steps, 32 validation samples (~15 min idle)
+python bench/ablate_train.py --only recipe,lr_5e-4 # named variants
+
+Each variant is one `python 03_train.py --config configs/cpu_demo.yaml <overrides>` run (its own process, like
+`make pipeline`), on data/01_prepared or a dataset derived from it (whole sessions, newest sessions weighted).
+It is judged on the **validation** split, never on test: perplexity of the owner's turns (04's
+`eval_example` + `score_and_generate`, owner tokens only) and, with --replies > 0, the length similarity of
+sampled replies to the owner's train-split turns (04's style metric). The table (Markdown, for docs/train.md)
+lists twin/base perplexity, training seconds and trained tokens, so a variant that buys fidelity with time shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib  # noqa: E402
+
+import simme_common as sc  # noqa: E402
+
+ROOT = benchlib.ROOT
+RECIPE = ROOT / "configs" / "cpu_demo.yaml"
+ATTN = "q_proj k_proj v_proj o_proj"
+
+# name -> (03 overrides, dataset variant). What issue #21 asks to search: steps and batch, learning rate and schedule,
+# LoRA rank and modules, full fine-tuning vs LoRA, NEFTune, sessions vs windows, newest sessions weighted.
+VARIANTS: dict[str, tuple[str, str | None]] = {
+    "recipe": ("", None),
+    "steps_128_batch_2": ("--max_steps 128 --per_device_train_batch_size 2", None),
+    "steps_32_batch_8": ("--max_steps 32 --per_device_train_batch_size 8", None),
+    "steps_128_batch_4": ("--max_steps 128", None),
+    "lr_5e-4": ("--learning_rate 5e-4", None),
+    "lr_2e-3": ("--learning_rate 2e-3", None),
+    "schedule_constant": ("--lr_scheduler_type constant", None),
+    "schedule_linear": ("--lr_scheduler_type linear", None),
+    "lora_r8": ("--lora_r 8 --lora_alpha 16", None),
+    "lora_r32": ("--lora_r 32 --lora_alpha 64", None),
+    "lora_attention_only": (f"--lora_target_modules {ATTN}", None),
+    "full_finetune": ("--use_peft false --learning_rate 5e-5", None),
+    "neftune_5": ("--neftune_noise_alpha 5", None),
+    "whole_sessions": ("--max_length 1024 --per_device_train_batch_size 1", "sessions"),
+    "newest_25pct_x2": ("", "newest"),
+}
+QUICK = ("recipe", "lr_2e-3", "lora_r8", "neftune_5")
+
+
+def derived_dataset(input_dir: Path, kind: str, out_dir: Path) -> Path:
+    """01's dataset with the train split changed: 'sessions' joins each session's windows into one sample,
+    'newest' repeats the newest quarter of the training sessions (validation and test untouched)."""
+    from datasets import Dataset, load_from_disk
+
+    data = load_from_disk(str(input_dir / "dataset"))
+    rows = data["train"].to_list()
+    if kind == "sessions":
+        merged: dict[tuple, dict] = {}
+        for row in rows:  # 01 writes a session's windows in order, without overlap
+            key = (row["chat_id"], row["session_start"])
+            if key in merged:
+                merged[key]["messages"] += [m for m in row["messages"] if m["role"] != "system"]
+                merged[key]["n_tokens"] += row["n_tokens"]
+            else:
+                merged[key] = {**row, "messages": list(row["messages"])}
+        rows = list(merged.values())
+    elif kind == "newest":
+        starts = sorted({r["session_start"] for r in rows})
+        cutoff = starts[len(starts) * 3 // 4]
+        rows = rows + [r for r in rows if r["session_start"] >= cutoff]
+    else:
+        raise ValueError(f"unknown dataset variant {kind!r}")
+    data["train"] = Dataset.from_list(rows, features=data["train"].features)
+    data.save_to_disk(str(out_dir / "dataset"))
+    return out_dir
+
+
+def train(name: str, overrides: str, input_dir: Path, out_dir: Path, extra: list[str]) -> dict:
+    """One 03 run; its seconds, trained tokens and final loss from the adapter's log history."""
+    cmd = [sys.executable, str(ROOT / "03_train.py"), "--config", str(RECIPE), "--input_dir", str(input_dir),
+           "--output_dir", str(out_dir), "--disable_tqdm", "true", *overrides.split(), *extra]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name}: 03_train.py failed:\n{proc.stderr[-2000:]}")
+    history = json.loads((out_dir / "log_history.json").read_text())
+    final = history[-1] if history else {}
+    tokens = max((h.get("num_tokens", 0) for h in history), default=0)
+    return {"train_s": final.get("train_runtime", time.perf_counter() - t0), "wall_s": time.perf_counter() - t0,
+            "tokens": tokens, "train_loss": final.get("train_loss")}
+
+
+def load_judge(input_dir: Path, n_val: int, seed: int) -> dict:
+    """The validation samples (a seeded subset) and the owner's train-split turns (length reference)."""
+    import random
+
+    from datasets import load_from_disk
+
+    data = load_from_disk(str(input_dir / "dataset"))
+    val = [m for m in data["validation"]["messages"] if m and m[-1]["role"] == sc.OWNER_ROLE]
+    val = random.Random(seed).sample(val, min(n_val, len(val)))
+    owner_turns = [m["content"] for msgs in data["train"]["messages"] for m in msgs if m["role"] == sc.OWNER_ROLE]
+    return {"validation": val, "owner_turns": owner_turns}
+
+
+def judge(model_dir: Path | None, judge_data: dict, replies: int, seed: int) -> dict:
+    """Validation perplexity of the owner's turns and (replies > 0) the length similarity of sampled replies."""
+    from simme_common.eval_generation import eval_example, perplexity_from_nll, score_and_generate
+
+    base = sc.resolve_base_model(None)
+    is_adapter = model_dir is not None and (model_dir / "adapter_config.json").exists()
+    tokenizer = sc.load_tokenizer(str(model_dir) if model_dir is not None else base)
+    if model_dir is None or is_adapter:
+        model = sc.load_model(base, tokenizer, str(model_dir) if is_adapter else None, merge=is_adapter)
+    else:
+        model = sc.load_model(str(model_dir), tokenizer)  # full fine-tuning wrote whole weights
+    model.eval()
+    examples = [eval_example(tokenizer, m, 384, 512) for m in judge_data["validation"]]
+    generate = [i < replies for i in range(len(examples))]
+    nll, generated = score_and_generate(model, tokenizer, examples, generate, batch_size=16, seed=seed)
+    result = {"ppl": perplexity_from_nll(nll), "length_similarity": None}
+    if replies:
+        try:  # 04's style metric; its module is being reworked, so the column stays empty if it moved
+            from simme_common.metrics_style import owner_profile, reply_features, style_stats
+
+            feats = [reply_features(r["text"]) for r in generated if r is not None]
+            reference = owner_profile(judge_data["owner_turns"])
+            result["length_similarity"] = style_stats(feats, reference, range(len(feats)))["length_similarity"]
+        except (ImportError, KeyError, TypeError):
+            pass
+    return result
+
+
+def table(rows: list[dict], base: dict) -> str:
+    """The Markdown table docs/train.md includes."""
+    lines = [f"Base model: validation perplexity {base['ppl']:.2f}" +
+             (f", length similarity {base['length_similarity']:.2f}" if base["length_similarity"] is not None else ""),
+             "", "| variant | overrides | twin/base ppl | length sim. | train s | trained tokens | train loss |",
+             "|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: r["ppl"]):
+        sim = f"{r['length_similarity']:.2f}" if r["length_similarity"] is not None else "–"
+        loss = f"{r['train_loss']:.3f}" if r["train_loss"] is not None else "–"
+        lines.append(f"| {r['variant']} | `{r['overrides'] or '(recipe)'}` | {r['ppl'] / base['ppl']:.3f} | {sim} | "
+                     f"{r['train_s']:.0f} | {r['tokens']:,} | {loss} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=f"variants {', '.join(QUICK)} at 8 steps, 32 samples")
+    parser.add_argument("--only", default=None, help="comma-separated variant names (default: all, or --quick's)")
+    parser.add_argument("--input_dir", type=Path, default=ROOT / sc.PREPARED_DIR, help="01_prepare's output")
+    parser.add_argument("--val_samples", type=int, default=None, help="validation samples judged (default 256, quick 32)")
+    parser.add_argument("--replies", type=int, default=None, help="of which sampled for length similarity (64, quick 0)")
+    parser.add_argument("--max_steps", type=int, default=None, help="override every variant's steps (quick: 8)")
+    parser.add_argument("--seed", type=int, default=42)
+    benchlib.add_out_dir_arg(parser)
+    args = parser.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not (args.input_dir / "dataset").exists():
+        raise SystemExit(f"error: {args.input_dir}/dataset not found; run 01_prepare.py (make pipeline) first")
+    names = args.only.split(",") if args.only else list(QUICK if args.quick else VARIANTS)
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"error: unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
+    n_val = args.val_samples or (32 if args.quick else 256)
+    replies = args.replies if args.replies is not None else (0 if args.quick else 64)
+    steps = args.max_steps or (8 if args.quick else None)
+    extra = ["--max_steps", str(steps)] if steps else []
+
+    judge_data = load_judge(args.input_dir, n_val, args.seed)
+    base = judge(None, judge_data, replies, args.seed)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="ablate_train_") as tmp:
+        for name in names:
+            overrides, data_kind = VARIANTS[name]
+            data_dir = args.input_dir if data_kind is None else derived_dataset(args.input_dir, data_kind,
+                                                                                 Path(tmp) / f"data_{name}")
+            out = Path(tmp) / name
+            trained = train(name, overrides, data_dir, out, extra)  # --max_steps in `extra` wins (given last)
+            rows.append({"variant": name, "overrides": overrides, **trained, **judge(out, judge_data, replies, args.seed)})
+            print(f"{name}: validation ppl {rows[-1]['ppl']:.2f} (base {base['ppl']:.2f}), {trained['train_s']:.0f} s",
+                  flush=True)
+    markdown = table(rows, base)
+    print(markdown)
+    result = {"variants": rows, "base": base, "val_samples": n_val, "replies": replies, "max_steps": steps,
+              "load_avg_1m": os.getloadavg()[0], "table_md": markdown}
+    benchlib.write_result("ablate_train", result, args.quick, args.out_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
