@@ -91,10 +91,15 @@ except sc.UserError as err:
     too_long = str(err)
 info = twin.info()
 twin.close()
+closed = ""
+try:
+    twin._decoder.submit(twin.prompt_ids(chats[0]), dict(greedy, seed=None), print, threading.Event())
+except RuntimeError as err:
+    closed = str(err)
 print(json.dumps({"expected": expected, "results": results, "refused": refused, "drained": drained,
                   "active_after_leave": active_after_leave, "reused": reused,
                   "prompt_tokens": len(twin.prompt_ids(chats[3])), "warm": warm, "cold": cold,
-                  "too_long": too_long, "info": info}, default=str))
+                  "too_long": too_long, "closed": closed, "info": info}, default=str))
 """
 
 
@@ -139,3 +144,4 @@ def test_batched_replies_equal_one_at_a_time_and_the_queue_is_bounded(sharp_tiny
     assert out["active_after_leave"] == 0
     assert out["reused"] >= out["prompt_tokens"] - 1 and out["warm"] == out["cold"]
     assert "do not fit" in out["too_long"] and "256" in out["too_long"]
+    assert "unloaded" in out["closed"]

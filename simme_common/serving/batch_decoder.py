@@ -134,12 +134,16 @@ class BatchDecoder:
             llama_cpp.llama_memory_seq_rm(self.mem, slot.seq_id, 0, -1)
             slot.tokens = []
 
-    def close(self) -> None:
-        """Free the batch (on the model thread, after the loop); later submits raise RuntimeError."""
-        import llama_cpp
-
+    def refuse_new(self) -> None:
+        """Later submits raise RuntimeError (the twin is closing); requests already queued are still answered."""
         with self._lock:
             self._closed = True
+
+    def free(self) -> None:
+        """Free the batch (on the model thread, after the loop)."""
+        import llama_cpp
+
+        self.refuse_new()
         if self._batch is not None:
             llama_cpp.llama_batch_free(self._batch)
             self._batch = None

@@ -1,5 +1,5 @@
-"""TwinModel: a loaded twin behind one lock that streams replies, caches identical requests and reuses KV prefixes
-(transformers or llama.cpp)."""
+"""TwinModel: a loaded twin that streams replies, caches identical requests and reuses KV prefixes (transformers or
+llama.cpp, whose concurrent requests are decoded in one batch)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,8 @@ class TwinModel:
     """A loaded twin (base + LoRA) behind one lock: streams replies, caches identical requests and reuses prompt prefixes.
 
     Every call gets its own token queue and stop event, so concurrent requests never share state; the lock
-    serialises the model itself. Decoding is done here with the HF tokenizer for every backend, so the
+    serialises the model itself, except that a llama.cpp twin built with max_batch > 1 decodes concurrent requests
+    together (BatchDecoder) and refuses them past its queue (TwinBusy). Decoding is done here with the HF tokenizer for every backend, so the
     llama.cpp and transformers paths see exactly the same prompt tokens and produce text the same way.
     """
 
@@ -89,11 +90,13 @@ class TwinModel:
 
                     atexit.unregister(self.llama.close)  # the registration would keep the Llama object alive
                     if self._decoder is not None:
-                        self._decoder.close()
+                        self._decoder.free()
                     self.llama.close()
                     self.llama = None
         with self._replies_lock:
             self._replies.clear()
+        if self._decoder is not None:  # else a steady stream of new requests would keep its loop (and this) going
+            self._decoder.refuse_new()
         if self._thread is not None:
             self._thread.close(free)
         else:
