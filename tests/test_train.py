@@ -248,6 +248,22 @@ def test_gpu_recipes_parse_and_build_a_trainer_on_cpu(recipe, tiny_model_dir, pr
     assert quantized, "the base's linear layers are bitsandbytes layers"
 
 
+def test_dtype_auto_sets_the_trainers_autocast_from_this_cpus_flags(tiny_model_dir, prepared_dir, tmp_path):
+    import torch
+
+    from simme_common.precision import machine_cpu_flags, native_bf16_flags
+
+    train_args, sft, model_args = train03.parse_args([
+        "--config", SMOKE, "--model_name_or_path", str(tiny_model_dir), "--input_dir", str(prepared_dir),
+        "--output_dir", str(tmp_path), "--dtype", "auto",
+    ])
+    trainer, info = train03.build_trainer(train_args, sft, model_args)
+    native = bool(native_bf16_flags(machine_cpu_flags()))
+    assert info["precision"]["bf16_autocast"] is native and model_args.dtype == "float32"
+    assert trainer.accelerator.mixed_precision == ("bf16" if native else "no")
+    assert trainer.model.dtype == torch.float32  # master weights stay fp32; autocast computes in bf16
+
+
 def _user_error(argv: list[str], capsys) -> str:
     with pytest.raises(SystemExit) as exit_info:
         sc.run_main(lambda: run_train(argv))
