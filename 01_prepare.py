@@ -51,6 +51,8 @@ class PrepareArguments:
     validation_fraction: float = field(default=0.1, metadata={"help": "Share of samples (by time, before test) for validation."})
     test_fraction: float = field(default=0.1, metadata={"help": "Share of samples (the most recent sessions) for test."})
     no_anonymize: bool = field(default=False, metadata={"help": "Keep real names and PII (NOT recommended; never share the output)."})
+    ner_model: str = field(default=sc.DEFAULT_NER_MODEL, metadata={
+        "help": "spaCy pipeline that finds names nobody listed ('' = the name lexicon and chat rules only)."})
     strict: bool = field(default=False, metadata={"help": "Exit non-zero if any file could not be read."})
     # Limits on untrusted input: a file over one is skipped (and listed in files_failed), never read whole.
     max_file_bytes: int = field(default=sc.IngestLimits.max_file_bytes,
@@ -256,7 +258,7 @@ def main(args: PrepareArguments) -> dict:
             you_lines.update(m["you_lines"])
         people = [set().union(*(metas[i]["people"] for i in members)) for members in groups.values()]
         owner, inferred, evidence = sc.resolve_owner(args.owner, people, dict(you_lines), anonymize)
-        anon = sc.Anonymizer(sorted(set().union(*people)), key=redact) if anonymize else None
+        anon = sc.Anonymizer(sorted(set().union(*people)), key=redact, ner_model=args.ner_model or None) if anonymize else None
         owner_shown = anon.name(owner) if anon else owner
         print(f"Owner {'inferred' if inferred else 'given'}: {owner_shown!r} ({'surrogate' if anon else 'real name'}) | {evidence}")
 
