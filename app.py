@@ -232,6 +232,7 @@ def export(args: AppArguments, settings: sc.AppSettings) -> None:
         print(f"Run it: cd {twin} && ollama create simme-twin -f Modelfile, or llama-server -m {info['gguf']} "
               "--jinja --chat-template-file chat_template.server.jinja")
     if args.export_space:
+        sx.check_space_dir(args.export_space)  # before minutes of merging
         blind = sx.load_blind_samples(args.prepared_dir or settings.prepared_dir) if args.include_blind_samples else None
         with tempfile.TemporaryDirectory() as tmp:
             twin_dir = None if args.model_repo else export_twin_dir(base, adapter, Path(tmp) / "twin", args.quant,

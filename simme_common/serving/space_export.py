@@ -68,13 +68,19 @@ def space_readme(title: str, blind: bool, remote_twin: bool) -> str:
     return "\n".join(header + body)
 
 
+def check_space_dir(path: str | Path) -> Path:
+    """`path` if a Space export may go there: missing, empty or an earlier export; UserError otherwise (never clobbered)."""
+    out = Path(path)
+    if out.exists() and any(out.iterdir()) and not (out / SPACE_SETTINGS_FILE).exists():
+        raise UserError(f"{out} is not empty and holds no earlier Space export ({SPACE_SETTINGS_FILE}): pick another "
+                        "--export_space folder")
+    return out
+
+
 def write_space(spec: SpaceExport) -> list[tuple[str, int]]:
     """Write the Space folder `spec.out_dir` (replacing an earlier export there); its files and their sizes."""
-    out = Path(spec.out_dir)
-    if out.exists() and any(out.iterdir()):
-        if not (out / SPACE_SETTINGS_FILE).exists():
-            raise UserError(f"{out} is not empty and holds no earlier Space export ({SPACE_SETTINGS_FILE}): pick "
-                            "another --export_space folder")
+    out = check_space_dir(spec.out_dir)
+    if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     shutil.copyfile(spec.app_file, out / "app.py")
