@@ -124,7 +124,7 @@ from .serving.modelfile import (
 )
 from .serving.space_export import (
     SPACE_PACKAGES, LLAMA_CPP_WHEEL_INDEX, STYLE_CARD_KEYS, SpaceExport, space_requirements, space_readme,
-    write_space, load_blind_samples, push_space,
+    check_space_dir, write_space, load_blind_samples, push_space,
 )
 from .serving.twin import (
     reply_cache_key, TwinModel,
@@ -160,10 +160,6 @@ from .text_features import (
 )
 from .training import (
     trained_segments, device_option_problem, REDACTED, redact_private, wandb_run_dir, private_wandb_callback,
-)
-from .twins import (
-    TWINS_DIR, ADAPTER_LINK, CURRENT, HISTORY, ADAPTER, new_version, current_version, adopt, promote, rollback,
-    versions, main,
 )
 
 __all__ = [
@@ -218,20 +214,19 @@ __all__ = [
     'llama_cpp_amx_usable', 'amx_bf16_min_tokens', 'llama_cpp_weight_buffers', 'repack_pattern', 'load_twin',
     'load_twin_transformers', 'ModelThread', 'GO_TEMPLATES', 'STOP_TOKENS', 'DEFAULT_SAMPLING', 'template_family',
     'plain_chat_template', 'modelfile_text', 'SPACE_PACKAGES', 'LLAMA_CPP_WHEEL_INDEX', 'STYLE_CARD_KEYS',
-    'SpaceExport', 'space_requirements', 'space_readme', 'write_space', 'load_blind_samples', 'push_space',
-    'reply_cache_key', 'TwinModel', 'TWIN_INFO', 'TWIN_FORMAT', 'export_twin_dir', 'twin_dir_path', 'read_twin_info',
-    'load_twin_dir', 'AppSettings', 'SPACE_SETTINGS_FILE', 'folder_defaults', 'ENV_NAMES', 'env_name', 'is_loopback',
-    'PREPARED_DIR', 'ANALYSIS_DIR', 'ADAPTER_DIR', 'EVAL_DIR', 'load_prepared_dataset', 'check_owner_turns',
-    'append_to_disk_dataset', 'carry_entries', 'replace_dir', 'atomic_output_dir', 'make_private', 'private_spool',
-    'sweep_dead_spools', 'feedback_usage', 'build_style_card', 'scorable_reply', 'reply_style_card', 'emoji_profile',
-    'style_similarity', 'supervised_log_probs', 'compact_lm_head', 'classify_system_text', 'has_surrogates',
-    'remove_surrogates', 'fix_mojibake', 'normalize_text', 'format_number', 'format_metric', 'print_table',
-    'format_grid', 'LENGTH_CHAR_EDGES', 'LENGTH_WORD_EDGES', 'TYPING_GAP_EDGES', 'QUANTILES', 'MAX_BUBBLES_BIN',
-    'URL_PATTERN', 'extract_emojis', 'tokenize_words', 'vi_letters', 'strip_diacritics', 'detect_language',
-    'sentiment_score', 'textblob_polarity', 'histogram_probs', 'distribution_similarity', 'text_style_flags',
-    'punctuation_profile', 'message_features', 'quantiles', 'describe_distribution', 'lexical_diversity',
-    'bubbles_distribution', 'language_mix', 'code_switch_rate', 'stop_words', 'trained_segments',
-    'device_option_problem', 'REDACTED', 'redact_private', 'wandb_run_dir', 'private_wandb_callback', 'TWINS_DIR',
-    'ADAPTER_LINK', 'CURRENT', 'HISTORY', 'ADAPTER', 'new_version', 'current_version', 'adopt', 'promote',
-    'rollback', 'versions', 'main',
+    'SpaceExport', 'space_requirements', 'space_readme', 'check_space_dir', 'write_space', 'load_blind_samples',
+    'push_space', 'reply_cache_key', 'TwinModel', 'TWIN_INFO', 'TWIN_FORMAT', 'export_twin_dir', 'twin_dir_path',
+    'read_twin_info', 'load_twin_dir', 'AppSettings', 'SPACE_SETTINGS_FILE', 'folder_defaults', 'ENV_NAMES',
+    'env_name', 'is_loopback', 'PREPARED_DIR', 'ANALYSIS_DIR', 'ADAPTER_DIR', 'EVAL_DIR', 'load_prepared_dataset',
+    'check_owner_turns', 'append_to_disk_dataset', 'carry_entries', 'replace_dir', 'atomic_output_dir',
+    'make_private', 'private_spool', 'sweep_dead_spools', 'feedback_usage', 'build_style_card', 'scorable_reply',
+    'reply_style_card', 'emoji_profile', 'style_similarity', 'supervised_log_probs', 'compact_lm_head',
+    'classify_system_text', 'has_surrogates', 'remove_surrogates', 'fix_mojibake', 'normalize_text', 'format_number',
+    'format_metric', 'print_table', 'format_grid', 'LENGTH_CHAR_EDGES', 'LENGTH_WORD_EDGES', 'TYPING_GAP_EDGES',
+    'QUANTILES', 'MAX_BUBBLES_BIN', 'URL_PATTERN', 'extract_emojis', 'tokenize_words', 'vi_letters',
+    'strip_diacritics', 'detect_language', 'sentiment_score', 'textblob_polarity', 'histogram_probs',
+    'distribution_similarity', 'text_style_flags', 'punctuation_profile', 'message_features', 'quantiles',
+    'describe_distribution', 'lexical_diversity', 'bubbles_distribution', 'language_mix', 'code_switch_rate',
+    'stop_words', 'trained_segments', 'device_option_problem', 'REDACTED', 'redact_private', 'wandb_run_dir',
+    'private_wandb_callback',
 ]

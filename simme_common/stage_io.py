@@ -144,6 +144,13 @@ def replace_dir(new: Path, final: Path, keep: tuple[str, ...] = ()) -> None:
     new, final = Path(new), Path(final)
     make_private(new)
     _recover_dir(final)
+    if final.is_symlink():  # a link to a twin version (simme_common.twins): replace the link, keep the version whole
+        if _exchange(new, final):
+            new.unlink()
+        else:
+            final.unlink()
+            new.rename(final)
+        return
     if not final.exists():
         new.rename(final)
         return

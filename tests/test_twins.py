@@ -83,3 +83,16 @@ def test_the_command_line_refuses_with_exit_1_and_says_what_is_still_served(tmp_
     run = subprocess.run([sys.executable, "-m", "simme_common.twins", "rollback", "--twins_dir", str(twins_dir),
                           "--adapter_link", str(link)], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 2 and run.stderr.startswith("error:") and "Traceback" not in run.stderr
+
+
+def test_a_stage_writing_to_the_twin_link_replaces_the_link_and_keeps_the_version(tmp_path):
+    from simme_common.stage_io import atomic_output_dir
+
+    twins_dir, link = tmp_path / "twins", tmp_path / "03_adapter"
+    _adapter(link, "v1")
+    version = twins.adopt(link, twins_dir)
+    with atomic_output_dir(link) as out:
+        (Path(out) / "adapter_config.json").write_text(json.dumps({"tag": "fresh"}))
+    assert not link.is_symlink() and _loaded_tag(link) == "fresh"
+    assert json.loads((version / twins.ADAPTER / "adapter_config.json").read_text())["tag"] == "v1"
+    assert twins.adopt(link, twins_dir) is not None and _loaded_tag(link) == "fresh"
