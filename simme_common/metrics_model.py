@@ -41,11 +41,17 @@ def candidate_loglik(model, prompt_ids: list[int], candidates: list[list[int]]) 
             mask[r, :len(c)] = True
         attn = torch.cat([torch.ones((k, len(prompt_ids)), dtype=torch.long, device=device), mask.long()], dim=1)
         positions = torch.arange(len(prompt_ids), len(prompt_ids) + width, device=device).expand(k, -1)
-        logp = model(input_ids=ids, attention_mask=attn, position_ids=positions, cache=cache, use_cache=True).logits.float().log_softmax(-1)
+        # Only positions that predict a candidate token are projected on the vocabulary (not the padding).
+        keep = torch.zeros((k, width), dtype=torch.bool, device=device)
+        keep[:, :-1] = mask[:, 1:]
+        logits = model(input_ids=ids, attention_mask=attn, position_ids=positions, cache=cache, use_cache=True,
+                       logits_to_keep=keep).logits
+        logp = logits.reshape(-1, logits.shape[-1]).float().log_softmax(-1)
+        rows = keep.nonzero()[:, 0]
+        picked = logp.gather(-1, ids[:, 1:][keep[:, :-1]].unsqueeze(-1)).squeeze(-1)
     out = []
     for r, c in enumerate(candidates):
-        total = float(first[c[0]]) + float(logp[r, :len(c) - 1].gather(-1, ids[r, 1:len(c)].unsqueeze(-1)).sum())
-        out.append(total / len(c))
+        out.append((float(first[c[0]]) + float(picked[rows == r].sum())) / len(c))
     return out
 
 
