@@ -64,7 +64,8 @@ def scorecard_markdown(scorecard: dict[str, Any]) -> str:
     ]
     kinds = {s: (scorecard.get(s) or {}).get("pii_kinds") for s in ("base", "finetuned", "real")}
     if any(kinds.values()):
-        lines += ["PII-shaped strings by kind: " + "; ".join(f"{s}: {json.dumps(k or {}, ensure_ascii=False)}" for s, k in kinds.items()), ""]
+        named = {"base": "base", "finetuned": "twin", "real": "real"}
+        lines += ["PII-shaped strings by kind: " + "; ".join(f"{named[s]}: {json.dumps(k or {}, ensure_ascii=False)}" for s, k in kinds.items()), ""]
     fool = scorecard.get("fool_rate")
     if fool:
         ci = fool.get("ci")
