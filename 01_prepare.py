@@ -285,7 +285,7 @@ def main(args: PrepareArguments) -> dict:
             report = sc.ingest_report(tally, owner=owner_shown, inferred=inferred, evidence=evidence,
                                       anonymized=anonymize, failures=failures, n_samples=n_samples,
                                       max_length=args.max_length, anon=anon, elapsed_s=round(time.time() - t0, 1),
-                                      sections=sections)
+                                      sections=sections, since_previous=sc.new_since_previous(out_dir, tmp_out))
             (tmp_out / "ingest_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n",
                                                         encoding="utf-8")
             _save_run_config(tmp_out, shown_args, anonymize)

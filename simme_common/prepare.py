@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .chat_format import MESSAGES, OTHER_ROLE, OWNER_ROLE, SILENT_REPLY, build_system_prompt, chat_token_ids, format_user_turn
@@ -23,7 +24,7 @@ def messages_schema():
 
     return Features({"chat_id": Value("string"), "chat_type": Value("string"), "sender": Value("string"),
                      "is_owner": Value("bool"), "timestamp_ms": Value("int64"), "text": Value("string"),
-                     "session_id": Value("string"), "source": Value("string")})
+                     "session_id": Value("string"), "source": Value("string"), "fingerprint": Value("string")})
 
 
 def samples_schema():
@@ -131,10 +132,13 @@ def build_thread_samples(rec: dict, owner: str, anon, tokenizer, settings: Sampl
     # One call per thread: the NER model runs batched over its texts (3.5x faster than one text at a time).
     texts = anon.texts([t for _, _, t, _ in rec["messages"]]) if anon else [t for _, _, t, _ in rec["messages"]]
     msgs = [(ts, name(s), t, src, s == owner) for (ts, s, _, src), t in zip(rec["messages"], texts)]
+    fingerprint = anon.fingerprint if anon else _plain_fingerprint
+    prints = [fingerprint(ts, s, t) for ts, s, t, _ in rec["messages"]]
     sess = split_sessions([m[0] for m in msgs], settings.session_gap_minutes)
-    for (ts, s, t, src, is_owner), k in zip(msgs, sess):
+    for (ts, s, t, src, is_owner), k, fp in zip(msgs, sess, prints):
         out.messages.append({"chat_id": chat_id, "chat_type": chat_type, "sender": s, "is_owner": is_owner,
-                             "timestamp_ms": ts, "text": t, "session_id": f"{chat_id}-{k}", "source": src})
+                             "timestamp_ms": ts, "text": t, "session_id": f"{chat_id}-{k}", "source": src,
+                             "fingerprint": fp})
         out.counts[f"src:{src}"] += 1
     title = text_of(rec["title"]) if chat_type == "group" and rec.get("title") else None
     system = {"role": "system", "content": build_system_prompt(chat_type, owner_name, [name(o) for o in others], title)}
@@ -152,6 +156,27 @@ def build_thread_samples(rec: dict, owner: str, anon, tokenizer, settings: Sampl
                          "n_tokens": n_tokens, "session_id": sid} for sample, n_tokens in samples]
         out.sessions.append((part[0][0], sid, len(samples)))
     return out
+
+
+def _plain_fingerprint(timestamp_ms: int, sender: str, text: str) -> str:
+    """Unkeyed fingerprint for --no_anonymize outputs, which hold the text anyway."""
+    return hashlib.blake2b(f"{timestamp_ms}\x1f{sender}\x1f{text}".encode("utf-8", "replace"), digest_size=12).hexdigest()
+
+
+def new_since_previous(previous_dir: Path, current_dir: Path) -> dict | None:
+    """How many messages of the 01 output in `current_dir` the previous one in `previous_dir` did not hold (None
+    without one, or when it predates fingerprints). Fingerprints are keyed: with another key every message is new."""
+    from datasets import load_from_disk
+
+    try:
+        previous = load_from_disk(str(Path(previous_dir) / "messages"))
+    except (OSError, ValueError):
+        return None
+    if "fingerprint" not in previous.column_names:
+        return None
+    seen = set(previous["fingerprint"])
+    current = load_from_disk(str(Path(current_dir) / "messages"))["fingerprint"]
+    return {"previous_messages": len(previous), "new_messages": sum(fp not in seen for fp in current)}
 
 
 def _thread_others(rec: dict, owner: str) -> tuple[list[str], str]:
@@ -270,13 +295,14 @@ class IngestTally:
 
 def ingest_report(tally: IngestTally, *, owner: str, inferred: bool, evidence: str, anonymized: bool,
                   failures: list[dict], n_samples: dict[str, int], max_length: int, anon, elapsed_s: float,
-                  sections: tuple[str, ...] = EXPORT_SECTIONS) -> dict:
+                  sections: tuple[str, ...] = EXPORT_SECTIONS, since_previous: dict | None = None) -> dict:
     """The ingest_report.json of stage 01 (owner is the name as shown: a surrogate when anonymized).
 
     `files_skipped` counts files_failed by named reason; `repaired` counts kept messages that were changed
     (lone surrogates removed, truncated to --max_message_chars). `chats_excluded` counts the chats the selection
     left out by reason (`section:<name>` never read; include_chats, exclude_chats, min_messages read, then left
     out, their messages in `messages_excluded`); totals count the selected chats only.
+    `since_previous` compares with the output this run replaces (new_since_previous).
 
     Raises AssertionError if kept + dropped messages do not add up to the total read.
     """
@@ -295,7 +321,7 @@ def ingest_report(tally: IngestTally, *, owner: str, inferred: bool, evidence: s
         "pii_replaced": {k: anon.replaced[k] for k in PII_KINDS} if anon else {},  # counts by kind, never values
         "sections": list(sections), "chats_excluded": dict(sorted(tally.chats_excluded.items())),
         "messages_excluded": dict(sorted(tally.messages_excluded.items())),
-        "elapsed_s": elapsed_s,
+        "since_previous": since_previous, "elapsed_s": elapsed_s,
     }
     assert report["messages_total"] == report["messages_kept"] + sum(report["dropped"].values()), "accounting invariant"
     return report
@@ -313,6 +339,9 @@ def ingest_summary_rows(report: dict) -> list[tuple[str, Any]]:
     rows += [(f"chats excluded: {r}", k) for r, k in report.get("chats_excluded", {}).items()]
     rows += [("files failed", len(report["files_failed"]))]
     rows += [(f"  skipped: {r}", k) for r, k in report.get("files_skipped", {}).items()]
+    if report.get("since_previous"):
+        rows += [("new since the previous run", f"{report['since_previous']['new_messages']:,} (previous run: "
+                                                f"{report['since_previous']['previous_messages']:,} messages)")]
     rows += [("sessions", report["sessions"]), ("turns", report["turns"]),
              ("turns truncated", report["turns_truncated"]),
              ("samples train / val / test", f"{n['train']:,} / {n['validation']:,} / {n['test']:,}"),
