@@ -343,6 +343,8 @@ def test_real_server_masks_pii_in_replies_while_streaming(pii_model_dir, tmp_pat
     with app_server(env, tmp_path / "app.log") as (proc, url):
         wait_until_serving(proc, url, tmp_path / "app.log")
         client = Client(url, verbose=False, download_files=False, analytics_enabled=False)
+        chat, box = client.predict("hello there", api_name="/chat")  # a message is all /chat needs
+        assert chat[0]["content"][0]["text"] == "hello there" and chat[-1]["role"] == "assistant" and box == ""
         job = client.submit("hi", api_name="/chat", temperature=0, max_new_tokens=40, seed=1)
         job.result(timeout=120)
         texts = ["\n".join(m["content"][0]["text"] for m in out[0] if m["role"] == "assistant") for out in job.outputs()]
