@@ -229,6 +229,9 @@ class FakeHub(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_PUT(self):
+        if self.path.endswith("/settings"):
+            self.calls.append(("PUT", self.path, json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
+            return self._json({})
         oid = self.path.rsplit("/", 1)[-1]
         FakeHub.blobs[oid] = self.rfile.read(int(self.headers["Content-Length"]))
         self.calls.append(("PUT", self.path, None))
@@ -292,6 +295,14 @@ def test_push_to_hub_creates_a_private_space_sets_the_login_secret_and_uploads_o
                 else FakeHub.blobs[entry["value"]["oid"]])
         assert data == local[path].read_bytes(), path
     assert "private" in pushed.stdout
+    settings = [body for method, path, body in FakeHub.calls if path.endswith("/settings")]
+    assert settings == [{"visibility": "private"}]  # an existing public Space is made private too
+    FakeHub.calls.clear()
+    public = subprocess.run([sys.executable, "app.py", *args, "--public"], cwd=ROOT, env={**env, "SIMME_AUTH": "owner:pw"},
+                            capture_output=True, text=True, timeout=600)
+    assert public.returncode == 0, public.stderr[-3000:]
+    create = next(body for method, path, body in FakeHub.calls if path == "/api/repos/create")
+    assert create["visibility"] == "public" and "public" in public.stdout
 
 
 # --- masking PII in replies ----------------------------------------------------------------------------------

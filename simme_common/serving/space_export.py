@@ -137,7 +137,8 @@ def load_blind_samples(prepared_dir: str | Path) -> list[list[dict]]:
 
 
 def push_space(folder: str | Path, repo_id: str, auth: str | None, public: bool = False) -> str:
-    """Create the Space `repo_id` (private unless `public`), set its SIMME_AUTH secret, upload `folder`; its URL.
+    """Create the Space `repo_id` (or set an existing one) private unless `public`, set its SIMME_AUTH secret, upload
+    `folder`; its URL.
 
     The Hub token comes from the environment (HF_TOKEN) or `hf auth login`, never from a flag.
     """
@@ -149,6 +150,8 @@ def push_space(folder: str | Path, repo_id: str, auth: str | None, public: bool 
 
     api = HfApi()
     url = api.create_repo(repo_id, repo_type="space", space_sdk="gradio", private=not public, exist_ok=True)
+    # create_repo leaves an existing Space's visibility as it was: a public one becomes private unless `public`.
+    api.update_repo_settings(repo_id, repo_type="space", private=not public)
     api.add_space_secret(repo_id, env_name("auth"), auth, description="SimMe login (user:password)")
     api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="space",
                       commit_message="SimMe Space export")
