@@ -94,3 +94,27 @@ space: setup
 .PHONY: gpu-check
 gpu-check: setup
 	$(PY) scripts/gpu_check.py
+
+# Continuous learning (docs/continuous.md): re-prepare the exports (old and new together: each message counts once),
+# continue the current twin on them, re-score it and the new twin on the same new test split, and promote the new one
+# only if the gate passes. Versions live in outputs/twins/<UTC>/; outputs/03_adapter links to the current one.
+# PREFS=DIR adds a preference round (DPO on A/B picks, KTO on ratings, or self-play pairs) on top of the new twin.
+EXPORT ?=
+PREFS  ?=
+retrain: setup
+	@test -n "$(EXPORT)" || { echo 'usage: make retrain EXPORT="old.zip new.zip" [PREFS=feedback_dir]' >&2; exit 2; }
+	$(PY) -m simme_common.twins adopt
+	$(LAUNCH) 01_prepare.py --config configs/prepare.yaml --export_path $(EXPORT)
+	set -e; v=$$($(PY) -m simme_common.twins new); \
+	$(LAUNCH) 03_train.py --config configs/cpu_demo.yaml --init_adapter outputs/03_adapter \
+	  --output_dir $$v/$(if $(PREFS),sft,adapter); \
+	$(if $(PREFS),$(LAUNCH) 03_train.py --config configs/preference.yaml --init_adapter $$v/sft \
+	  --preference_data $(PREFS) --output_dir $$v/adapter;) \
+	$(LAUNCH) 04_evaluate.py --config configs/evaluate.yaml --adapter_path $$v/adapter \
+	  --baseline_adapter outputs/03_adapter --output_dir $$v/eval || test -f $$v/eval/scorecard.json; \
+	$(PY) -m simme_common.twins promote $$v --scorecard $$v/eval/scorecard.json
+
+# Back to the twin that was current before the last promotion (the app loads it on its next start).
+rollback:
+	$(PY) -m simme_common.twins rollback
+.PHONY: retrain rollback
