@@ -83,7 +83,8 @@ def load_twin_dir(source: str, options: LlamaCppOptions | None = None, cache_siz
     llama, llama_info = thread.call(lambda: _build(folder / info["gguf"], options))
     details = {"base": info.get("base"), "adapter": None, "device": "cpu", "twin": folder.name,
                "quantization": info.get("quantization"), **llama_info}
-    return TwinModel(tokenizer, "llama.cpp", details, llama=llama, cache_size=cache_size, llama_thread=thread)
+    return TwinModel(tokenizer, "llama.cpp", details, llama=llama, cache_size=cache_size, llama_thread=thread,
+                     max_batch=options.max_batch, max_waiting=options.max_waiting)
 
 
 def _build(path: Path, options: LlamaCppOptions):
@@ -97,9 +98,10 @@ def _build(path: Path, options: LlamaCppOptions):
     bufts = llama_cpp_extra_bufts()
     amx = options.amx and llama_cpp_amx_usable(bufts, llama_cpp.__version__)
     threads = options.n_threads or os.cpu_count() or 1
-    kwargs = dict(model_path=str(path), n_ctx=options.n_ctx, n_threads=threads, n_threads_batch=threads, n_batch=512,
+    n_ctx = options.batch_n_ctx * options.max_batch if options.max_batch > 1 else options.n_ctx  # as the loader's
+    kwargs = dict(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, n_batch=512,
                   last_n_tokens_size=64, verbose=False, seed=0)
-    llama = _build_llama(llama_cpp, kwargs, llama_cpp_weight_buffers(path, bufts, amx))
+    llama = _build_llama(llama_cpp, kwargs, llama_cpp_weight_buffers(path, bufts, amx), options.max_batch)
     atexit.register(llama.close)  # freed before interpreter teardown (Llama.__del__ fails once ctypes is gone)
     return llama, {"gguf": path.name, "n_threads": threads, "llama_cpp": llama_cpp.__version__,
-                   "built_on_thread": threading.get_ident()}
+                   "built_on_thread": threading.get_ident(), "max_batch": options.max_batch}
