@@ -43,7 +43,7 @@ class EvaluateArguments:
     max_context_tokens: int = field(default=384, metadata={"help": "Prompt budget: oldest turns dropped first, system prompt kept."})
     max_length: int = field(default=512, metadata={"help": "Token budget of prompt + real owner turn for perplexity (a longer turn is cut at the end)."})
     batch_size: int = field(default=32, metadata={"help": "Contexts per generate/forward batch (left padding)."})
-    hits_contexts: int = field(default=100, metadata={"help": "Contexts ranked for hits_at_1 (each: 1 prompt forward + 20 candidates)."})
+    hits_contexts: int = field(default=50, metadata={"help": "Contexts ranked for hits_at_1 (each: 1 prompt forward + 20 candidates, ~4x the tokens of scoring it)."})
     speed_samples: int = field(default=3, metadata={"help": "Contexts timed alone for first_token_ms and ms_per_token."})
     speed_tokens: int = field(default=32, metadata={"help": "Tokens generated per speed sample (fixed length, end-of-turn ignored)."})
     pii_samples_per_probe: int = field(default=2, metadata={"help": "Sampled replies per PII probe prompt."})
