@@ -1,7 +1,7 @@
 """Ablation of the CPU recipe (configs/cpu_demo.yaml): which settings make the better twin in <= 10 min of training.
 
 python bench/ablate_train.py                       # every variant below on the bundled sample (hours on 2 cores)
-python bench/ablate_train.py --quick               # 4 variants x 8 steps, 32 validation samples (~15 min idle)
+python bench/ablate_train.py --quick               # 2 variants x 8 steps on 256 training samples, 16 validation samples
 python bench/ablate_train.py --only recipe,lr_5e-4 # named variants
 
 Each variant is one `python 03_train.py --config configs/cpu_demo.yaml <overrides>` run (its own process, like
@@ -51,12 +51,15 @@ VARIANTS: dict[str, tuple[str, str | None]] = {
     "whole_sessions": ("--max_length 1024 --per_device_train_batch_size 1", "sessions"),
     "newest_25pct_x2": ("", "newest"),
 }
-QUICK = ("recipe", "lr_2e-3", "lora_r8", "neftune_5")
+QUICK = ("recipe", "lr_2e-3")
 
 
-def derived_dataset(input_dir: Path, kind: str, out_dir: Path) -> Path:
+def derived_dataset(input_dir: Path, kind: str, out_dir: Path, limit: int | None = None) -> Path:
     """01's dataset with the train split changed: 'sessions' joins each session's windows into one sample,
-    'newest' repeats the newest quarter of the training sessions (validation and test untouched)."""
+    'newest' repeats the newest quarter of the training sessions, 'same' keeps it; `limit` then keeps a seeded
+    random subset (quick mode: 03 tokenizes the whole split before training). Validation and test untouched."""
+    import random
+
     from datasets import Dataset, load_from_disk
 
     data = load_from_disk(str(input_dir / "dataset"))
@@ -71,12 +74,16 @@ def derived_dataset(input_dir: Path, kind: str, out_dir: Path) -> Path:
             else:
                 merged[key] = {**row, "messages": list(row["messages"])}
         rows = list(merged.values())
+    elif kind == "same":
+        pass
     elif kind == "newest":
         starts = sorted({r["session_start"] for r in rows})
         cutoff = starts[len(starts) * 3 // 4]
         rows = rows + [r for r in rows if r["session_start"] >= cutoff]
     else:
         raise ValueError(f"unknown dataset variant {kind!r}")
+    if limit is not None and len(rows) > limit:
+        rows = random.Random(0).sample(rows, limit)
     data["train"] = Dataset.from_list(rows, features=data["train"].features)
     data.save_to_disk(str(out_dir / "dataset"))
     return out_dir
@@ -154,7 +161,8 @@ def table(rows: list[dict], base: dict) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help=f"variants {', '.join(QUICK)} at 8 steps, 32 samples")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"variants {', '.join(QUICK)} at 8 steps on 256 training samples, 16 validation samples")
     parser.add_argument("--only", default=None, help="comma-separated variant names (default: all, or --quick's)")
     parser.add_argument("--input_dir", type=Path, default=ROOT / sc.PREPARED_DIR, help="01_prepare's output")
     parser.add_argument("--val_samples", type=int, default=None, help="validation samples judged (default 256, quick 32)")
@@ -170,7 +178,8 @@ def main() -> int:
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise SystemExit(f"error: unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
-    n_val = args.val_samples or (32 if args.quick else 256)
+    n_val = args.val_samples or (16 if args.quick else 256)
+    limit = 256 if args.quick else None
     replies = args.replies if args.replies is not None else (0 if args.quick else 64)
     steps = args.max_steps or (8 if args.quick else None)
     extra = ["--max_steps", str(steps)] if steps else []
@@ -181,8 +190,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="ablate_train_") as tmp:
         for name in names:
             overrides, data_kind = VARIANTS[name]
-            data_dir = args.input_dir if data_kind is None else derived_dataset(args.input_dir, data_kind,
-                                                                                 Path(tmp) / f"data_{name}")
+            data_dir = args.input_dir if data_kind is None and limit is None else derived_dataset(
+                args.input_dir, data_kind or "same", Path(tmp) / f"data_{name}", limit)
             out = Path(tmp) / name
             trained = train(name, overrides, data_dir, out, extra)  # --max_steps in `extra` wins (given last)
             rows.append({"variant": name, "overrides": overrides, **trained, **judge(out, judge_data, replies, args.seed)})
@@ -191,6 +200,7 @@ def main() -> int:
     markdown = table(rows, base)
     print(markdown)
     result = {"variants": rows, "base": base, "val_samples": n_val, "replies": replies, "max_steps": steps,
+              "train_subset": limit,
               "load_avg_1m": os.getloadavg()[0], "table_md": markdown}
     benchlib.write_result("ablate_train", result, args.quick, args.out_dir)
     return 0

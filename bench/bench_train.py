@@ -1,6 +1,7 @@
 """Benchmark of 03_train: trained tokens/s of the cpu_demo recipe against SFTTrainer's defaults, same run.
 
 python bench/bench_train.py            # bundled sample (data/01_prepared), 3 alternating rounds of 3 steps + an ablation
+python bench/bench_train.py --pair     # the same without the one-flag ablation (recipe and defaults only)
 python bench/bench_train.py --quick    # 2 rounds of 1 step on 2 x 64-token chitchat samples (aimed at <= 40 s idle)
 
 Each variant runs in its own worker process (accelerate's state is per process) and gets one untimed warm-up
@@ -223,6 +224,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 rounds of 1 step on 64-token samples (<= 40 s)")
     parser.add_argument("--reps", type=int, default=None, help="alternating rounds (default 2 quick, 3 full)")
+    parser.add_argument("--pair", action="store_true", help="only the recipe and the defaults (no one-flag ablation)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--input_dir", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker_dir", default=None, help=argparse.SUPPRESS)
@@ -237,6 +239,7 @@ def main() -> int:
     sample = ROOT / sc.PREPARED_DIR
     input_dir = sample if (sample / "dataset").exists() and not args.quick else chitchat_samples(tmp / "data", 64 if args.quick else 512)
     names = list(variant_configs(sc.load_script(ROOT / "03_train.py"), input_dir, tmp, args.quick)[2])
+    names = [PROJECT, BASELINE] if args.pair else names
     info, rounds, gflops = race(names, input_dir, tmp, args.quick, args.reps or (2 if args.quick else 3))
     result = {"input": "bundled sample" if input_dir == sample else "chitchat samples", **summarize(info, rounds, gflops)}
     benchlib.write_result("train", result, args.quick, args.out_dir)
