@@ -1,8 +1,9 @@
-"""Benchmark of 04_evaluate: reply generation for N test contexts, batched (project) vs one context at a time
-(baseline), alternating, on the default base model + a LoRA adapter; then the whole stage on 200 contexts.
+"""Benchmark of 04_evaluate: 04's real model path (`score_and_generate`: perplexity + reply generation from one
+prompt forward) for N test contexts, batched (project) vs one context at a time (baseline), alternating after a
+warm-up, on the default base model + a LoRA adapter; then the whole stage (base + twin + real) on 200 contexts.
 
-python bench/bench_evaluate.py            # 32 contexts x 2 reps alternating + the whole stage on 200 contexts (target <= 600 s)
-python bench/bench_evaluate.py --quick    # 4 contexts, 16 new tokens, one rep each (<= 40 s on an idle 2-core machine)
+python bench/bench_evaluate.py            # 32 contexts, warm-up + 3 reps alternating, + the whole stage on 200 contexts (target <= 600 s)
+python bench/bench_evaluate.py --quick    # 4 contexts, 8 new tokens, warm-up + 3 reps, no stage run (<= 60 s on an idle 2-core machine)
 
 Contexts come from chitchat-dataset (MIT; the first speaker of a conversation is the owner), cut before an
 owner turn, so the benchmark runs without 01's output. The adapter is a fresh LoRA (all-linear, r=16) with
@@ -61,8 +62,8 @@ def make_adapter(out_dir: Path, tokenizer):
     return model.eval()
 
 
-def prepared_dir(out_dir: Path, samples: list[list[dict]]) -> Path:
-    """A 01-contract DatasetDict (train = test = the samples) for the whole-stage run."""
+def prepared_dir(out_dir: Path, samples: list[list[dict]], train: list[list[dict]]) -> Path:
+    """A 01-contract DatasetDict (test = the samples, train = other conversations) for the whole-stage run."""
     from datasets import Dataset, DatasetDict
 
     def split(rows):
@@ -70,29 +71,33 @@ def prepared_dir(out_dir: Path, samples: list[list[dict]]) -> Path:
                                   "chat_type": ["one_on_one"] * len(rows), "session_start": [0] * len(rows),
                                   "n_tokens": [0] * len(rows)})
 
-    DatasetDict(train=split(samples), validation=split(samples[:2]), test=split(samples)).save_to_disk(str(out_dir / "dataset"))
+    DatasetDict(train=split(train), validation=split(train[:len(samples)]), test=split(samples)).save_to_disk(str(out_dir / "dataset"))
     return out_dir
 
 
-def time_generation(model, tokenizer, contexts: list[list[dict]], new_tokens: int, reps: int) -> tuple[dict, list[dict]]:
-    """Batched generation (04's path) against one context at a time, alternating: (result fields, summary rows)."""
+def time_generation(model, tokenizer, samples: list[list[dict]], new_tokens: int, reps: int) -> tuple[dict, list[dict]]:
+    """04's `score_and_generate` batched against one context at a time, alternating after a warm-up round:
+    (result fields, summary rows)."""
     import torch
 
-    n = len(contexts)
+    n = len(samples)
+    examples = [sc.eval_example(tokenizer, s, 384, 512) for s in samples]
     generated: dict[str, int] = {}
     cpu_s: dict[str, list[float]] = {}
 
     def run(batch_size: int, name: str):
         def fn():
             before = time.process_time()  # CPU seconds next to wall time: the shared machine makes wall time noisy
-            replies = sc.generate_replies(model, tokenizer, contexts, max_new_tokens=new_tokens, temperature=0.0, batch_size=batch_size)
+            _, replies = sc.score_and_generate(model, tokenizer, examples, [True] * n, max_new_tokens=new_tokens,
+                                               temperature=0.0, batch_size=batch_size)
             generated[name] = sum(r["n_tokens"] for r in replies)
             cpu_s.setdefault(name, []).append(time.process_time() - before)
         return fn
 
-    times = benchlib.alternate({"project": run(32, "project"), "baseline": run(1, "baseline")}, reps=reps)
+    times = benchlib.alternate({"project": run(32, "project"), "baseline": run(1, "baseline")}, reps=reps, warmup=1)
+    cpu_s = {k: v[-reps:] for k, v in cpu_s.items()}  # the warm-up round is not timed
     per_context = {k: [t / n for t in v] for k, v in times.items()}
-    summary = [benchlib.summary_row(f"generate {n} contexts ({new_tokens} new tokens max), per context", "s", per_context["project"],
+    summary = [benchlib.summary_row(f"score + generate {n} contexts ({new_tokens} new tokens max), per context", "s", per_context["project"],
                                     per_context["baseline"], higher_is_better=False)]
     # 04 generates for base and twin; perplexity and scoring are small next to generation (see the stage run).
     result = {"n_contexts": n, "torch_threads": torch.get_num_threads(), "gemm_gflops": benchlib.gemm_gflops(),
@@ -103,23 +108,23 @@ def time_generation(model, tokenizer, contexts: list[list[dict]], new_tokens: in
     return result, summary
 
 
-def time_stage(samples: list[list[dict]], adapter: Path, tmp: Path) -> tuple[dict, dict]:
-    """The whole 04 stage on `samples`, base + twin: (result fields, summary row)."""
+def time_stage(samples: list[list[dict]], train: list[list[dict]], adapter: Path, tmp: Path) -> tuple[dict, dict]:
+    """The whole 04 stage on `samples`, base + twin + real: (result fields, summary row)."""
     stage = sc.load_script(ROOT / "04_evaluate.py")
-    prepared = prepared_dir(tmp / "prepared", samples)
+    prepared = prepared_dir(tmp / "prepared", samples, train)
     stage_args = stage.EvaluateArguments(input_dir=str(prepared), analysis_dir=None, adapter_path=str(adapter),
                                          output_dir=str(tmp / "eval"), max_examples=len(samples))
     t0, c0 = time.perf_counter(), time.process_time()
     stage.main(stage_args)
     stage_s = time.perf_counter() - t0
-    row = benchlib.summary_row(f"04_evaluate, {len(samples)} contexts, base + twin", "s", [stage_s],
+    row = benchlib.summary_row(f"04_evaluate, {len(samples)} contexts, base + twin + real", "s", [stage_s],
                                higher_is_better=False, target="<= 600 s on 2 cores")
     return {"stage_s": stage_s, "stage_cpu_s": time.process_time() - c0}, row
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="4 contexts, 16 new tokens, one rep, no whole-stage run (<= 40 s)")
+    parser.add_argument("--quick", action="store_true", help="4 contexts, 8 new tokens, no whole-stage run (<= 60 s)")
     parser.add_argument("--contexts", type=int, default=None, help="contexts per generation timing (default 32, quick 4)")
     parser.add_argument("--stage_contexts", type=int, default=200, help="contexts of the whole-stage run (0 skips it)")
     benchlib.add_out_dir_arg(parser)
@@ -129,20 +134,20 @@ def main() -> int:
     started = time.perf_counter()
     n = args.contexts or (4 if args.quick else 32)
     tmp = Path(tempfile.mkdtemp(prefix="bench_evaluate_"))
-    samples = chitchat_samples(max(n, 0 if args.quick else args.stage_contexts))
+    stage_n = 0 if args.quick else args.stage_contexts
+    samples = chitchat_samples(max(n, stage_n) + stage_n)  # the stage's train split: conversations after its test ones
     tokenizer = sc.load_tokenizer(None)
     adapter = tmp / "adapter"
     model = make_adapter(adapter, tokenizer)
-    contexts = [sc.split_target(s)[0] for s in samples[:n]]
     print(f"{n} contexts ready after {time.perf_counter() - started:.1f} s", flush=True)
 
-    # --- generation: batched (04's path) vs one context at a time, alternating ---------------------------------
-    result, summary = time_generation(model, tokenizer, contexts, 16 if args.quick else 48, reps=1 if args.quick else 2)
+    # --- 04's path: batched vs one context at a time, alternating after a warm-up ------------------------------
+    result, summary = time_generation(model, tokenizer, samples[:n], 8 if args.quick else 48, reps=3)
     print(f"generation timed after {time.perf_counter() - started:.1f} s", flush=True)
 
-    # --- the whole stage on 200 contexts, base + twin (the <= 10 min target) -------------------------------------
-    if not args.quick and args.stage_contexts:
-        stage_result, row = time_stage(samples[:args.stage_contexts], adapter, tmp)
+    # --- the whole stage on 200 contexts, base + twin + real (the <= 10 min target) ------------------------------
+    if stage_n:
+        stage_result, row = time_stage(samples[:stage_n], samples[stage_n:2 * stage_n], adapter, tmp)
         result.update(stage_result)
         summary.append(row)
     result["summary"] = summary
