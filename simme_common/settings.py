@@ -53,7 +53,10 @@ class AppSettings:
     max_context_tokens: int = 512  # older turns are trimmed from the front
     max_new_tokens: int = 256
     queue_size: int = 32
-    concurrency: int = 4  # generations running at once (one streamer each)
+    concurrency: int = 16  # chats generating at once; on llama.cpp they are decoded together (max_batch)
+    max_batch: int = 16  # llama.cpp chats decoded in one batch; 1 = one request at a time
+    batch_n_ctx: int = 1024  # llama.cpp context per batched chat, tokens (KV reserved up front for max_batch)
+    max_waiting: int = 32  # requests waiting for a batch slot before new ones are refused
     threads: int | None = None  # llama.cpp threads; None: every core
     n_ctx: int = 2048  # llama.cpp context, tokens
     gguf_keep: int = 4  # merged twin GGUFs kept in the cache (most recently used)
@@ -111,7 +114,8 @@ class AppSettings:
     def llama_options(self) -> LlamaCppOptions:
         """The llama.cpp backend's share of the settings."""
         return LlamaCppOptions(n_threads=self.threads, n_ctx=self.n_ctx, gguf_keep=self.gguf_keep,
-                               amx_bf16_min_tokens=self.amx_bf16_min_tokens)
+                               amx_bf16_min_tokens=self.amx_bf16_min_tokens, max_batch=self.max_batch,
+                               batch_n_ctx=self.batch_n_ctx, max_waiting=self.max_waiting)
 
 
 SPACE_SETTINGS_FILE = "simme_space.json"  # written by app.py --export_space beside the Space's app.py

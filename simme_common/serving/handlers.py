@@ -17,6 +17,7 @@ from pathlib import Path
 import gradio as gr
 
 import simme_common as sc
+from simme_common.serving.batch_decoder import TwinBusy
 from simme_common.serving.chat_ui import mask_pii, mask_pii_streaming
 
 ONE_ON_ONE, GROUP = "One-on-one", "Group"
@@ -56,6 +57,8 @@ def client_errors(fn):
     def fail(err: Exception):
         if isinstance(err, gr.Error):
             raise err
+        if isinstance(err, TwinBusy):  # one sentence, no path: the client may retry
+            raise gr.Error(str(err)) from None
         frame = (inspect.trace() or [None])[-1]
         where = f" at {Path(frame.filename).name}:{frame.lineno}" if frame else ""
         print(f"handler {fn.__name__} failed: {type(err).__name__}{where}", file=sys.stderr, flush=True)
