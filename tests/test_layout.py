@@ -13,7 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "simme_common"
-EVALUATION = {"metrics", "eval_generation", "scorecard", "metric_defs"}
+EVALUATION = {"metrics", "eval_generation", "scorecard", "metric_defs", "metrics_style", "metrics_model", "authorship", "gate"}
 
 
 def _imports(path: Path) -> set[str]:
