@@ -155,7 +155,7 @@ def table(rows: list[dict], base: dict) -> str:
         sim = f"{r['length_similarity']:.2f}" if r["length_similarity"] is not None else "–"
         loss = f"{r['train_loss']:.3f}" if r["train_loss"] is not None else "–"
         lines.append(f"| {r['variant']} | `{r['overrides'] or '(recipe)'}` | {r['ppl'] / base['ppl']:.3f} | {sim} | "
-                     f"{r['train_s']:.0f} | {r['tokens']:,} | {loss} |")
+                     f"{r['train_s']:.0f} | {int(r['tokens']):,} | {loss} |")
     return "\n".join(lines)
 
 
