@@ -32,6 +32,14 @@ class TrainArguments:
     init_adapter: str | None = field(
         default=None, metadata={"help": "Adapter directory to continue training (incremental retraining on a new export)."}
     )
+    preference_data: str | None = field(default=None, metadata={
+        "help": "Learn from preferences on top of --init_adapter: a feedback directory (the app's SIMME_FEEDBACK_DIR: "
+                "preferences/ -> DPO, ratings/ -> KTO) and/or self_play/ pairs (docs/continuous.md)."})
+    preference_loss: str = field(default="auto", metadata={"help": "auto (DPO when there are pairs, else KTO), dpo or kto."})
+    preference_beta: float = field(default=0.1, metadata={"help": "DPO/KTO beta: how far the twin may move from its reference (the adapter it starts from)."})
+    self_play: int = field(default=0, metadata={
+        "help": "First build this many self-play pairs into --preference_data: the real reply chosen over the twin's "
+                "own sample, on training contexts only (SPIN-style)."})
     merge: bool = field(default=False, metadata={"help": "Also save base + adapter merged into plain weights in OUTPUT_DIR/merged."})
     num_threads: int | None = field(
         default=None,
@@ -116,6 +124,13 @@ def build_trainer(train_args: TrainArguments, sft_config, model_args):
         raise sc.UserError(f"--init_adapter {init_adapter} is not a local directory; pass a 03_train.py output directory")
     base_rows = _embedding_rows(model_path, sft_config)
     model = _load_model(model_path, tokenizer, model_args, sft_config, init_adapter)
+    if train_args.preference_data:
+        if init_adapter is None:
+            raise sc.UserError("--preference_data trains on top of a twin: pass it as --init_adapter")
+        trainer, info = sc.build_preference_run(train_args.preference_data, train_args.preference_loss,
+                                                train_args.preference_beta, train_args.self_play, model, tokenizer,
+                                                data["train"], sft_config)
+        return trainer, {"train samples": len(train), "base model": model_path, "precision": precision.as_dict(), **info}
     peft_config = get_peft_config(model_args) if init_adapter is None else None
     if peft_config is not None and len(tokenizer) > base_rows:
         # The training template added ChatML markers to this vocabulary: their new rows are trained too.

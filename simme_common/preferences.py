@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from typing import Any
 from pathlib import Path
 
 from .chat_format import OWNER_ROLE, SILENT_REPLY, split_target
@@ -99,6 +100,8 @@ def preference_config(kind: str, sft_config, beta: float):
     values.pop("logging_dir", None)  # derived from output_dir
     cls = {"dpo": DPOConfig, "kto": KTOConfig}[kind]
     extra = {"beta": beta, "max_length": sft_config.max_length}
+    if values.get("train_sampling_strategy") == "group_by_length":
+        values["train_sampling_strategy"] = "random"  # preference rows have no input_ids to group by
     if kind == "kto":
         # KTO estimates its KL term from the other completions of a batch, so it needs at least two per device.
         values["per_device_train_batch_size"] = max(2, values.get("per_device_train_batch_size") or 2)
@@ -118,3 +121,21 @@ def preference_trainer(kind: str, model, tokenizer, dataset, sft_config, beta: f
     trainer_cls = DPOTrainer if kind == "dpo" else KTOTrainer
     return trainer_cls(model=model, args=preference_config(kind, sft_config, beta), train_dataset=dataset,
                        processing_class=tokenizer)
+
+
+def build_preference_run(directory: str | Path, loss: str, beta: float, self_play: int, model, tokenizer, train,
+                         sft_config) -> tuple[Any, dict]:
+    """03's preference round: optionally build `self_play` pairs into `directory` first, then (trainer, info) for
+    DPO on pairs or KTO on ratings (`loss` "auto": DPO when there are pairs)."""
+    if self_play:
+        Path(directory).mkdir(parents=True, exist_ok=True, mode=0o700)
+        build_self_play(model, tokenizer, train, directory, n=self_play, seed=sft_config.seed)
+    data = load_preference_data(directory)
+    kind = loss if loss != "auto" else ("dpo" if data["dpo"] is not None else "kto")
+    if kind not in ("dpo", "kto"):
+        raise UserError(f"--preference_loss {loss}: use auto, dpo or kto")
+    if data[kind] is None:
+        raise UserError(f"--preference_loss {kind}: {directory} has no "
+                        f"{'preferences/ or self_play/' if kind == 'dpo' else 'ratings/'} store")
+    trainer = preference_trainer(kind, model, tokenizer, data[kind], sft_config, beta)
+    return trainer, {"preference loss": kind, "preference rows": len(data[kind])}

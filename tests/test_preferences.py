@@ -93,3 +93,29 @@ def test_missing_or_malformed_stores_say_which_path_and_column(tmp_path):
     Dataset.from_list([{"prompt": [], "chosen": []}]).save_to_disk(str(tmp_path / "bad" / preferences.PREFERENCE_STORE))
     with pytest.raises(preferences.UserError, match=r"preferences: missing column\(s\) rejected"):
         preferences.load_preference_data(tmp_path / "bad")
+
+
+@pytest.mark.slow
+def test_03_self_play_round_on_top_of_a_twin_writes_a_new_adapter(tiny_model_dir, tmp_path):
+    """03 --init_adapter A --preference_data D --self_play N: pairs from training contexts, DPO, a new adapter."""
+    from datasets import load_from_disk
+    from safetensors.torch import load_file
+
+    import simme_common as sc
+    from test_train import SMOKE, train03, write_prepared
+
+    prepared = write_prepared(tmp_path / "prepared")
+    common = ["--config", SMOKE, "--model_name_or_path", str(tiny_model_dir), "--input_dir", str(prepared)]
+    train03.main(*train03.parse_args(common + ["--output_dir", str(tmp_path / "sft")]))
+    trainer = train03.main(*train03.parse_args(common + [
+        "--init_adapter", str(tmp_path / "sft"), "--preference_data", str(tmp_path / "fb"), "--self_play", "4",
+        "--per_device_train_batch_size", "2", "--output_dir", str(tmp_path / "dpo")]))
+    assert type(trainer).__name__ == "DPOTrainer"
+    pairs = load_from_disk(str(tmp_path / "fb" / preferences.SELF_PLAY_STORE))
+    train_contexts = [m["messages"][:-1] for m in sc.load_prepared_dataset(prepared)["train"]]
+    assert 0 < len(pairs) <= 4 and all(p in train_contexts for p in pairs["prompt"])
+    before, after = (load_file(tmp_path / d / "adapter_model.safetensors") for d in ("sft", "dpo"))
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(sc.UserError, match="pass it as --init_adapter"):
+        train03.main(*train03.parse_args(common + ["--preference_data", str(tmp_path / "fb"),
+                                                   "--output_dir", str(tmp_path / "x")]))
