@@ -3,7 +3,7 @@ transformers.generate of the same model with the same LoRA adapter, and of each 
 against without, alternating, in one run.
 
 python bench/bench_generate.py            # 5 reps, 64 new tokens after a ~200-token chat, 2 threads
-python bench/bench_generate.py --quick    # 2 reps of 32 new tokens, a 20-turn long chat (<= 90 s when idle, GGUF cached)
+python bench/bench_generate.py --quick    # 2 reps of 32 new tokens, a 20-turn long chat, 4 concurrent chats (<= 90 s when idle, GGUF cached)
 python bench/bench_generate.py --adapter outputs/03_adapter --quant q4_k_m   # another GGUF type
 python bench/bench_generate.py --concurrent_only   # only the 16-concurrent-chats rows (batched vs one at a time)
 
@@ -292,6 +292,8 @@ def main() -> int:
         return 0
     if args.quick:
         args.reps, args.new_tokens, args.turns, args.concurrent_reps = 2, min(args.new_tokens, 32), 1, 1
+        # the harness check: 4 short chats exercise the concurrent rows (16 one at a time take minutes on 2 cores)
+        args.clients, args.concurrent_tokens = min(args.clients, 4), min(args.concurrent_tokens, 16)
 
     import torch
 
