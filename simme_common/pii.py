@@ -70,6 +70,14 @@ def _vi_family_names() -> set[str]:
     return {strip_diacritics(n) for n in Provider.last_names}
 
 
+def message_fingerprint(timestamp_ms: int, sender: str, text: str, key: bytes = b"") -> str:
+    """Content fingerprint of an original message (the same message in two exports -> the same value), so a re-run
+    can count what is new; keyed for anonymized outputs, unkeyed for --no_anonymize ones, which hold the text."""
+    mac = hashlib.blake2b(f"{timestamp_ms}\x1f{sender}\x1f{text}".encode("utf-8", "replace"), key=key,
+                          digest_size=12, person=b"simme-message")
+    return mac.hexdigest()
+
+
 class Anonymizer:
     """Secret-keyed, consistent surrogates for participants' names and for PII found in free text.
 
@@ -122,11 +130,8 @@ class Anonymizer:
         return fk
 
     def fingerprint(self, timestamp_ms: int, sender: str, text: str) -> str:
-        """Keyed content fingerprint of an original message (same message in two exports -> same value; a short
-        message cannot be guessed from it without the key), so a re-run can count what is new."""
-        mac = hashlib.blake2b(f"{timestamp_ms}\x1f{sender}\x1f{text}".encode("utf-8", "replace"), key=self._key,
-                              digest_size=12, person=b"simme-message")
-        return mac.hexdigest()
+        """Keyed message_fingerprint: a short message cannot be guessed from it without the key."""
+        return message_fingerprint(timestamp_ms, sender, text, self._key)
 
     def chat_id(self, thread_key: str) -> str:
         """Keyed id of a conversation (its key is a folder name, which can hold a name)."""

@@ -12,7 +12,7 @@ from typing import Any
 from .chat_format import MESSAGES, OTHER_ROLE, OWNER_ROLE, SILENT_REPLY, build_system_prompt, chat_token_ids, format_user_turn
 from .export import DROP_REASONS, REPAIR_REASONS, infer_owner
 from .export_paths import EXPORT_SECTIONS
-from .pii import PII_KINDS
+from .pii import PII_KINDS, message_fingerprint
 from .runtime import UserError
 from .samples import group_bursts, pack_windows, render_lengths, silent_cut_points, split_sessions, truncate_to_tokens
 from .system_text import normalize_text
@@ -132,7 +132,7 @@ def build_thread_samples(rec: dict, owner: str, anon, tokenizer, settings: Sampl
     # One call per thread: the NER model runs batched over its texts (3.5x faster than one text at a time).
     texts = anon.texts([t for _, _, t, _ in rec["messages"]]) if anon else [t for _, _, t, _ in rec["messages"]]
     msgs = [(ts, name(s), t, src, s == owner) for (ts, s, _, src), t in zip(rec["messages"], texts)]
-    fingerprint = anon.fingerprint if anon else _plain_fingerprint
+    fingerprint = anon.fingerprint if anon else message_fingerprint
     prints = [fingerprint(ts, s, t) for ts, s, t, _ in rec["messages"]]
     sess = split_sessions([m[0] for m in msgs], settings.session_gap_minutes)
     for (ts, s, t, src, is_owner), k, fp in zip(msgs, sess, prints):
@@ -156,11 +156,6 @@ def build_thread_samples(rec: dict, owner: str, anon, tokenizer, settings: Sampl
                          "n_tokens": n_tokens, "session_id": sid} for sample, n_tokens in samples]
         out.sessions.append((part[0][0], sid, len(samples)))
     return out
-
-
-def _plain_fingerprint(timestamp_ms: int, sender: str, text: str) -> str:
-    """Unkeyed fingerprint for --no_anonymize outputs, which hold the text anyway."""
-    return hashlib.blake2b(f"{timestamp_ms}\x1f{sender}\x1f{text}".encode("utf-8", "replace"), digest_size=12).hexdigest()
 
 
 def new_since_previous(previous_dir: Path, current_dir: Path) -> dict | None:

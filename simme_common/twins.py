@@ -93,9 +93,8 @@ def adopt(adapter_dir: str | Path, twins_root: str | Path) -> Path | None:
         return None
     version = new_version(root)
     shutil.move(str(adapter_dir), version / ADAPTER)
-    for name in ("run_config.json",):
-        if (version / ADAPTER / name).exists():
-            shutil.copy2(version / ADAPTER / name, version / name)
+    if (version / ADAPTER / "run_config.json").exists():
+        shutil.copy2(version / ADAPTER / "run_config.json", version / "run_config.json")
     _point_at(version, root, adapter_dir)
     _write_history(root, _history(root) + [{"version": version.name, "at": _now().isoformat(), "event": "adopted",
                                             "previous": None}])
