@@ -9,6 +9,11 @@ and a synthetic English/Vietnamese code-switching group thread. Deterministic fo
 
 python examples/make_sample_export.py --output_dir data/sample_export
 python examples/make_sample_export.py --output_dir outputs/bench/export --n_messages 250000   # bench export
+python examples/make_sample_export.py --output_dir data/sample_export_old --holdback_days 30  # the same, a month older
+
+--holdback_days N writes the export as it was downloaded N days before the sample's last conversation: the same
+seed gives the same messages, threads and thread paths, minus those newer than that day (an exact subset), so 01 on
+both exports together counts every older message once (docs/continuous.md).
 """
 
 from __future__ import annotations
@@ -80,6 +85,8 @@ class SampleArguments:
     max_conversations: int | None = field(default=None, metadata={"help": "Use at most this many of the owner's conversations (tests)."})
     messages_per_file: int = field(default=1000, metadata={"help": "Messages per classic message_N.json (real exports: ~10,000)."})
     group_sessions: int = field(default=60, metadata={"help": "Sessions of the synthetic EN/VI group thread."})
+    holdback_days: float = field(default=0, metadata={"help": "Leave out the messages of the last N days before the "
+                                                               "sample's last conversation: the older export (a subset)."})
 
 
 def _mojibake(obj):
@@ -184,8 +191,13 @@ def _noise(rng: random.Random, owner: str, other: str, ts: int, thread_dir: str)
 
 
 def _write_classic(root: Path, section: str, thread_dir: str, title: str, participants: list[str], msgs: list[dict],
-                   per_file: int, group: bool = False) -> int:
-    """Write a classic thread newest-first, split in message_N.json parts (message_1 = newest); return #files."""
+                   per_file: int, group: bool = False, until_ms: int | None = None) -> int:
+    """Write a classic thread newest-first, split in message_N.json parts (message_1 = newest); return #files.
+    With `until_ms` only the messages up to then (none: the thread is not in the export yet)."""
+    if until_ms is not None:
+        msgs = [m for m in msgs if m["timestamp_ms"] <= until_ms]
+        if not msgs:
+            return 0
     folder = root / "your_facebook_activity" / "messages" / section / thread_dir
     folder.mkdir(parents=True, exist_ok=True)
     newest_first = sorted(msgs, key=lambda m: m["timestamp_ms"], reverse=True)
@@ -259,10 +271,11 @@ class _ExportWriter:
     """Writes the threads of one export: holds the seeded generators, the invented names, the planted PII
     still to place and the counts for the summary line."""
 
-    def __init__(self, out: Path, rng: random.Random, fake, owner_id: str, messages_per_file: int):
+    def __init__(self, out: Path, rng: random.Random, fake, owner_id: str, messages_per_file: int, until_ms: int | None):
         self.classic_root = out / "facebook-export-2025"
         self.e2ee_root = out / "secure_storage_messages"
         self.rng, self.fake, self.owner_id, self.per_file = rng, fake, owner_id, messages_per_file
+        self.until_ms = until_ms  # the older export: messages after it are generated (same seeded draws), not written
         self.owner = fake.name()
         self.names: dict[str, str] = {}
         self.pii = [line.format(**PLANTED_PII) for line in PII_LINES]
@@ -286,8 +299,10 @@ class _ExportWriter:
         if e2ee:
             msgs, section = self._split_e2ee(msgs, other, 10 + i), "e2ee_cutover"
         per_file = self.per_file if i != 0 else max(50, len(msgs) // 12)  # the top thread gets >= 10 parts
-        self.stats["classic_files"] += _write_classic(self.classic_root, section, thread_dir, other, [other, self.owner], msgs, per_file)
-        self.stats["threads"] += 1
+        files = _write_classic(self.classic_root, section, thread_dir, other, [other, self.owner], msgs, per_file,
+                               until_ms=self.until_ms)
+        self.stats["classic_files"] += files
+        self.stats["threads"] += files > 0
 
     def _classic_messages(self, rows: list[tuple[str, str, int]], other: str, thread_dir: str) -> list[dict]:
         """Classic messages of one thread, with a few planted PII values, reactions and noise rows."""
@@ -322,6 +337,10 @@ class _ExportWriter:
         for m in e2ee_msgs:
             if m["isUnsent"]:
                 m["text"] = "User unsent a message"
+        if self.until_ms is not None:
+            e2ee_msgs = [m for m in e2ee_msgs if m["timestamp"] <= self.until_ms]
+            if not e2ee_msgs:
+                return classic
         doc = {"participants": [self.owner, other], "threadName": f"{other}_{n}", "messages": e2ee_msgs}
         (self.e2ee_root / f"{other}_{n}.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False), encoding="utf-8")
         self.stats["e2ee_files"] += 1
@@ -331,7 +350,8 @@ class _ExportWriter:
         """Write the synthetic EN/VI group (with the PII values not placed yet); return (#messages, #owner-silent sessions)."""
         people, gmsgs, silent = _group_thread(self.rng, self.owner, start_ms, end_ms, n_sessions, self.pii)
         gdir = f"hoicaphe_{10**15 + 424242}"
-        self.stats["classic_files"] += _write_classic(self.classic_root, "inbox", gdir, "Hội Cà Phê ☕", people, gmsgs, self.per_file, group=True)
+        self.stats["classic_files"] += _write_classic(self.classic_root, "inbox", gdir, "Hội Cà Phê ☕", people, gmsgs,
+                                                      self.per_file, group=True, until_ms=self.until_ms)
         self.stats["threads"] += 1
         return len(gmsgs), silent
 
@@ -349,7 +369,9 @@ def main(args: SampleArguments) -> None:
 
     # -- conversations, owner and partners ----------------------------------------------------------
     owner_id, convs = _conversations(args, rng)
-    writer = _ExportWriter(out, rng, fake, owner_id, args.messages_per_file)
+    last_ts = max(r[2] for rows in convs for r in rows)
+    until_ms = last_ts - int(args.holdback_days * 24 * 3600 * 1000) if args.holdback_days else None
+    writer = _ExportWriter(out, rng, fake, owner_id, args.messages_per_file, until_ms)
     threads = _threads_by_partner(convs, owner_id)
 
     # -- classic threads (inbox / archived_threads / e2ee_cutover) + E2EE continuations ------------------
@@ -360,16 +382,18 @@ def main(args: SampleArguments) -> None:
 
     # -- the synthetic EN/VI group thread -------------------------------------------------------------------
     first_ts = min(r[2] for rows in convs for r in rows)
-    last_ts = max(r[2] for rows in convs for r in rows)
     n_group, silent = writer.group_thread(first_ts + 3 * 24 * 3600 * 1000, last_ts, args.group_sessions)
     (writer.classic_root / "your_facebook_activity" / "messages" / "autofill_information.json").write_text('{"autofill_information_v2": {}}')
     stats = writer.stats
     stats["messages"] = sum(len(v) for v in threads.values()) + n_group + stats["noise"] + stats["e2ee_duplicates"]
+    held_back = "" if until_ms is None else (f" | held back: the last {args.holdback_days:g} days (messages after "
+                                             f"{datetime.fromtimestamp(until_ms / 1000, timezone.utc):%Y-%m-%d}; the "
+                                             "message count is the full export's)")
     print(f"Sample export written to {out} | owner (invented): {len(writer.owner)} chars | "
           f"{stats['threads']:,} threads ({len(order):,} one-on-one + 1 group, {silent} owner-silent group sessions) | "
           f"{stats['classic_files']:,} classic files, {stats['e2ee_files']:,} E2EE files | ~{stats['messages']:,} messages "
           f"({stats['noise']:,} noise rows, {stats['e2ee_duplicates']:,} overlapping duplicates) | "
-          f"planted PII values: {len(PLANTED_PII)}")
+          f"planted PII values: {len(PLANTED_PII)}{held_back}")
 
 
 if __name__ == "__main__":
