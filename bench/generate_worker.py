@@ -112,41 +112,64 @@ def long_chat_first_tokens(twin, turns: int, budget: int, block_tokens: int) -> 
     return firsts
 
 
-def concurrent_chats(twin, clients: int, turns: int, new_tokens: int, prompt_tokens: int) -> dict:
-    """`clients` users at once, each a chat of `turns` sampled replies of exactly `new_tokens` tokens (each follow-up
-    carries the previous reply, as the app's history does): every reply's first-output seconds, the aggregate
-    generated tokens/s and the wall time."""
+TOPICS = ["dinner tomorrow", "the hike on saturday", "the concert tickets", "your sister's birthday",
+          "the board game night", "the trip to the coast", "coffee after work", "the new flat"]
+
+
+def window_tokens(replies: list[dict], begin: float, end: float) -> float:
+    """Tokens of `replies` generated within [begin, end], each reply's spread evenly from its first output to its end."""
+    total = 0.0
+    for r in replies:
+        span = max(r["end"] - r["first"], 1e-9)
+        total += r["tokens"] * max(0.0, min(end, r["end"]) - max(begin, r["first"])) / span
+    return total
+
+
+def concurrent_chats(twin, clients: int, seconds: float, new_tokens: int, prompt_tokens: int, budget: int) -> dict:
+    """`clients` users at once, each keeping a chat going for `seconds` as tests/test_load.py's clients do: a sampled
+    reply of up to `new_tokens` tokens (ending at the twin's end of turn, as in the app), then at once the next unique
+    message, the history trimmed to `budget` tokens a quarter at a time as the app does. Every reply's turn, times
+    and generated tokens; the steady window runs from when the last cold first turn ended to the deadline."""
     import threading
 
     chats = [make_chat(twin.tokenizer, prompt_tokens, contact=f"Friend{i}") for i in range(clients)]
-    firsts: list[float] = []
+    replies: list[dict] = []
     go = threading.Barrier(clients + 1)
 
     def user(i: int) -> None:
-        chat = chats[i]
+        chat, turn = chats[i], 0
         go.wait()
-        for turn in range(turns):
+        while time.perf_counter() < deadline:
             t0, first, text = time.perf_counter(), None, ""
             for text in twin.stream(chat, temperature=0.7, top_p=0.9, repetition_penalty=1.1,
                                     max_new_tokens=new_tokens, seed=1000 * i + turn, use_cache=False):
-                first = first or time.perf_counter() - t0
-            firsts.append(first if first is not None else time.perf_counter() - t0)
-            chat = chat + [{"role": "assistant", "content": text or "ok"}, {"role": "user", "content": f"ok cool ({turn})"}]
+                first = first or time.perf_counter()
+            end = time.perf_counter()
+            tokens = len(twin.tokenizer(text, add_special_tokens=False)["input_ids"])
+            replies.append({"turn": turn, "start": t0, "first": first or end, "end": end, "tokens": tokens})
+            message = f"hey, are we still on for {TOPICS[(i + turn) % len(TOPICS)]}? ({i}.{turn})"
+            chat = chat + [{"role": "assistant", "content": text or "ok"}, {"role": "user", "content": message}]
+            chat, _ = sc.trim_context(chat, twin.count_tokens, budget, block_tokens=budget // 4)
+            turn += 1
 
-    stop_ids, twin.stop_ids = twin.stop_ids, []  # exactly new_tokens per reply, on both sides
     twin.forget_prefix()
-    try:
-        threads = [threading.Thread(target=user, args=(i,)) for i in range(clients)]
-        for thread in threads:
-            thread.start()
-        go.wait()
-        t0 = time.perf_counter()
-        for thread in threads:
-            thread.join()
-        wall = time.perf_counter() - t0
-    finally:
-        twin.stop_ids = stop_ids
-    return {"firsts": firsts, "tps": clients * turns * new_tokens / wall, "wall_s": wall}
+    threads = [threading.Thread(target=user, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    deadline = time.perf_counter() + seconds  # set before the barrier releases the users
+    go.wait()
+    t0 = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - t0
+    cold = [r for r in replies if r["turn"] == 0]
+    warm_at = max(r["end"] for r in cold)
+    steady = [r for r in replies if r["turn"] > 0]
+    window = deadline - warm_at
+    return {"firsts": [r["first"] - r["start"] for r in steady], "cold_firsts": [r["first"] - r["start"] for r in cold],
+            "tps": window_tokens(steady, warm_at, deadline) / window if window > 0 and steady else float("nan"),
+            "tps_all": sum(r["tokens"] for r in replies) / wall, "replies": len(replies), "wall_s": wall,
+            "steady_s": window}
 
 
 def time_hf(model, input_ids, new_tokens: int) -> dict:
@@ -235,8 +258,8 @@ def app_requests(twin, chat: list[dict], args) -> dict:
         "turn": lambda: time_twin(twin, follow_up(own_reply()), args.new_tokens, cold=False),
         "return": back_after_other_user,
         "long": lambda turns, budget, block: {"firsts": long_chat_first_tokens(twin, int(turns), int(budget), int(block))},
-        "concurrent": lambda clients, turns, new_tokens: concurrent_chats(twin, int(clients), int(turns), int(new_tokens),
-                                                                          args.prompt_tokens // 2),
+        "concurrent": lambda clients, seconds, new_tokens, budget: concurrent_chats(
+            twin, int(clients), float(seconds), int(new_tokens), args.prompt_tokens // 2, int(budget)),
     }
 
 
