@@ -98,6 +98,11 @@ def preference_config(kind: str, sft_config, beta: float):
     shared = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
     values = {k: getattr(sft_config, k) for k in shared if hasattr(sft_config, k)}
     values.pop("logging_dir", None)  # derived from output_dir
+    if values.get("bf16") and not values.get("use_cpu"):
+        from transformers.utils import is_torch_bf16_gpu_available
+
+        # dtype auto sets bf16 (CPU autocast) after SFTConfig's checks; a new config accepts it on CPU only with use_cpu
+        values["use_cpu"] = not is_torch_bf16_gpu_available()
     cls = {"dpo": DPOConfig, "kto": KTOConfig}[kind]
     extra = {"beta": beta, "max_length": sft_config.max_length}
     if values.get("train_sampling_strategy") == "group_by_length":

@@ -74,3 +74,18 @@ def test_same_seed_and_holdback_give_the_same_export(exports, tmp_path):
     sample = _sample_module()
     sample.main(sample.SampleArguments(output_dir=str(tmp_path / "again"), max_conversations=40, holdback_days=20))
     assert _messages(tmp_path / "again") == _messages(exports[0])
+
+
+def test_preference_round_keeps_cpu_bf16_autocast_of_the_sft_config(tmp_path):
+    """dtype auto turns bf16 on after SFTConfig's checks (precision.py); the loop's DPO config must accept it on CPU."""
+    torch = pytest.importorskip("torch")
+    from trl import SFTConfig
+
+    from simme_common.preferences import preference_config
+
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU-only path")
+    sft = SFTConfig(output_dir=str(tmp_path), use_cpu=False, bf16=False, report_to="none")
+    sft.bf16 = True  # what apply_cpu_precision does on a CPU with native bf16
+    dpo = preference_config("dpo", sft, beta=0.1)
+    assert dpo.bf16 and dpo.use_cpu
