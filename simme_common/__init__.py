@@ -151,7 +151,7 @@ from .system_text import (
     classify_system_text, has_surrogates, remove_surrogates, fix_mojibake, normalize_text,
 )
 from .tables import (
-    format_number, format_metric, print_table, format_grid,
+    format_number, format_metric, print_table, format_grid, replace_marked_section,
 )
 from .text_features import (
     LENGTH_CHAR_EDGES, LENGTH_WORD_EDGES, TYPING_GAP_EDGES, QUANTILES, MAX_BUBBLES_BIN, URL_PATTERN, extract_emojis,
@@ -224,7 +224,7 @@ __all__ = [
     'make_private', 'private_spool', 'sweep_dead_spools', 'feedback_usage', 'build_style_card', 'scorable_reply',
     'reply_style_card', 'emoji_profile', 'style_similarity', 'supervised_log_probs', 'compact_lm_head',
     'classify_system_text', 'has_surrogates', 'remove_surrogates', 'fix_mojibake', 'normalize_text', 'format_number',
-    'format_metric', 'print_table', 'format_grid', 'LENGTH_CHAR_EDGES', 'LENGTH_WORD_EDGES', 'TYPING_GAP_EDGES',
+    'format_metric', 'print_table', 'format_grid', 'replace_marked_section', 'LENGTH_CHAR_EDGES', 'LENGTH_WORD_EDGES', 'TYPING_GAP_EDGES',
     'QUANTILES', 'MAX_BUBBLES_BIN', 'URL_PATTERN', 'extract_emojis', 'tokenize_words', 'vi_letters',
     'strip_diacritics', 'detect_language', 'sentiment_score', 'textblob_polarity', 'histogram_probs',
     'distribution_similarity', 'text_style_flags', 'punctuation_profile', 'message_features', 'quantiles',

@@ -9,8 +9,7 @@ from typing import Any
 
 from .gate import compare_scorecards
 from .metric_defs import METRICS
-from .runtime import UserError
-from .tables import format_grid, format_metric
+from .tables import format_grid, format_metric, replace_marked_section
 
 __all__ = ["compare_scorecards", "scorecard_rows", "scorecard_markdown", "metric_docs_markdown", "write_metric_docs"]
 
@@ -83,13 +82,4 @@ def scorecard_markdown(scorecard: dict[str, Any]) -> str:
 
 def write_metric_docs(path: str | Path) -> bool:
     """Replace the generated metric section of a docs page (between the markers); True when the file changed."""
-    path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    if DOCS_START not in text or DOCS_END not in text:
-        raise UserError(f"{path} has no metric section markers ({DOCS_START} ... {DOCS_END})")
-    head, rest = text.split(DOCS_START, 1)
-    _, tail = rest.split(DOCS_END, 1)
-    new = f"{head}{DOCS_START}\n{metric_docs_markdown()}\n{DOCS_END}{tail}"
-    if new != text:
-        path.write_text(new, encoding="utf-8")
-    return new != text
+    return replace_marked_section(path, DOCS_START, DOCS_END, metric_docs_markdown())

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+from .runtime import UserError
 
 
 def format_number(value: Any, digits: int = 4, none: str = "-") -> str:
@@ -39,3 +42,18 @@ def format_grid(header: list[str] | None, rows: list[list[str]], markdown: bool 
     fmt = lambda r: ("  " + " | ".join(str(x).ljust(w) for x, w in zip(r, widths))).rstrip()  # noqa: E731
     head = [fmt(header), "  " + "-+-".join("-" * w for w in widths)] if header else []
     return "\n".join(head + [fmt(r) for r in rows])
+
+
+def replace_marked_section(path: str | Path, start: str, end: str, body: str) -> bool:
+    """Replace what lies between the marker lines `start` and `end` of a docs page with `body` (generated text,
+    never hand-edited); True when the file changed."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    if start not in text or end not in text:
+        raise UserError(f"{path} has no generated-section markers ({start} ... {end})")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    new = f"{head}{start}\n{body}\n{end}{tail}"
+    if new != text:
+        path.write_text(new, encoding="utf-8")
+    return new != text
