@@ -165,9 +165,11 @@ def concurrent_chats(twin, clients: int, seconds: float, new_tokens: int, prompt
     cold = [r for r in replies if r["turn"] == 0]
     warm_at = max(r["end"] for r in cold)
     steady = [r for r in replies if r["turn"] > 0]
-    window = deadline - warm_at
+    # cold turns running past the deadline (one at a time, loaded): the window is what follow-up turns ran in after them
+    stop = deadline if deadline > warm_at else max((r["end"] for r in steady), default=warm_at)
+    window = stop - warm_at
     return {"firsts": [r["first"] - r["start"] for r in steady], "cold_firsts": [r["first"] - r["start"] for r in cold],
-            "tps": window_tokens(steady, warm_at, deadline) / window if window > 0 and steady else float("nan"),
+            "tps": window_tokens(steady, warm_at, stop) / window if window > 0 else float("nan"),
             "tps_all": sum(r["tokens"] for r in replies) / wall, "replies": len(replies), "wall_s": wall,
             "steady_s": window}
 

@@ -42,6 +42,25 @@ expected = [one.generate(c, **greedy) for c in chats] + [one.generate(c, **s) fo
 one.close()
 
 twin = load(4, max_waiting=2)
+
+def drain(q):
+    out = []
+    while (item := q.get(timeout=60)) is not None:
+        out.append(item)
+    return out
+
+# A gap: four chats admitted together take slots 0-3 of the fresh twin; slot 1's reply ends after 2 tokens while
+# slots 0 and 2 go on, so their steps decode a throwaway token in slot 1 to stay one ubatch.
+hold = threading.Event()
+twin._thread.submit(hold.wait)
+gap_queues = [queue.Queue() for _ in range(4)]
+for i, q in enumerate(gap_queues):
+    twin._decoder.submit(twin.prompt_ids(chats[i]), dict(greedy, seed=None, max_new_tokens=2 if i == 1 else 20), q.put,
+                         threading.Event())
+hold.set()
+gap = [twin.tokenizer.decode(drain(q), skip_special_tokens=True) for q in gap_queues]
+padded = twin._decoder.padded_rows
+
 results = [None] * 12
 def run(i):
     results[i] = twin.generate(chats[i % 6], **(greedy if i < 6 else sampled[i - 6]))
@@ -63,12 +82,7 @@ try:
 except TwinBusy as err:
     refused = str(err)
 hold.set()
-drained = []
-for q in queued:
-    n = 0
-    while (item := q.get(timeout=60)) is not None:
-        n += 1
-    drained.append(n)
+drained = [len(drain(q)) for q in queued]
 
 # A caller that leaves after its first text frees its slot; the next turn of a chat reuses its cells.
 stream = twin.stream(chats[2], temperature=0.0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=200)
@@ -96,8 +110,8 @@ try:
     twin._decoder.submit(twin.prompt_ids(chats[0]), dict(greedy, seed=None), print, threading.Event())
 except RuntimeError as err:
     closed = str(err)
-print(json.dumps({"expected": expected, "results": results, "refused": refused, "drained": drained,
-                  "active_after_leave": active_after_leave, "reused": reused,
+print(json.dumps({"expected": expected, "results": results, "gap": gap, "padded": padded, "refused": refused,
+                  "drained": drained, "active_after_leave": active_after_leave, "reused": reused,
                   "prompt_tokens": len(twin.prompt_ids(chats[3])), "warm": warm, "cold": cold,
                   "too_long": too_long, "closed": closed, "info": info}, default=str))
 """
@@ -135,6 +149,8 @@ def test_batched_replies_equal_one_at_a_time_and_the_queue_is_bounded(sharp_tiny
     # Six concurrent chats decoded together: each greedy reply is exactly the one-at-a-time path's.
     assert out["results"][:6] == out["expected"][:6]
     assert len(set(out["expected"][:6])) == 6  # distinct replies, so a mix-up between sequences would show
+    # Steps that padded the gap of a finished reply's slot decode the others' tokens as before.
+    assert out["padded"] > 0 and [out["gap"][i] for i in (0, 2, 3)] == [out["expected"][i] for i in (0, 2, 3)]
     # Sampled with a seed each: the first token comes from the same prompt batch and seed, so it is the same; later
     # ones may part, as a batch sums floats in another order (logits within ~1e-5) and top-p's cut moves with that.
     sampled, expected = out["results"][6:], out["expected"][6:]
