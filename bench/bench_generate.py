@@ -42,6 +42,7 @@ A row whose patch cannot act here says why instead, e.g. "n/a (no AMX)".
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import tempfile
@@ -103,13 +104,15 @@ def start_workers(args, base: str, adapter: str, workers: dict) -> dict[str, str
     return reasons
 
 
-def time_concurrent(workers: dict, args) -> dict[str, list[dict]]:
+def time_concurrent(workers: dict, args) -> dict:
     """--clients chats at once on the app's worker (batched) and on the one-at-a-time worker, taking turns."""
     rounds: dict[str, list[dict]] = {"project": [], "baseline": []}
     request = f"concurrent {args.clients} {args.concurrent_seconds} {args.concurrent_tokens} {LONG_CHAT_BUDGET}"
     for _ in range(args.concurrent_reps):
         rounds["project"].append(workers["app"].call(request))
         rounds["baseline"].append(workers["serial"].call(request))
+    # what one batched step costs by chats: near flat when decode is memory bound, linear when compute bound
+    rounds["decode_step_ms"] = workers["app"].call(f"steps {3 if args.quick else 9}")
     return rounds
 
 
@@ -125,21 +128,24 @@ def concurrent_rows(args, rounds: dict) -> list[dict]:
     samples = {side: {"tps": [r["tps"] for r in runs], "tps_all": [r["tps_all"] for r in runs],
                       "p50": [quantile(r["firsts"], 0.5) for r in runs], "p95": [quantile(r["firsts"], 0.95) for r in runs],
                       "cold50": [quantile(r["cold_firsts"], 0.5) for r in runs],
-                      "cold95": [quantile(r["cold_firsts"], 0.95) for r in runs]} for side, runs in rounds.items()}
+                      "cold95": [quantile(r["cold_firsts"], 0.95) for r in runs]}
+               for side, runs in rounds.items() if side in ("project", "baseline")}
     p, b = samples["project"], samples["baseline"]
     vs = "batched vs one at a time"
+
+    def row(metric: str, unit: str, key: str, higher: bool = True, target: str = "") -> dict:
+        if any(math.isnan(v) for v in p[key] + b[key]):  # no follow-up turn: the cold turns outlasted the run
+            return {"metric": metric, "unit": unit, "target": target,
+                    "project": "n/a (no follow-up turn ended in --concurrent_seconds; cold turns took longer)"}
+        return benchlib.summary_row(metric, unit, p[key], b[key], higher_is_better=higher, target=target)
+
     return [
-        benchlib.summary_row(f"{what}, aggregate generated tokens/s after the cold turns, {vs}", "tok/s", p["tps"],
-                             b["tps"], target=">= 2x"),
-        benchlib.summary_row(f"{what}, p95 first output of follow-up turns, {vs}", "s", p["p95"], b["p95"],
-                             higher_is_better=False, target="<= 1.5 s"),
-        benchlib.summary_row(f"{what}, p50 first output of follow-up turns, {vs}", "s", p["p50"], b["p50"],
-                             higher_is_better=False),
-        benchlib.summary_row(f"{what}, p95 first output of the cold first turns, {vs}", "s", p["cold95"], b["cold95"],
-                             higher_is_better=False),
-        benchlib.summary_row(f"{what}, p50 first output of the cold first turns, {vs}", "s", p["cold50"], b["cold50"],
-                             higher_is_better=False),
-        benchlib.summary_row(f"{what}, generated tokens/s over the whole run, {vs}", "tok/s", p["tps_all"], b["tps_all"]),
+        row(f"{what}, aggregate generated tokens/s after the cold turns, {vs}", "tok/s", "tps", target=">= 2x"),
+        row(f"{what}, p95 first output of follow-up turns, {vs}", "s", "p95", higher=False, target="<= 1.5 s"),
+        row(f"{what}, p50 first output of follow-up turns, {vs}", "s", "p50", higher=False),
+        row(f"{what}, p95 first output of the cold first turns, {vs}", "s", "cold95", higher=False),
+        row(f"{what}, p50 first output of the cold first turns, {vs}", "s", "cold50", higher=False),
+        row(f"{what}, generated tokens/s over the whole run, {vs}", "tok/s", "tps_all"),
     ]
 
 
@@ -275,6 +281,9 @@ def print_patch_rows(result: dict) -> None:
     """The patch rows and the CPU flags they depend on, readable at the end of the output."""
     print(f"CPU flags: {' '.join(benchlib.cpu_flags()) or 'unknown'} | llama-cpp-python {result['info'].get('llama_cpp')} "
           f"| {result.get('threads')} threads | load average now {os.getloadavg()[0]:.1f}")
+    steps = (result.get("concurrent") or {}).get("decode_step_ms")
+    if steps:
+        print("one batched decode step (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in steps.items()))
     for row in result["summary"]:
         if row["metric"].startswith(("patch ", "concurrent")):
             figures = (f"with {row['project']:.4g} | without {row['baseline']:.4g} | ratio {row['ratio']:.2f}x"

@@ -174,6 +174,38 @@ def concurrent_chats(twin, clients: int, seconds: float, new_tokens: int, prompt
             "steady_s": window}
 
 
+def decode_steps(twin, reps: int = 9) -> dict:
+    """Median ms of one batched decode step (one token for each of 1 to 16 chats, consecutive sequences of 150 cells;
+    and 15 chats around an idle one, unpadded: two ubatches) on the twin's BatchDecoder; its cells are emptied."""
+    import statistics
+
+    import llama_cpp
+
+    decoder, n_ctx = twin._decoder, 150
+
+    def run() -> dict:
+        decoder.forget()
+        for slot in decoder.slots:
+            decoder._fill([(100 + i % 500, i, slot.seq_id, i == n_ctx - 1) for i in range(n_ctx)])
+        n = len(decoder.slots)
+        cases = {f"{k} chats": list(range(k)) for k in (1, 2, 4, 8, 16) if k <= n}
+        cases[f"{n - 1} chats around an idle one"] = [i for i in range(n) if i != n // 2]
+        out = {}
+        for name, seqs in cases.items():
+            times = []
+            for _ in range(reps):
+                t = time.perf_counter()
+                decoder._fill([(200, n_ctx, i, True) for i in seqs])
+                times.append(time.perf_counter() - t)
+                for i in seqs:
+                    llama_cpp.llama_memory_seq_rm(decoder.mem, i, n_ctx, -1)
+            out[name] = round(statistics.median(times) * 1000, 1)
+        decoder.forget()
+        return out
+
+    return twin.call_on_model(run)
+
+
 def time_hf(model, input_ids, new_tokens: int) -> dict:
     """Plain transformers.generate (greedy, exactly `new_tokens`): first-token latency and decode tokens/s."""
     import torch
@@ -260,6 +292,7 @@ def app_requests(twin, chat: list[dict], args) -> dict:
         "turn": lambda: time_twin(twin, follow_up(own_reply()), args.new_tokens, cold=False),
         "return": back_after_other_user,
         "long": lambda turns, budget, block: {"firsts": long_chat_first_tokens(twin, int(turns), int(budget), int(block))},
+        "steps": lambda reps: decode_steps(twin, int(reps)),
         "concurrent": lambda clients, seconds, new_tokens, budget: concurrent_chats(
             twin, int(clients), float(seconds), int(new_tokens), args.prompt_tokens // 2, int(budget)),
     }
