@@ -98,20 +98,33 @@ gpu-check: setup
 # Continuous learning (docs/continuous.md): re-prepare the exports (old and new together: each message counts once),
 # continue the current twin on them, re-score it and the new twin on the same new test split, and promote the new one
 # only if the gate passes. Versions live in outputs/twins/<UTC>/; outputs/03_adapter links to the current one.
-# PREFS=DIR adds a preference round (DPO on A/B picks, KTO on ratings, or self-play pairs) on top of the new twin.
-EXPORT ?=
-PREFS  ?=
+# A preference round (PREFS=DIR: DPO on A/B picks, KTO on ratings; SELF_PLAY=N: N self-play pairs, written into
+# PREFS or the version's own self_play_data/) trains on top of the new SFT twin; 04 then scores it against the SFT
+# twin on the validation split and the version keeps the winner (the preference twin unless its gate fails) as
+# adapter/. TRAIN_ARGS, PREF_ARGS and EVAL_ARGS pass extra flags to 03 (SFT), 03 (preferences) and both 04 runs.
+EXPORT     ?=
+PREFS      ?=
+SELF_PLAY  ?= 0
+TRAIN_ARGS ?=
+PREF_ARGS  ?=
+EVAL_ARGS  ?=
+VARIANT_EVAL ?= --eval_split validation
+PREF_ROUND := $(if $(or $(PREFS),$(filter-out 0,$(SELF_PLAY))),1,)
 retrain: setup
-	@test -n "$(EXPORT)" || { echo 'usage: make retrain EXPORT="old.zip new.zip" [PREFS=feedback_dir]' >&2; exit 2; }
+	@test -n "$(EXPORT)" || { echo 'usage: make retrain EXPORT="old.zip new.zip" [PREFS=feedback_dir] [SELF_PLAY=N]' >&2; exit 2; }
 	$(PY) -m simme_common.twins adopt
 	$(LAUNCH) 01_prepare.py --config configs/prepare.yaml --export_path $(EXPORT)
 	set -e; v=$$($(PY) -m simme_common.twins new); \
 	$(LAUNCH) 03_train.py --config configs/cpu_demo.yaml --init_adapter outputs/03_adapter \
-	  --output_dir $$v/$(if $(PREFS),sft,adapter); \
-	$(if $(PREFS),$(LAUNCH) 03_train.py --config configs/preference.yaml --init_adapter $$v/sft \
-	  --preference_data $(PREFS) --output_dir $$v/adapter;) \
+	  --output_dir $$v/$(if $(PREF_ROUND),sft,adapter) $(TRAIN_ARGS); \
+	$(if $(PREF_ROUND),$(LAUNCH) 03_train.py --config configs/preference.yaml --init_adapter $$v/sft \
+	  --preference_data $(or $(PREFS),$$v/self_play_data) --self_play $(SELF_PLAY) --output_dir $$v/preference $(PREF_ARGS); \
+	$(LAUNCH) 04_evaluate.py --config configs/evaluate.yaml $(VARIANT_EVAL) --adapter_path $$v/preference \
+	  --baseline_adapter $$v/sft --output_dir $$v/variants $(EVAL_ARGS) || test -f $$v/variants/scorecard.json; \
+	w=$$($(PY) -c 'import json, sys; print("preference" if json.load(open(sys.argv[1]))["gate"]["passed"] else "sft")' \
+	  $$v/variants/scorecard.json); echo "variant kept: $$w (scored against sft in $$v/variants)"; cp -r $$v/$$w $$v/adapter;) \
 	$(LAUNCH) 04_evaluate.py --config configs/evaluate.yaml --adapter_path $$v/adapter \
-	  --baseline_adapter outputs/03_adapter --output_dir $$v/eval || test -f $$v/eval/scorecard.json; \
+	  --baseline_adapter outputs/03_adapter --output_dir $$v/eval $(EVAL_ARGS) || test -f $$v/eval/scorecard.json; \
 	$(PY) -m simme_common.twins promote $$v --scorecard $$v/eval/scorecard.json
 
 # Back to the twin that was current before the last promotion (the app loads it on its next start).
