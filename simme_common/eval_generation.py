@@ -31,27 +31,36 @@ def eval_example(tokenizer, messages: list[dict], max_context_tokens: int, max_l
     return {"prompt_ids": prompt[cut:], "target_ids": ids[len(prompt):end], "labels": labels[cut:end]}
 
 
+# Sampled replies keep the 64 likeliest tokens before top-p, as the app's llama.cpp paths do: top-p over the whole
+# 49k vocabulary sorts it for every token and row, which costs as much as a decode step of a 135M model on CPU, and the
+# nucleus of a chat model at these temperatures lies far inside the top 64.
+SAMPLE_TOP_K = 64
+# Rows of a batch whose real targets are scored together: sorted by target length, so padding stays small.
+TARGET_GROUP = 8
+
+
 def score_and_generate(model, tokenizer, examples: list[dict[str, list[int]]], generate: list[bool], *,
                        max_new_tokens: int = 48, temperature: float = 0.7, top_p: float = 0.95, batch_size: int = 32,
                        seed: int = 42, desc: str | None = None) -> tuple[list[tuple[float, int]], list[dict | None]]:
     """Perplexity terms and generated replies of `eval_example`s with one prompt forward per batch.
 
     Per batch (longest prompts first, left-padded): the prompt forward fills the KV cache and scores the owner
-    tokens inside the context; the real target is scored on top of that cache; the cache is cropped back to the
-    prompt and `generate` samples the reply from it (seeded, stop at end-of-turn) where `generate[i]` is true.
-    So the context is encoded once for both jobs. Only owner positions are projected on the vocabulary.
+    tokens inside the context; the real targets are scored on copies of that cache, a few rows of similar target
+    length at a time; the reply is sampled from the prompt's cache (seeded top-k 64 + top-p, or greedy at temperature
+    0, stop at end-of-turn) where `generate[i]` is true, and a row leaves the batch as soon as its reply ends. So the
+    context is encoded once for both jobs. Only owner positions are projected on the vocabulary.
 
     Returns, in input order, (summed NLL, scored tokens) and {"text", "n_tokens" (incl. the stop token),
     "seconds" (wall time of its batch's prompt forward + generation), "batch"} or None where nothing was generated.
     """
+    import torch
     from tqdm.auto import tqdm
-    from transformers import set_seed
 
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
     order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["prompt_ids"]))
     nll_out: list[tuple[float, int]] = [(0.0, 0)] * len(examples)
     replies: list[dict | None] = [None] * len(examples)
-    set_seed(seed)  # same seed, same batches -> base and twin draw the same random stream
+    rng = torch.Generator().manual_seed(seed)  # same seed, same batches -> base and twin draw from the same stream
+    sampling = {"temperature": temperature, "top_p": top_p, "generator": rng}
     for s in tqdm(range(0, len(order), batch_size), desc=desc, disable=desc is None, leave=False):
         idx = order[s:s + batch_size]
         batch = _batch_tensors(model, tokenizer.pad_token_id, [examples[i] for i in idx])
@@ -67,29 +76,47 @@ def score_and_generate(model, tokenizer, examples: list[dict[str, list[int]]], g
 
 
 def _batch_tensors(model, pad: int, exs: list[dict[str, list[int]]]) -> dict[str, Any]:
-    """Prompts left-padded to one width, targets right-padded after them; the owner positions to score."""
+    """Prompts left-padded to one width; the owner positions to score inside them; each row's target and its labels."""
     import torch
 
-    width_p, width_t = max(len(e["prompt_ids"]) for e in exs), max(len(e["target_ids"]) for e in exs)
-    ids = torch.full((len(exs), width_p + width_t), pad, dtype=torch.long)
+    width_p = max(len(e["prompt_ids"]) for e in exs)
+    ids = torch.full((len(exs), width_p), pad, dtype=torch.long)
     labels = torch.full_like(ids, -100)
     attn = torch.zeros_like(ids)
     for r, e in enumerate(exs):
-        p, t = len(e["prompt_ids"]), len(e["target_ids"])
-        ids[r, width_p - p:width_p + t] = torch.tensor(e["prompt_ids"] + e["target_ids"])
-        labels[r, width_p - p:width_p - p + len(e["labels"])] = torch.tensor(e["labels"], dtype=torch.long)
-        attn[r, width_p - p:width_p + t] = 1
+        p = len(e["prompt_ids"])
+        ids[r, width_p - p:] = torch.tensor(e["prompt_ids"])
+        labels[r, width_p - p:width_p - p + min(p, len(e["labels"]))] = torch.tensor(e["labels"][:p], dtype=torch.long)
+        attn[r, width_p - p:] = 1
     keep = torch.zeros_like(attn, dtype=torch.bool)
     keep[:, :-1] = labels[:, 1:] != -100  # position t predicts token t + 1
-    targets = torch.full_like(labels, -100)
-    targets[:, :-1] = labels[:, 1:]
     device = next(model.parameters()).device
+    # The prompt's last position predicts the target's first token: its label is the first target label.
+    tail = [([e["prompt_ids"][-1]] + e["target_ids"], e["labels"][len(e["prompt_ids"]) - 1:]) for e in exs]
     return {"ids": ids.to(device), "attn": attn.to(device), "positions": (attn.cumsum(-1) - 1).clamp(min=0).to(device),
-            "keep": keep, "targets": targets, "width_p": width_p, "width_t": width_t, "rows": len(exs)}
+            "keep": keep, "labels": labels, "tail": tail, "width_p": width_p, "rows": len(exs)}
+
+
+def _cache_rows(model, cache, rows: list[int], drop_last: int = 0):
+    """A new DynamicCache holding `rows` of `cache` (minus its last `drop_last` positions)."""
+    import torch
+    from transformers import DynamicCache
+
+    out = DynamicCache(config=model.config)
+    index = torch.tensor(rows, device=cache.layers[0].keys.device)
+    end = cache.get_seq_length() - drop_last
+    for layer, src in enumerate(cache.layers):
+        out.update(src.keys[index, :, :end], src.values[index, :, :end], layer)
+    return out
 
 
 def _score_batch(model, b: dict[str, Any]) -> tuple[Any, float, list[tuple[float, int]]]:
-    """(KV cache of prompt + target, seconds of the prompt forward, (summed NLL, scored tokens) per row)."""
+    """(KV cache of the prompts, seconds of the prompt forward, (summed NLL, scored tokens) per row).
+
+    The owner turns inside the prompts are scored by the prompt forward. Each row's real target is fed, with the
+    prompt's last token before it, on a copy of the prompt cache without that token, a group of rows of similar
+    target length at a time: padding every target to the batch's longest would cost several times the tokens.
+    """
     import torch
     from transformers import DynamicCache
 
@@ -97,44 +124,107 @@ def _score_batch(model, b: dict[str, Any]) -> tuple[Any, float, list[tuple[float
     keep = b["keep"].to(ids.device)
     cache = DynamicCache(config=model.config)
     start = time.perf_counter()
-    logits = []
+    sums = torch.zeros(b["rows"], dtype=torch.float64)
+    counts = torch.zeros(b["rows"], dtype=torch.long)
     with torch.inference_mode():
-        logits.append(model(input_ids=ids[:, :wp], attention_mask=attn[:, :wp], position_ids=positions[:, :wp],
-                            cache=cache, use_cache=True, logits_to_keep=keep[:, :wp]).logits)
+        logits = model(input_ids=ids, attention_mask=attn, position_ids=positions, cache=cache, use_cache=True,
+                       logits_to_keep=keep).logits
         prompt_s = time.perf_counter() - start
-        if b["width_t"]:
-            logits.append(model(input_ids=ids[:, wp:], attention_mask=attn, position_ids=positions[:, wp:],
-                                cache=cache, use_cache=True, logits_to_keep=keep[:, wp:]).logits)
-    flat = torch.cat([x.reshape(-1, x.shape[-1]) for x in logits])
-    keep, targets = b["keep"], b["targets"]
-    scored = torch.cat([targets[:, :wp][keep[:, :wp]], targets[:, wp:][keep[:, wp:]]])
-    nll = torch.nn.functional.cross_entropy(flat.float(), scored.to(flat.device), reduction="none").cpu()
-    rows = torch.cat([keep[:, :wp].nonzero()[:, 0], keep[:, wp:].nonzero()[:, 0]])
-    per_row = [(float(nll[rows == r].sum()), int((rows == r).sum())) for r in range(b["rows"])]
-    return cache, prompt_s, per_row
+        _add_nll(sums, counts, logits, b["labels"][:, 1:][b["keep"][:, :-1]], b["keep"].nonzero()[:, 0])
+        by_length = sorted((r for r in range(b["rows"]) if len(b["tail"][r][0]) > 1), key=lambda r: len(b["tail"][r][0]))
+        for g in range(0, len(by_length), TARGET_GROUP):
+            rows = by_length[g:g + TARGET_GROUP]
+            width = max(len(b["tail"][r][0]) for r in rows)
+            t_ids = torch.zeros((len(rows), width), dtype=torch.long)
+            t_labels = torch.full((len(rows), width), -100, dtype=torch.long)
+            for k, r in enumerate(rows):
+                tokens, labels = b["tail"][r]
+                t_ids[k, :len(tokens)] = torch.tensor(tokens)
+                t_labels[k, :len(labels)] = torch.tensor(labels)
+            t_keep = torch.zeros_like(t_labels, dtype=torch.bool)
+            t_keep[:, :-1] = t_labels[:, 1:] != -100
+            if not t_keep.any():
+                continue
+            t_mask = torch.tensor([[int(k < len(b["tail"][r][0])) for k in range(width)] for r in rows])
+            sub = _cache_rows(model, cache, rows, drop_last=1)
+            sub_attn = torch.cat([attn[rows, :-1], t_mask.to(attn)], dim=1)
+            sub_pos = positions[rows, -1:] + torch.arange(width, device=ids.device)
+            out = model(input_ids=t_ids.to(ids.device), attention_mask=sub_attn, position_ids=sub_pos, cache=sub,
+                        use_cache=True, logits_to_keep=t_keep.to(ids.device)).logits
+            _add_nll(sums, counts, out, t_labels[:, 1:][t_keep[:, :-1]], torch.tensor(rows)[t_keep.nonzero()[:, 0]])
+    return cache, prompt_s, [(float(sums[r]), int(counts[r])) for r in range(b["rows"])]
+
+
+def _add_nll(sums, counts, logits, targets, rows) -> None:
+    """Add the NLL of `targets` under `logits` (kept positions, flattened in row order) to their rows' sums."""
+    import torch
+
+    if not len(targets):
+        return
+    flat = logits.reshape(-1, logits.shape[-1]).float()
+    nll = torch.nn.functional.cross_entropy(flat, targets.to(flat.device), reduction="none").cpu().double()
+    sums.index_add_(0, rows, nll)
+    counts.index_add_(0, rows, torch.ones_like(rows))
+
+
+def sample_next(logits, temperature: float, top_p: float, generator=None):
+    """Next token per row: greedy at temperature 0, else top-k (`SAMPLE_TOP_K`) then top-p, seeded by `generator`."""
+    import torch
+
+    if temperature <= 0:
+        return logits.argmax(-1)
+    values, indices = (logits.float() / temperature).topk(min(SAMPLE_TOP_K, logits.shape[-1]), dim=-1)
+    probs = values.softmax(-1)
+    outside = probs.cumsum(-1) - probs > top_p  # tokens after the nucleus is already full (the first always stays)
+    probs = probs.masked_fill(outside, 0.0)
+    picked = torch.multinomial(probs, 1, generator=generator)
+    return indices.gather(-1, picked).squeeze(-1)
 
 
 def _generate_from_cache(model, tokenizer, b: dict[str, Any], cache, gen_rows: list[int], max_new_tokens: int,
                          sampling: dict) -> list[tuple[str, int, float]]:
-    """(text, tokens incl. the stop token, seconds) of the replies sampled for `gen_rows` from the prompt's KV cache."""
+    """(text, tokens incl. the stop token, seconds) of the replies sampled for `gen_rows` from the prompt's KV cache.
+
+    One decode step feeds every unfinished row; a row that emitted a stop token leaves the batch (its cache rows are
+    dropped), so the batch shrinks to the longest replies instead of padding every row to `max_new_tokens`.
+    """
     import torch
 
-    stops = stop_token_ids(tokenizer)
-    ids, attn, wp = b["ids"], b["attn"], b["width_p"]
+    stops = set(stop_token_ids(tokenizer))
+    ids, attn, positions = b["ids"], b["attn"], b["positions"]
     start = time.perf_counter()
-    cache.crop(-(b["width_t"] + 1))  # back to the prompt minus its last token, which generate feeds again
+    cache.crop(-1)  # the prompt's last token is fed again: its logits start the reply
     if len(gen_rows) < b["rows"]:
         cache.batch_select_indices(torch.tensor(gen_rows, device=ids.device))
+    active = torch.tensor(gen_rows, device=ids.device)
+    step_ids, mask, pos = ids[active, -1:], attn[active], positions[active, -1:]
+    alive = list(range(len(gen_rows)))  # output slot of each active row
+    new: list[list[int]] = [[] for _ in gen_rows]
     with torch.inference_mode():
-        seqs = model.generate(input_ids=ids[gen_rows, :wp], attention_mask=attn[gen_rows, :wp], cache=cache,
-                              max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id,
-                              **sampling)
+        for _ in range(max_new_tokens):
+            logits = model(input_ids=step_ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
+                           logits_to_keep=1).logits[:, -1]
+            tokens = sample_next(logits, sampling["temperature"], sampling["top_p"], sampling["generator"]).tolist()
+            going = []
+            for k, (slot, t) in enumerate(zip(alive, tokens)):
+                new[slot].append(t)
+                if t not in stops and len(new[slot]) < max_new_tokens:
+                    going.append(k)
+            if not going:
+                break
+            if len(going) < len(alive):
+                keep = torch.tensor(going, device=ids.device)
+                cache.batch_select_indices(keep)
+                mask, pos = mask[keep], pos[keep]
+                alive = [alive[k] for k in going]
+            step_ids = torch.tensor([[new[slot][-1]] for slot in alive], device=ids.device)
+            mask = torch.cat([mask, torch.ones((len(alive), 1), dtype=mask.dtype, device=mask.device)], dim=1)
+            pos = pos + 1
     seconds = time.perf_counter() - start
     out = []
-    for r in range(len(gen_rows)):
-        new = seqs[r, wp:].tolist()
-        n = next((k + 1 for k, t in enumerate(new) if t in stops), len(new))
-        out.append((tokenizer.decode(new[:n], skip_special_tokens=True).strip(), n, seconds))
+    for tokens in new:
+        n = next((k + 1 for k, t in enumerate(tokens) if t in stops), len(tokens))
+        out.append((tokenizer.decode(tokens[:n], skip_special_tokens=True).strip(), n, seconds))
     return out
 
 
