@@ -23,36 +23,35 @@ def hits_candidates(n: int, seed: int = 42, k: int = HITS_CANDIDATES) -> list[li
 
 
 def candidate_loglik(model, prompt_ids: list[int], candidates: list[list[int]]) -> list[float]:
-    """Mean per-token log-likelihood of each candidate continuation of one prompt (the prompt is encoded once)."""
+    """Mean per-token log-likelihood of each candidate continuation of one prompt.
+
+    The prompt is encoded once; then all candidates go through one forward, packed one after another on that
+    cache, each attending to the prompt and to its own earlier tokens only (a block-diagonal causal mask) and
+    positioned right after the prompt. Padding every candidate to the longest one would cost several times the tokens.
+    """
     import torch
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
     cache = DynamicCache(config=model.config)
+    p, total = len(prompt_ids), sum(len(c) for c in candidates)
     with torch.inference_mode():
         first = model(input_ids=torch.tensor([prompt_ids], device=device), cache=cache, use_cache=True,
                       logits_to_keep=1).logits[0, -1].float().log_softmax(-1)
-        k, width = len(candidates), max(len(c) for c in candidates)
-        cache.batch_repeat_interleave(k)
-        ids = torch.zeros((k, width), dtype=torch.long, device=device)
-        mask = torch.zeros((k, width), dtype=torch.bool, device=device)
-        for r, c in enumerate(candidates):
-            ids[r, :len(c)] = torch.tensor(c)
-            mask[r, :len(c)] = True
-        attn = torch.cat([torch.ones((k, len(prompt_ids)), dtype=torch.long, device=device), mask.long()], dim=1)
-        positions = torch.arange(len(prompt_ids), len(prompt_ids) + width, device=device).expand(k, -1)
-        # Only positions that predict a candidate token are projected on the vocabulary (not the padding).
-        keep = torch.zeros((k, width), dtype=torch.bool, device=device)
-        keep[:, :-1] = mask[:, 1:]
-        logits = model(input_ids=ids, attention_mask=attn, position_ids=positions, cache=cache, use_cache=True,
-                       logits_to_keep=keep).logits
-        logp = logits.reshape(-1, logits.shape[-1]).float().log_softmax(-1)
-        rows = keep.nonzero()[:, 0]
-        picked = logp.gather(-1, ids[:, 1:][keep[:, :-1]].unsqueeze(-1)).squeeze(-1)
-    out = []
-    for r, c in enumerate(candidates):
-        out.append((float(first[c[0]]) + float(picked[rows == r].sum())) / len(c))
-    return out
+        ids = torch.tensor([[t for c in candidates for t in c]], device=device)
+        owner = torch.tensor([r for r, c in enumerate(candidates) for _ in c], device=device)
+        offset = torch.tensor([k for c in candidates for k in range(len(c))], device=device)
+        allowed = torch.ones((total, p + total), dtype=torch.bool, device=device)
+        allowed[:, p:] = (owner[:, None] == owner[None, :]) & (offset[:, None] >= offset[None, :])
+        dtype = next(model.parameters()).dtype  # an additive mask: eager attention adds it, SDPA takes it as is
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
+        # Only positions that predict a next token of the same candidate are projected on the vocabulary.
+        keep = torch.cat([owner[1:] == owner[:-1], torch.tensor([False], device=device)])
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=(p + offset)[None], cache=cache, use_cache=True,
+                       logits_to_keep=keep.nonzero()[:, 0]).logits[0]
+        picked = logits.float().log_softmax(-1).gather(-1, ids[0, 1:][keep[:-1]].unsqueeze(-1)).squeeze(-1)
+        sums = torch.zeros(len(candidates), dtype=torch.float64, device=device).index_add_(0, owner[:-1][keep[:-1]], picked.double())
+    return [(float(first[c[0]]) + float(sums[r])) / len(c) for r, c in enumerate(candidates)]
 
 
 def hits_at_1(model, prompts: list[list[int]], targets: list[list[int]], seed: int = 42, max_contexts: int | None = None,
