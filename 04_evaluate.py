@@ -32,6 +32,7 @@ class EvaluateArguments:
     adapter_path: str = field(default=sc.ADAPTER_DIR, metadata={"help": "LoRA adapter directory written by 03_train.py."})
     model_name_or_path: str | None = field(default=None, metadata={"help": "Base model; default: the adapter's recorded base if reachable, else the bundled SmolLM2."})
     output_dir: str = field(default=sc.EVAL_DIR, metadata={"help": "Where scorecard.json, scorecard.md, samples.jsonl go."})
+    eval_split: str = field(default="test", metadata={"help": "Split whose contexts are scored: 'test' (the scorecard) or 'validation' (choosing recipes and variants, so test stays unseen)."})
     max_examples: int = field(default=200, metadata={"help": "Test (and validation) samples scored: a seeded random subset."})
     baseline: str | None = field(default=None, metadata={"help": "An earlier scorecard.json: exit 1 if the twin regresses beyond tolerance (warns when its split differs)."})
     baseline_adapter: str | None = field(default=None, metadata={"help": "The previous adapter: re-scored on this split in this run; paired gate, exit 1 on a regression."})
@@ -76,20 +77,22 @@ def _train_turns(data) -> tuple[list[str], list[str]]:
 
 def _test_inputs(args: EvaluateArguments) -> dict:
     """Test and validation samples (seeded subsets), contexts and real replies, the train split's turns."""
-    data = sc.load_prepared_dataset(args.input_dir, splits=("test",))
-    samples = _subset(data["test"], args)
+    if args.eval_split not in ("test", "validation"):
+        raise sc.UserError(f"--eval_split must be 'test' or 'validation', got {args.eval_split!r}")
+    data = sc.load_prepared_dataset(args.input_dir, splits=(args.eval_split,))
+    samples = _subset(data[args.eval_split], args)
     pairs = [sc.split_target(m) for m in samples]
     # A silent target (the owner let a group talk) has no text to compare: it counts in perplexity (03 trains on
     # it) but gets no generated reply.
     kept = [i for i, (_, real) in enumerate(pairs) if real.strip() != sc.SILENT_REPLY]
     if not kept:
-        raise sc.UserError(f"the test split of {args.input_dir} has no owner reply with text (all targets are {sc.SILENT_REPLY}): export more chats")
+        raise sc.UserError(f"the {args.eval_split} split of {args.input_dir} has no owner reply with text (all targets are {sc.SILENT_REPLY}): export more chats")
     owner_turns, other_turns = _train_turns(data)
     card_path = Path(args.analysis_dir or "") / "style_card.json"
     owner = json.loads(card_path.read_text(encoding="utf-8")).get("owner") if args.analysis_dir and card_path.is_file() else None
     return {"samples": samples, "pairs": pairs, "kept": kept, "real": [pairs[i][1] for i in kept],
-            "validation": _subset(data["validation"], args) if "validation" in data else [],
-            "n_test_split": len(data["test"]), "owner_turns": owner_turns, "other_turns": other_turns, "owner": owner or "the owner",
+            "validation": _subset(data["validation"], args) if "validation" in data and args.eval_split == "test" else [],
+            "n_test_split": len(data[args.eval_split]), "owner_turns": owner_turns, "other_turns": other_turns, "owner": owner or "the owner",
             "context_turns": [[m["content"] for m in pairs[i][0] if m["role"] != "system"] for i in kept]}
 
 
@@ -236,7 +239,7 @@ def main(args: EvaluateArguments) -> None:
                              sm.load_text_encoder(device), metrics_style.load_bertscorer(device), args.seed)
     inputs = _model_inputs(tokenizer, test, args)
     n, kept = len(test["samples"]), len(test["kept"])
-    print(f"Scoring {kept:,} test contexts ({n:,} samples for perplexity, {n - kept:,} silent targets, "
+    print(f"Scoring {kept:,} {args.eval_split} contexts ({n:,} samples for perplexity, {n - kept:,} silent targets, "
           f"{len(test['validation']):,} validation samples) | base {base} | adapter {adapter}")
 
     # --- evaluate: same function, same seed, same pairs --------------------------------------------------------
@@ -266,7 +269,7 @@ def main(args: EvaluateArguments) -> None:
         "base_model": base, "adapter_path": str(adapter), "baseline_adapter": str(previous_adapter) if previous_adapter else None,
         "temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
         "max_context_tokens": args.max_context_tokens, "max_length": args.max_length, "batch_size": args.batch_size,
-        "seed": args.seed, "style_reference": "train-split owner turns", "n_owner_train_turns": len(test["owner_turns"]),
+        "seed": args.seed, "eval_split": args.eval_split, "style_reference": "train-split owner turns", "n_owner_train_turns": len(test["owner_turns"]),
         "n_perplexity_samples": n, "n_validation_samples": len(test["validation"]), "n_silent_targets_skipped": n - kept,
         "n_test_split": test["n_test_split"], "split_fingerprint": sg.split_fingerprint(test["samples"]),
         "n_pii_probe_replies": len(inputs["probes"]) * args.pii_samples_per_probe, "hits_contexts": min(args.hits_contexts, kept),
