@@ -268,7 +268,8 @@ def test_loading_adapter_b_ten_times_frees_the_previous_one(server, user, dirs):
     time.sleep(0.5)
     tenth = rss_threads(proc.pid)
     print(f"server RSS after 1 load {first[0]:.0f} MiB, after 10 {tenth[0]:.0f} MiB; threads {first[1]} -> {tenth[1]}")
-    assert tenth[0] <= 1.10 * first[0] and tenth[1] <= first[1]
+    # A leak of one thread per load would add 9; Gradio's worker pool may start one more thread for a later request.
+    assert tenth[0] <= 1.10 * first[0] and tenth[1] <= first[1] + 2
 
 
 # --- caps ----------------------------------------------------------------------------------------------------
