@@ -7,7 +7,7 @@ from .authorship import (
     strip_speaker, train_owner_classifier, owner_probabilities, discriminator_auc, halves, mauve_score,
 )
 from .chat_format import (
-    MESSAGES, OWNER_ROLE, OTHER_ROLE, CHAT_TYPES, BUBBLE_DELIMITER, SILENT_REPLY, SYSTEM_PROMPT_BASE,
+    MESSAGES, OWNER_ROLE, OTHER_ROLE, CHAT_TYPES, BUBBLE_DELIMITER, SILENT_REPLY, SYSTEM_PROMPT_BASE, SAMPLE_TOP_K,
     build_system_prompt, format_user_turn, split_bubbles, CHATML_TRAINING_TEMPLATE, LLAMA3_TRAINING_TEMPLATE,
     training_chat_template, end_of_turn_token, ensure_training_template, split_target, chat_token_ids,
     stop_token_ids, trim_context,
@@ -97,7 +97,7 @@ from .serving.access import (
     looks_like_hub_id, allowed_adapter_dir, needs_hub,
 )
 from .serving.batch_decoder import (
-    SAMPLE_TOP_K, TwinBusy, common_prefix_len, snapshot_seq, restore_seq, BatchDecoder,
+    TwinBusy, common_prefix_len, snapshot_seq, restore_seq, BatchDecoder,
 )
 from .serving.chat_ui import (
     auto_temperature, SILENT_NOTE, message_text, flatten_history, expand_turns, parse_auth, build_app_messages,

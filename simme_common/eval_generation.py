@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .chat_format import chat_token_ids, split_target, stop_token_ids, trim_context
+from .chat_format import SAMPLE_TOP_K, chat_token_ids, split_target, stop_token_ids, trim_context
 
 
 def eval_example(tokenizer, messages: list[dict], max_context_tokens: int, max_length: int) -> dict[str, list[int]]:
@@ -31,10 +31,6 @@ def eval_example(tokenizer, messages: list[dict], max_context_tokens: int, max_l
     return {"prompt_ids": prompt[cut:], "target_ids": ids[len(prompt):end], "labels": labels[cut:end]}
 
 
-# Sampled replies keep the 64 likeliest tokens before top-p, as the app's llama.cpp paths do: top-p over the whole
-# 49k vocabulary sorts it for every token and row, which costs as much as a decode step of a 135M model on CPU, and the
-# nucleus of a chat model at these temperatures lies far inside the top 64.
-SAMPLE_TOP_K = 64
 # Rows of a batch whose real targets are scored together: sorted by target length, so padding stays small.
 TARGET_GROUP = 8
 

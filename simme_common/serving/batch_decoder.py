@@ -10,13 +10,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..chat_format import SAMPLE_TOP_K
 from ..runtime import UserError
 
 
-# Sampled replies keep the 64 likeliest tokens before top-p: top-p over the whole 49k vocabulary sorts it for every
-# token (10 ms measured, as long as a decode step; 0.3 ms with this cut), and the nucleus of a chat model at the app's
-# temperatures lies far inside it. Both llama.cpp paths use it, so batched and one-at-a-time sample alike.
-SAMPLE_TOP_K = 64
 
 
 # Gaps of at most this many idle slots between active ones are padded in a decode step (BatchDecoder._gap_pads).

@@ -8,8 +8,8 @@ import json
 import threading
 from typing import Any
 
-from ..chat_format import chat_token_ids, stop_token_ids
-from .batch_decoder import SAMPLE_TOP_K, BatchDecoder, common_prefix_len, restore_seq, snapshot_seq
+from ..chat_format import SAMPLE_TOP_K, chat_token_ids, stop_token_ids
+from .batch_decoder import BatchDecoder, common_prefix_len, restore_seq, snapshot_seq
 from .llama_cpp import llama_prompt_logits, nll_of_logits
 from .model_thread import ModelThread
 
