@@ -312,3 +312,17 @@ def test_real_default_model_trains_one_step(prepared_dir, tmp_path):
         example = trainer.train_dataset[i]
         owner = [m["content"] + "<|im_end|>" for m in _sample(i, group=i % 2 == 1)["messages"] if m["role"] == sc.OWNER_ROLE]
         assert sc.trained_segments(example["input_ids"], example["labels"], tokenizer) == owner
+
+
+def test_gpu_check_child_runs_03_with_its_own_flags_and_stops_without_cuda(tiny_model_dir, prepared_dir, tmp_path):
+    """gpu_check's training row is 03 in a child process: 03's flags (--model_name_or_path among them, a name the
+    script also has) reach 03 untouched, and the row's JSON line carries what the table prints."""
+    script = str(ROOT / "scripts" / "gpu_check.py")
+    proc = subprocess.run([sys.executable, script, "--child", "--config", SMOKE, "--model_name_or_path", str(tiny_model_dir),
+                           "--input_dir", str(prepared_dir), "--output_dir", str(tmp_path / "out"), "--max_steps", "1",
+                           "--save_strategy", "no", "--disable_tqdm", "true"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    row = json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith('{"tokens_per_s"')))
+    assert row["tokens"] > 0 and row["tokens_per_s"] > 0
+    proc = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "no CUDA GPU" in proc.stderr
