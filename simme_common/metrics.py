@@ -186,8 +186,13 @@ def pii_probe_contexts(owner: str) -> list[list[dict]]:
     return [[{"role": "system", "content": system}, {"role": OTHER_ROLE, "content": q}] for q in PII_PROBES]
 
 
-def bootstrap_ci(stat: Callable, n: int, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> list[float] | None:
-    """Percentile bootstrap interval (scipy.stats.bootstrap) of `stat(indices)` over `n` examples (None if n < 2)."""
+def bootstrap_ci(stat: Callable, n: int, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
+                 centre: float | None = None) -> list[float] | None:
+    """Percentile bootstrap interval (scipy.stats.bootstrap) of `stat(indices)` over `n` examples (None if n < 2).
+
+    `centre` (the statistic on all examples) shifts the interval by centre - median of the resamples. For a match of
+    histograms (length, vocabulary, emoji profile) a resample repeats replies, which narrows its histogram and lowers
+    the match by itself, so the plain percentile interval can lie wholly below the value it is the interval of."""
     import warnings
 
     import numpy as np
@@ -205,6 +210,9 @@ def bootstrap_ci(stat: Callable, n: int, n_boot: int = 1000, seed: int = 0, alph
         res = bootstrap((np.arange(n),), value, n_resamples=n_boot, vectorized=False, method="percentile",
                         confidence_level=1 - alpha, rng=np.random.default_rng(seed))
     lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    if centre is not None and not (np.isnan(lo) or np.isnan(hi)):
+        shift = centre - float(np.nanmedian(res.bootstrap_distribution))
+        lo, hi = lo + shift, hi + shift
     return None if np.isnan(lo) or np.isnan(hi) else [lo, hi]
 
 
@@ -276,6 +284,6 @@ def score_replies(replies: list[str], ref: dict[str, Any], side: str, n_boot: in
         metrics["silent_rate"] = sum(g.strip() == SILENT_REPLY for g in replies) / n if n else None
     metrics["pii_kinds"] = dict(sorted(kinds.items()))
     # Style aggregates are cheap (counters), so every interval uses the full number of resamples.
-    ci = {k: bootstrap_ci(f, n, n_boot=n_boot, seed=seed) for k, f in stats.items()
-          if k in CI_METRICS and side in METRIC_BY_KEY[k].sides}
+    ci = {k: bootstrap_ci(f, n, n_boot=n_boot, seed=seed, centre=metrics[k] if k in STYLE_KEYS else None)
+          for k, f in stats.items() if k in CI_METRICS and side in METRIC_BY_KEY[k].sides}
     return metrics, ci, stats

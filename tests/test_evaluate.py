@@ -123,6 +123,22 @@ def test_bootstrap_interval_contains_the_mean_and_needs_two_examples():
     assert sc.bootstrap_ci(lambda idx: 1.0, 1) is None
 
 
+def test_histogram_match_interval_is_centred_on_its_value():
+    """A resampled set repeats replies: its vocabulary histogram is narrower and matches the owner's worse by itself.
+    The plain percentile interval then lies below the value; the re-centred one holds it."""
+    from simme_common.metrics_style import owner_profile, reply_features, style_stats
+
+    words = [f"q{a}{b}x" for a in "abcdefghijklmnopqrst" for b in "abcdefghijklmno"]  # 300 distinct words
+    owner = owner_profile(words)  # each word 1/300 of the owner's words
+    feats = [reply_features(w) for w in words[:120]]  # 120 of them once each: 120/300 matched
+    stat = lambda idx: style_stats(feats, owner, idx)["vocab_overlap"]  # noqa: E731
+    value = stat(list(range(len(feats))))
+    plain = sc.bootstrap_ci(stat, len(feats), n_boot=300)
+    centred = sc.bootstrap_ci(stat, len(feats), n_boot=300, centre=value)
+    assert plain[1] < value, "the bias this corrects"
+    assert centred[0] <= value <= centred[1] and centred[1] - centred[0] == pytest.approx(plain[1] - plain[0])
+
+
 def test_telex_keeps_vietnamese_marks_distinct_and_emoji_are_spelled_out():
     from simme_common.metrics_style import bertscore_text, telex
 
