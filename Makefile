@@ -63,6 +63,11 @@ pipeline: setup
 	$(LAUNCH) 03_train.py --config configs/cpu_demo.yaml
 	$(LAUNCH) 04_evaluate.py --config configs/evaluate.yaml
 
+# The README's scorecard block, from the last `make pipeline` on the bundled sample (never hand-edited).
+.PHONY: readme-scorecard
+readme-scorecard: setup
+	$(PY) scripts/readme_scorecard.py
+
 demo: pipeline app
 
 app: setup

@@ -259,3 +259,15 @@ def test_bad_inputs_give_one_sentence_user_errors(pipeline_dirs, tmp_path):
     data.save_to_disk(str(tmp_path / "empty" / "dataset"))
     with pytest.raises(sc.UserError, match="empty"):
         module.main(_args(module, pipeline_dirs, "x", input_dir=str(tmp_path / "empty")))
+
+
+def test_readme_verdict_follows_each_rows_direction_and_interval():
+    """The README's "sounds like me" line is generated: lower-is-better AUC, a tie that is not a win, an interval."""
+    verdict = sc.load_script(ROOT / "scripts" / "readme_scorecard.py").verdict
+    card = {"base": {"hits_at_1": 0.14, "owner_likeness": 0.24, "discriminator_auc": 0.92},
+            "finetuned": {"hits_at_1": 0.14, "owner_likeness": 0.69, "discriminator_auc": 0.95},
+            "ci": {"finetuned": {"owner_likeness": [0.65, 0.73]}}}
+    line = verdict(card)
+    assert "hits_at_1 0.14 vs 0.14: the twin does not beat the base" in line
+    assert "owner_likeness 0.69 vs 0.24: the twin beats the base, the base outside the twin's 95 % interval" in line
+    assert "discriminator_auc 0.95 vs 0.92: the twin does not beat the base" in line
