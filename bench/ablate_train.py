@@ -134,14 +134,11 @@ def judge(model_dir: Path | None, judge_data: dict, replies: int, seed: int) -> 
     nll, generated = score_and_generate(model, tokenizer, examples, generate, batch_size=16, seed=seed)
     result = {"ppl": perplexity_from_nll(nll), "length_similarity": None}
     if replies:
-        try:  # 04's style metric; its module is being reworked, so the column stays empty if it moved
-            from simme_common.metrics_style import owner_profile, reply_features, style_stats
+        from simme_common.metrics_style import owner_profile, reply_features, style_stats  # 04's style metric
 
-            feats = [reply_features(r["text"]) for r in generated if r is not None]
-            reference = owner_profile(judge_data["owner_turns"])
-            result["length_similarity"] = style_stats(feats, reference, range(len(feats)))["length_similarity"]
-        except (ImportError, KeyError, TypeError):
-            pass
+        feats = [reply_features(r["text"]) for r in generated if r is not None]
+        reference = owner_profile(judge_data["owner_turns"])
+        result["length_similarity"] = style_stats(feats, reference, range(len(feats)))["length_similarity"]
     return result
 
 
