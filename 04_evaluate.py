@@ -36,6 +36,7 @@ class EvaluateArguments:
     max_examples: int = field(default=200, metadata={"help": "Test (and validation) samples scored: a seeded random subset."})
     baseline: str | None = field(default=None, metadata={"help": "An earlier scorecard.json: exit 1 if the twin regresses beyond tolerance (warns when its split differs)."})
     baseline_adapter: str | None = field(default=None, metadata={"help": "The previous adapter: re-scored on this split in this run; paired gate, exit 1 on a regression."})
+    score_base: bool = field(default=True, metadata={"help": "Score the base model (the base column). `make retrain` turns it off: its question is new twin vs current twin, and the base is a third of that run."})
     blind_results: str | None = field(default=None, metadata={"help": "The app's blind_guesses dataset ($SIMME_FEEDBACK_DIR/blind_guesses): adds the human fool rate."})
     write_metric_docs: str | None = field(default=None, metadata={"help": "Only regenerate the metric section of this docs page (e.g. docs/evaluate.md) and exit."})
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (0 = greedy)."})
@@ -169,7 +170,7 @@ def _save(out: Path, scorecard: dict, test: dict, texts: dict, args: EvaluateArg
         import wandb
 
         run = wandb.init(project="simme", job_type="evaluate", config=scorecard["settings"])
-        run.log({f"{side}/{k}": v for side in SIDES for k, v in scorecard[side].items() if isinstance(v, (int, float))})
+        run.log({f"{side}/{k}": v for side in SIDES for k, v in (scorecard[side] or {}).items() if isinstance(v, (int, float))})
         run.finish()
 
 
@@ -243,8 +244,10 @@ def main(args: EvaluateArguments) -> None:
           f"{len(test['validation']):,} validation samples) | base {base} | adapter {adapter}")
 
     # --- evaluate: same function, same seed, same pairs --------------------------------------------------------
-    with autocast, model.disable_adapter():
-        base_m, base_ci, base_texts, _ = _evaluate(model, tokenizer, inputs, ref, args, "base", "base", cuda)
+    base_m, base_ci, texts = None, {}, {}  # base None = not scored (--score_base false)
+    if args.score_base:
+        with autocast, model.disable_adapter():
+            base_m, base_ci, texts["base"], _ = _evaluate(model, tokenizer, inputs, ref, args, "base", "base", cuda)
     paired = None
     if previous_adapter is not None:
         model.load_adapter(previous_adapter.source, adapter_name="previous")
@@ -257,7 +260,7 @@ def main(args: EvaluateArguments) -> None:
         paired = {"metrics": prev_m, "stats": prev_stats}
     model.merge_adapter()  # same weights as base + LoRA, without ~400 small LoRA matmuls per token on CPU
     with autocast:
-        twin_m, twin_ci, twin_texts, twin_stats = _evaluate(model, tokenizer, inputs, ref, args, "twin", "finetuned", cuda)
+        twin_m, twin_ci, texts["twin"], twin_stats = _evaluate(model, tokenizer, inputs, ref, args, "twin", "finetuned", cuda)
     model.unmerge_adapter()
     real_m, real_ci, _ = sm.score_replies(test["real"], ref, "real", n_boot=args.n_bootstrap, seed=args.seed)
     if paired is not None:
@@ -267,6 +270,7 @@ def main(args: EvaluateArguments) -> None:
     # --- save ---------------------------------------------------------------------------------------------------
     settings = {
         "base_model": base, "adapter_path": str(adapter), "baseline_adapter": str(previous_adapter) if previous_adapter else None,
+        "score_base": args.score_base,
         "temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
         "max_context_tokens": args.max_context_tokens, "max_length": args.max_length, "batch_size": args.batch_size,
         "seed": args.seed, "eval_split": args.eval_split, "style_reference": "train-split owner turns", "n_owner_train_turns": len(test["owner_turns"]),
@@ -289,7 +293,7 @@ def main(args: EvaluateArguments) -> None:
         scorecard["gate"] = gate
     out = Path(args.output_dir)
     with sc.atomic_output_dir(out) as tmp_out:  # a crash leaves the previous scorecard whole
-        _save(tmp_out, scorecard, test, {"base": base_texts, "twin": twin_texts}, args)
+        _save(tmp_out, scorecard, test, texts, args)
 
     # --- summary ------------------------------------------------------------------------------------------------
     _print_summary(scorecard, out, started)

@@ -107,6 +107,8 @@ gpu-check: setup
 # PREFS or the version's own self_play_data/) trains on top of the new SFT twin; 04 then scores it against the SFT
 # twin on the validation split and the version keeps the winner (the preference twin unless its gate fails) as
 # adapter/. TRAIN_ARGS, PREF_ARGS and EVAL_ARGS pass extra flags to 03 (SFT), 03 (preferences) and both 04 runs.
+# Both 04 runs compare two twins, so they skip the base model (a third of each run); EVAL_ARGS="--score_base true"
+# brings the base column back.
 EXPORT     ?=
 PREFS      ?=
 SELF_PLAY  ?= 0
@@ -114,6 +116,7 @@ TRAIN_ARGS ?=
 PREF_ARGS  ?=
 EVAL_ARGS  ?=
 VARIANT_EVAL ?= --eval_split validation
+RETRAIN_EVAL ?= --score_base false
 PREF_ROUND := $(if $(or $(PREFS),$(filter-out 0,$(SELF_PLAY))),1,)
 retrain: setup
 	@test -n "$(EXPORT)" || { echo 'usage: make retrain EXPORT="old.zip new.zip" [PREFS=feedback_dir] [SELF_PLAY=N]' >&2; exit 2; }
@@ -125,11 +128,11 @@ retrain: setup
 	$(if $(PREF_ROUND),$(LAUNCH) 03_train.py --config configs/preference.yaml --init_adapter $$v/sft \
 	  --preference_data $(or $(PREFS),$$v/self_play_data) --self_play $(SELF_PLAY) --output_dir $$v/preference $(PREF_ARGS); \
 	$(LAUNCH) 04_evaluate.py --config configs/evaluate.yaml $(VARIANT_EVAL) --adapter_path $$v/preference \
-	  --baseline_adapter $$v/sft --output_dir $$v/variants $(EVAL_ARGS) || test -f $$v/variants/scorecard.json; \
+	  --baseline_adapter $$v/sft --output_dir $$v/variants $(RETRAIN_EVAL) $(EVAL_ARGS) || test -f $$v/variants/scorecard.json; \
 	w=$$($(PY) -c 'import json, sys; print("preference" if json.load(open(sys.argv[1]))["gate"]["passed"] else "sft")' \
 	  $$v/variants/scorecard.json); echo "variant kept: $$w (scored against sft in $$v/variants)"; cp -r $$v/$$w $$v/adapter;) \
 	$(LAUNCH) 04_evaluate.py --config configs/evaluate.yaml --adapter_path $$v/adapter \
-	  --baseline_adapter outputs/03_adapter --output_dir $$v/eval $(EVAL_ARGS) || test -f $$v/eval/scorecard.json; \
+	  --baseline_adapter outputs/03_adapter --output_dir $$v/eval $(RETRAIN_EVAL) $(EVAL_ARGS) || test -f $$v/eval/scorecard.json; \
 	$(PY) -m simme_common.twins promote $$v --scorecard $$v/eval/scorecard.json
 
 # Back to the twin that was current before the last promotion (the app loads it on its next start).

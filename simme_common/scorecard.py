@@ -30,11 +30,13 @@ def _cell(side: dict[str, Any], key: str, interval: list[float] | None = None) -
 def scorecard_rows(scorecard: dict[str, Any]) -> list[list[str]]:
     """Rows (metric, better direction, base, twin [95 % CI], real, seed claim) in METRICS order."""
     base, twin, real = (scorecard.get(s) or {} for s in ("base", "finetuned", "real"))
+    base_scored = scorecard.get("base") is not None  # 04 --score_base false leaves the column empty
     ci = (scorecard.get("ci") or {}).get("finetuned") or {}
     rows = []
     for m in METRICS:
         real_cell = _cell(real, m.key) if "real" in m.sides else "-"
-        rows.append([m.key, _ARROW[m.direction], _cell(base, m.key), _cell(twin, m.key, ci.get(m.key)), real_cell,
+        base_cell = _cell(base, m.key) if base_scored else "not scored"
+        rows.append([m.key, _ARROW[m.direction], base_cell, _cell(twin, m.key, ci.get(m.key)), real_cell,
                      m.seed_claim or "-"])
     return rows
 
