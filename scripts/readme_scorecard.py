@@ -59,7 +59,9 @@ def verdict(scorecard: dict) -> str:
         ci = (scorecard.get("ci") or {}).get("finetuned", {}).get(key)
         outside = ci is not None and not (ci[0] <= base <= ci[1])
         word = "beats the base" if better else "does not beat the base"
-        word += ", the base outside the twin's 95 % interval" if better and outside else (" (no interval)" if better and ci is None else "")
+        if better:
+            word += (" (no interval)" if ci is None else ", the base outside the twin's 95 % interval" if outside
+                     else ", but the base lies inside the twin's 95 % interval: not a clear win")
         parts.append(f"{key} {sc.format_metric(twin)} vs {sc.format_metric(base)}: the twin {word}")
     return "Sounds like me: " + "; ".join(parts) + "."
 

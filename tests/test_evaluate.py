@@ -277,3 +277,7 @@ def test_readme_verdict_follows_each_rows_direction_and_interval():
     assert "hits_at_1 0.14 vs 0.14: the twin does not beat the base" in line
     assert "owner_likeness 0.69 vs 0.24: the twin beats the base, the base outside the twin's 95 % interval" in line
     assert "discriminator_auc 0.95 vs 0.92: the twin does not beat the base" in line
+    close = card | {"finetuned": card["finetuned"] | {"hits_at_1": 0.12}, "ci": {"finetuned": {"hits_at_1": [0.04, 0.22]}}}
+    assert "hits_at_1 0.12 vs 0.14: the twin does not beat" in verdict(close)
+    close["base"] = card["base"] | {"hits_at_1": 0.1}
+    assert "hits_at_1 0.12 vs 0.1: the twin beats the base, but the base lies inside the twin's 95 % interval: not a clear win" in verdict(close)
