@@ -40,7 +40,7 @@ LINKED = [".venv", "Makefile", "configs", "simme_common", "examples", "patches",
           "03_train.py", "04_evaluate.py", "requirements.txt", "requirements-dev.txt", "constraints.txt"]
 # Full run on 2 cores (measured): 01 ~0.5 min, 03 SFT 64 steps ~3.5 min, 32 self-play samples + 8 DPO steps of 4
 # pairs ~3 min, two 04 runs on 100 contexts, each scoring two twins (`make retrain` skips the base: with it they took
-# ~9.5 min each, Hits@1 on 50 contexts being the largest share per model): ~19-20 min in all.
+# ~9.5 min each, Hits@1 on 50 contexts being the largest share per model): ~17 min in all.
 FULL = {"sample": [], "holdback_days": 30, "setup_train": [], "train": [], "self_play": 32,
         "pref": ["--max_steps", "8"], "eval": ["--max_examples", "100"]}
 # Quick: warmup 0, else a 1-step run keeps the learning rate at 0 and every twin equals the base model.
@@ -94,8 +94,8 @@ def _step_times(path: Path) -> dict[str, float]:
     return times
 
 
-def _variant_rows(card: dict) -> list[list[str]]:
-    """Rows metric | better | [base |] SFT | SFT + preference [95% CI] | paired 95% CI | vs SFT, gated metrics only;
+def _variant_table(card: dict) -> str:
+    """metric | better | [base |] SFT | SFT + preference [95% CI] | paired 95% CI | vs SFT, gated metrics only;
     the base column only when 04 scored the base (`make retrain` skips it: --score_base false)."""
     sft, pref, base = card.get("baseline_adapter") or {}, card.get("finetuned") or {}, card.get("base")
     ci = (card.get("ci") or {}).get("finetuned") or {}
@@ -113,7 +113,9 @@ def _variant_rows(card: dict) -> list[list[str]]:
                                                           f"{sc.format_metric(interval[1])}]" if interval else ""),
                      f"[{sc.format_metric(paired[0])}, {sc.format_metric(paired[1])}]" if paired else "-",
                      row.get("status", "-")])
-    return rows
+    header = ["metric", "better", *(["base"] if base is not None else []), "SFT", "SFT + self-play [95% CI]",
+              "paired 95% CI", "vs SFT"]
+    return sc.format_grid(header, rows, markdown=True)
 
 
 def _regressed(card: dict) -> str:
@@ -138,8 +140,7 @@ def _markdown(res: dict) -> str:
         f"SFT twin vs SFT + self-play ({res['self_play']} pairs) twin, both scored by one 04 run on "
         f"{var.get('n_examples', 0):,} contexts of the {res['variant_split']} (paired 95 % CI of preference - SFT; "
         "status = the gate's verdict against SFT):", "",
-        sc.format_grid(["metric", "better", *(["base"] if var.get("base") is not None else []), "SFT",
-                        "SFT + self-play [95% CI]", "paired 95% CI", "vs SFT"], _variant_rows(var), markdown=True), "",
+        _variant_table(var), "",
         f"Variant kept: **{res['kept']}** (regressed against SFT: {_regressed(var)}). Gate of the kept twin against "
         f"the current twin on {gate.get('n_examples', 0):,} test contexts: **"
         f"{'passed' if (gate.get('gate') or {}).get('passed') else 'failed'}** (regressed: {_regressed(gate)}) -> "

@@ -51,7 +51,7 @@ def verdict(scorecard: dict) -> str:
     """One line per "sounds like me" row: does the twin beat the base (by the row's direction), and by its interval?"""
     parts = []
     for key in VERDICT:
-        base, twin = scorecard["base"].get(key), scorecard["finetuned"].get(key)
+        base, twin = (scorecard.get("base") or {}).get(key), scorecard["finetuned"].get(key)  # base None: not scored
         if base is None or twin is None:
             parts.append(f"{key}: n/a")
             continue
