@@ -48,7 +48,7 @@ VARIANTS: dict[str, tuple[str, str | None]] = {
     "lora_attention_only": (f"--lora_target_modules {ATTN}", None),
     "full_finetune": ("--use_peft false --learning_rate 5e-5", None),
     "neftune_5": ("--neftune_noise_alpha 5", None),
-    "whole_sessions": ("--max_length 1024 --per_device_train_batch_size 1", "sessions"),
+    "whole_sessions": ("--max_length 1024 --per_device_train_batch_size 1 --attn_implementation sdpa", "sessions"),
     "newest_25pct_x2": ("", "newest"),
 }
 QUICK = ("recipe", "lr_2e-3")
@@ -148,7 +148,10 @@ def table(rows: list[dict], base: dict) -> str:
              (f", length similarity {base['length_similarity']:.2f}" if base["length_similarity"] is not None else ""),
              "", "| variant | overrides | twin/base ppl | length sim. | train s | trained tokens | train loss |",
              "|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: r["ppl"]):
+    for r in sorted(rows, key=lambda r: r.get("ppl", float("inf"))):
+        if "error" in r:  # a failed variant stays in the table, not silently dropped
+            lines.append(f"| {r['variant']} | `{r['overrides'] or '(recipe)'}` | failed: {r['error']} | | | | |")
+            continue
         sim = f"{r['length_similarity']:.2f}" if r["length_similarity"] is not None else "–"
         loss = f"{r['train_loss']:.3f}" if r["train_loss"] is not None else "–"
         lines.append(f"| {r['variant']} | `{r['overrides'] or '(recipe)'}` | {r['ppl'] / base['ppl']:.3f} | {sim} | "
@@ -190,17 +193,23 @@ def main() -> int:
             data_dir = args.input_dir if data_kind is None and limit is None else derived_dataset(
                 args.input_dir, data_kind or "same", Path(tmp) / f"data_{name}", limit)
             out = Path(tmp) / name
-            trained = train(name, overrides, data_dir, out, extra)  # --max_steps in `extra` wins (given last)
-            rows.append({"variant": name, "overrides": overrides, **trained, **judge(out, judge_data, replies, args.seed)})
-            print(f"{name}: validation ppl {rows[-1]['ppl']:.2f} (base {base['ppl']:.2f}), {trained['train_s']:.0f} s",
-                  flush=True)
-    markdown = table(rows, base)
+            try:
+                trained = train(name, overrides, data_dir, out, extra)  # --max_steps in `extra` wins (given last)
+            except RuntimeError as err:  # one broken variant must not cost the hours spent on the others
+                print(err, file=sys.stderr, flush=True)
+                rows.append({"variant": name, "overrides": overrides, "error": "03_train.py exited with an error"})
+            else:
+                rows.append({"variant": name, "overrides": overrides, **trained, **judge(out, judge_data, replies, args.seed)})
+                print(f"{name}: validation ppl {rows[-1]['ppl']:.2f} (base {base['ppl']:.2f}), "
+                      f"{trained['train_s']:.0f} s", flush=True)
+            markdown = table(rows, base)
+            result = {"variants": rows, "base": base, "val_samples": n_val, "replies": replies, "max_steps": steps,
+                      "train_subset": limit, "load_avg_1m": os.getloadavg()[0], "table_md": markdown}
+            # rewritten after every variant: an interrupted run keeps what it measured
+            benchlib.write_result("ablate_train", result, args.quick, args.out_dir, echo=False)
     print(markdown)
-    result = {"variants": rows, "base": base, "val_samples": n_val, "replies": replies, "max_steps": steps,
-              "train_subset": limit,
-              "load_avg_1m": os.getloadavg()[0], "table_md": markdown}
     benchlib.write_result("ablate_train", result, args.quick, args.out_dir)
-    return 0
+    return 1 if any("error" in r for r in rows) else 0
 
 
 if __name__ == "__main__":

@@ -8,10 +8,10 @@ Each variant runs in its own worker process (accelerate's state is per process) 
 round; tokens/s is timed inside the optimizer steps (a callback), the per-train() setup is reported apart.
 
 Both sides train the default model (SmolLM2-135M-Instruct) with the recipe's LoRA config on the same samples,
-built by 03_train.build_trainer. The baseline is `SFTConfig` with its defaults (bf16 autocast, gradient
-checkpointing, random batches padded to the longest sample, TRL's LM head on every position), plus
-`use_cpu=True`, without which the defaults refuse to start on a CPU-only machine. Tokens are the non-padding
-tokens TRL counts; the GEMM floor is 4 x params x tokens/s (forward 2P + input-gradient 2P per token; frozen
+built by 03_train.build_trainer. The baseline is `SFTConfig` and `ModelConfig` with their defaults (bf16
+autocast, gradient checkpointing, sdpa attention, random batches padded to the longest sample, TRL's LM head on
+every position), plus `use_cpu=True`, without which the defaults refuse to start on a CPU-only machine.
+Tokens are the non-padding tokens TRL counts; the GEMM floor is 4 x params x tokens/s (forward 2P + input-gradient 2P per token; frozen
 weights get no gradient) over the machine's measured matmul rate in the dtype the recipe computes in (bf16
 where `dtype: auto` chose bf16 autocast); both the fp32 and the bf16 rates are reported, with the CPU flags.
 Padding waste (padded / all tokens of the batches actually trained) and the training set's length distribution
@@ -40,6 +40,7 @@ ROOT = benchlib.ROOT
 RECIPE = ROOT / "configs" / "cpu_demo.yaml"
 PROJECT, BASELINE = "project (cpu_demo.yaml)", "SFTTrainer defaults"
 ONE_THREAD = "project, 1 torch thread"  # what accelerate launch without --cpu would leave (OMP_NUM_THREADS=1)
+SDPA = "project, sdpa attention"  # the recipe with torch's default attention instead of eager
 
 
 def chitchat_samples(out_dir: Path, n: int) -> Path:
@@ -89,6 +90,7 @@ def variant_configs(stage, input_dir: Path, out_dir: Path, quick: bool) -> tuple
     variants = {PROJECT: lambda: recipe, BASELINE: lambda: SFTConfig(**defaults)}
     if not quick:  # one default changed at a time: where the time goes; and the recipe on one thread
         variants[ONE_THREAD] = lambda: recipe
+        variants[SDPA] = lambda: recipe
         variants["defaults + fp32"] = lambda: SFTConfig(**defaults, bf16=False)
         variants["defaults + fp32 + no checkpointing"] = lambda: SFTConfig(**defaults, bf16=False, activation_checkpointing=False)
         variants["defaults + fp32 + no ckpt + length-grouped"] = lambda: SFTConfig(
@@ -117,8 +119,13 @@ def worker(name: str, input_dir: Path, out_dir: Path, quick: bool) -> None:
 
     if name == ONE_THREAD:
         train_args.num_threads = 1
-    elif name != PROJECT:  # ModelConfig's default dtype and TRL's LM head, which scores every position on CPUs
-        model_args.dtype = "float32"
+    elif name == SDPA:
+        model_args.attn_implementation = "sdpa"
+    elif name != PROJECT:  # ModelConfig's default dtype and attention (sdpa), and TRL's LM head on every position
+        from trl import ModelConfig
+
+        for field in ("dtype", "attn_implementation"):
+            setattr(model_args, field, ModelConfig.__dataclass_fields__[field].default)
         stage.compact_lm_head = lambda model: "baseline: TRL's head"
     trainer, info = stage.build_trainer(train_args, variants[name](), model_args)
     trainer.add_callback(StepTimer())

@@ -131,13 +131,14 @@ def machine_info() -> dict[str, object]:
     return info
 
 
-def write_result(key: str, result: dict, quick: bool, out_dir: Path) -> Path:
-    """Write <out_dir>/<key>.json with the machine info and the quick flag; print it; return the path."""
+def write_result(key: str, result: dict, quick: bool, out_dir: Path, echo: bool = True) -> Path:
+    """Write <out_dir>/<key>.json with the machine info and the quick flag; print it (`echo`); return the path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     record = {"key": key, "quick": quick, "machine": machine_info(), "peak_rss_mb": round(peak_rss_mb(), 1), **result}
     path = out_dir / f"{key}.json"
     path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
-    print(json.dumps(record, indent=2, ensure_ascii=False))
+    if echo:
+        print(json.dumps(record, indent=2, ensure_ascii=False))
     return path
 
 

@@ -27,7 +27,7 @@ def device_option_problem(sft_config, model_args, has_gpu: bool) -> str | None:
     if getattr(sft_config, "fp16", False):
         return "--fp16 needs a GPU; drop it (CPU training runs in fp32, see configs/cpu_demo.yaml)"
     if "flash" in attn:
-        return f"--attn_implementation {attn} needs a GPU; drop it (CPU uses sdpa)"
+        return f"--attn_implementation {attn} needs a GPU; drop it (on CPU use eager or sdpa)"
     if getattr(sft_config, "padding_free", False) or (
         getattr(sft_config, "packing", False) and getattr(sft_config, "packing_strategy", "") in ("bfd", "bfd_split")
     ):
