@@ -30,3 +30,19 @@ def test_quick_bench_harness_writes_results_json_with_one_key_per_benchmark(tmp_
                 assert row["ratio"] > 0 and "baseline" in row, (key, row)
     table = (tmp_path / "results.md").read_text()
     assert table.count("\n| ") >= 5 and "FAILED" not in table
+
+
+def test_ablation_table_keeps_a_failed_variant_as_a_row():
+    sys.path.insert(0, str(ROOT / "bench"))
+    import ablate_train
+
+    base = {"ppl": 60.0, "length_similarity": 0.4}
+    rows = [
+        {"variant": "full_finetune", "overrides": "--use_peft false", "error": "03_train.py exited with an error"},
+        {"variant": "recipe", "overrides": "", "ppl": 42.0, "length_similarity": 0.8, "train_s": 150.0,
+         "tokens": 42336, "train_loss": 3.6},
+    ]
+    lines = ablate_train.table(rows, base).splitlines()
+    assert lines[0] == "Base model: validation perplexity 60.00, length similarity 0.40"
+    assert lines[4].startswith("| recipe | `(recipe)` | 0.700 | 0.80 | 150 | 42,336 | 3.600 |")
+    assert lines[5] == "| full_finetune | `--use_peft false` | failed: 03_train.py exited with an error | | | | |"
