@@ -148,6 +148,10 @@ def build_trainer(train_args: TrainArguments, sft_config, model_args):
     lm_head_note = compact_lm_head(causal_lm)
     if lm_head_note and state.is_main_process:
         print(f"note: {lm_head_note}", file=sys.stderr)
+    attention_note = None if model_args.attn_implementation != "eager" else sc.eager_attention_note(
+        causal_lm.config, sft_config.per_device_train_batch_size, sft_config.max_length or 1024)
+    if attention_note and state.is_main_process:
+        print(f"note: {attention_note}", file=sys.stderr)
     if "wandb" in (sft_config.report_to or []):
         from transformers.integrations import WandbCallback
 

@@ -161,6 +161,7 @@ from .text_features import (
 )
 from .training import (
     trained_segments, device_option_problem, REDACTED, redact_private, wandb_run_dir, private_wandb_callback,
+    eager_attention_note,
 )
 
 __all__ = [
@@ -230,5 +231,5 @@ __all__ = [
     'distribution_similarity', 'text_style_flags', 'punctuation_profile', 'message_features', 'quantiles',
     'describe_distribution', 'lexical_diversity', 'bubbles_distribution', 'language_mix', 'code_switch_rate',
     'stop_words', 'trained_segments', 'device_option_problem', 'REDACTED', 'redact_private', 'wandb_run_dir',
-    'private_wandb_callback',
+    'private_wandb_callback', 'eager_attention_note',
 ]

@@ -108,3 +108,23 @@ def private_wandb_callback(run_dir, extra_config: dict | None = None):
                 self._wandb.define_metric("*", step_metric="train/global_step", step_sync=True)
 
     return PrivateWandbCallback()
+
+
+# Bytes kept per attention score for the backward under eager attention: the fp32 softmax output and its bf16 copy.
+EAGER_SCORE_BYTES = 6
+EAGER_NOTE_BYTES = 4 * 2**30
+
+
+def eager_attention_note(model_config, batch_size: int, max_length: int) -> str | None:
+    """A note when eager attention's saved [batch, heads, T, T] scores would take more than ~4 GiB (None otherwise).
+
+    The CPU recipes use eager attention for their <= 256-token samples; the same YAML with long samples would
+    keep scores growing with T^2 in every layer until the machine runs out of memory.
+    """
+    config = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    heads, layers = getattr(config, "num_attention_heads", 0) or 0, getattr(config, "num_hidden_layers", 0) or 0
+    estimate = batch_size * heads * max_length**2 * layers * EAGER_SCORE_BYTES
+    if estimate <= EAGER_NOTE_BYTES:
+        return None
+    return (f"eager attention keeps ~{estimate / 2**30:.0f} GiB of attention scores at batch {batch_size} x "
+            f"max_length {max_length}; for samples this long pass --attn_implementation sdpa")

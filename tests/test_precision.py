@@ -66,3 +66,16 @@ def test_apply_sets_the_trainer_autocast_and_the_model_dtype():
 
     model_args, sft = _args("float32", bf16=True)  # --bf16 true --use_cpu true asked explicitly
     assert apply_cpu_precision(model_args, sft, cpuinfo_flags(SKYLAKE_X)).bf16_autocast
+
+
+def test_eager_attention_note_only_where_the_scores_would_not_fit():
+    """The CPU recipes' eager attention is right for their short samples; long ones get told to use sdpa."""
+    from transformers import LlamaConfig
+
+    from simme_common.training import eager_attention_note
+
+    smollm2 = LlamaConfig(hidden_size=576, num_attention_heads=9, num_key_value_heads=3, num_hidden_layers=30)
+    assert eager_attention_note(smollm2, batch_size=4, max_length=256) is None  # cpu_demo.yaml: ~0.4 GiB
+    assert eager_attention_note(smollm2, batch_size=8, max_length=256) is None  # cpu_full.yaml
+    note = eager_attention_note(smollm2, batch_size=1, max_length=4096)
+    assert note is not None and "~25 GiB" in note and "--attn_implementation sdpa" in note
