@@ -81,3 +81,11 @@ def test_fool_rate_without_a_store_is_a_user_error(tmp_path):
 def test_gated_directions_match_metric_definitions():
     for key, (direction, _, _) in GATE_TOLERANCES.items():
         assert METRIC_BY_KEY[key].direction == direction
+
+
+def test_scorecard_header_names_the_split_it_scored():
+    from simme_common.scorecard import scorecard_markdown
+
+    card = {"n_examples": 99, "metrics": {}, "settings": {"eval_split": "validation"}}
+    assert "99 held-out validation contexts." in scorecard_markdown(card)
+    assert "99 held-out test contexts." in scorecard_markdown({**card, "settings": {"eval_split": "test"}})
