@@ -148,6 +148,7 @@ def build_trainer(train_args: TrainArguments, sft_config, model_args):
     lm_head_note = compact_lm_head(causal_lm)
     if lm_head_note and state.is_main_process:
         print(f"note: {lm_head_note}", file=sys.stderr)
+    # without a max_length (no truncation) the estimate assumes TRL's default of 1,024 tokens
     attention_note = None if model_args.attn_implementation != "eager" else sc.eager_attention_note(
         causal_lm.config, sft_config.per_device_train_batch_size, sft_config.max_length or 1024)
     if attention_note and state.is_main_process:

@@ -11,8 +11,8 @@ Both sides train the default model (SmolLM2-135M-Instruct) with the recipe's LoR
 built by 03_train.build_trainer. The baseline is `SFTConfig` and `ModelConfig` with their defaults (bf16
 autocast, gradient checkpointing, sdpa attention, random batches padded to the longest sample, TRL's LM head on
 every position), plus `use_cpu=True`, without which the defaults refuse to start on a CPU-only machine.
-Tokens are the non-padding tokens TRL counts; the GEMM floor is 4 x params x tokens/s (forward 2P + input-gradient 2P per token; frozen
-weights get no gradient) over the machine's measured matmul rate in the dtype the recipe computes in (bf16
+Tokens are the non-padding tokens TRL counts; the GEMM floor is 4 x params x tokens/s (forward 2P + input-gradient
+2P per token; frozen weights get no gradient) over the machine's measured matmul rate in the dtype the recipe computes in (bf16
 where `dtype: auto` chose bf16 autocast); both the fp32 and the bf16 rates are reported, with the CPU flags.
 Padding waste (padded / all tokens of the batches actually trained) and the training set's length distribution
 are measured per variant. The full run also ablates the defaults one flag at a time to show why.
@@ -104,19 +104,6 @@ def worker(name: str, input_dir: Path, out_dir: Path, quick: bool) -> None:
 
     stage = sc.load_script(ROOT / "03_train.py")
     train_args, model_args, variants = variant_configs(stage, input_dir, out_dir, quick)
-    from transformers import TrainerCallback
-
-    class StepTimer(TrainerCallback):
-        """Wall time inside optimizer steps only (not the per-train() setup)."""
-
-        seconds = 0.0
-
-        def on_step_begin(self, *_, **__):
-            self.t0 = time.perf_counter()
-
-        def on_step_end(self, *_, **__):
-            StepTimer.seconds += time.perf_counter() - self.t0
-
     if name == ONE_THREAD:
         train_args.num_threads = 1
     elif name == SDPA:
@@ -128,7 +115,8 @@ def worker(name: str, input_dir: Path, out_dir: Path, quick: bool) -> None:
             setattr(model_args, field, ModelConfig.__dataclass_fields__[field].default)
         stage.compact_lm_head = lambda model: "baseline: TRL's head"
     trainer, info = stage.build_trainer(train_args, variants[name](), model_args)
-    trainer.add_callback(StepTimer())
+    timer = benchlib.step_timer()
+    trainer.add_callback(timer)
     params = sum(p.numel() for p in trainer.model.get_base_model().parameters())
     collate, padded = trainer.data_collator, {"all": 0, "real": 0}
 
@@ -144,11 +132,11 @@ def worker(name: str, input_dir: Path, out_dir: Path, quick: bool) -> None:
     def train_round(line: str) -> dict | None:
         if line != "go":
             return None
-        before, c0, t0, s0 = trainer._total_train_tokens, cpu_seconds(), time.perf_counter(), StepTimer.seconds
+        before, c0, t0, s0 = trainer._total_train_tokens, cpu_seconds(), time.perf_counter(), sum(timer.times)
         all0, real0 = padded["all"], padded["real"]
         trainer.train()
         reply = {"tokens": trainer._total_train_tokens - before, "s": time.perf_counter() - t0,
-                 "step_s": StepTimer.seconds - s0, "cpu_s": cpu_seconds() - c0,
+                 "step_s": sum(timer.times) - s0, "cpu_s": cpu_seconds() - c0,
                  "batch_tokens": padded["all"] - all0, "real_tokens": padded["real"] - real0}
         # Five workers stay alive side by side: hand the round's activation memory back to the OS while idle
         # (glibc keeps freed heap otherwise; without this the full run reached 22 GB on a 24 GB machine).

@@ -142,6 +142,23 @@ def write_result(key: str, result: dict, quick: bool, out_dir: Path, echo: bool 
     return path
 
 
+def step_timer():
+    """A Trainer callback recording the wall time of each optimizer step in `.times` (not the per-train() setup)."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.times: list[float] = []
+
+        def on_step_begin(self, *_, **__):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *_, **__):
+            self.times.append(time.perf_counter() - self.t0)
+
+    return StepTimer()
+
+
 def summary_row(metric: str, unit: str, project: list[float], baseline: list[float] | None = None,
                 higher_is_better: bool = True, target: str = "") -> dict:
     """One row of the Markdown table `make bench` prints: medians, spreads and the project/baseline ratio.

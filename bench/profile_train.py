@@ -17,7 +17,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -39,7 +38,6 @@ def main() -> int:
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
-    from transformers import TrainerCallback
 
     stage = sc.load_script(ROOT / "03_train.py")
     out = tempfile.mkdtemp(prefix="profile_train_")
@@ -48,16 +46,8 @@ def main() -> int:
         "--logging_steps", "1000", "--disable_tqdm", "true", "--save_strategy", "no", "--report_to", "none",
         *args.train_args])
     trainer, info = stage.build_trainer(train_args, sft_config, model_args)
-    times: list[float] = []
-
-    class StepTimer(TrainerCallback):
-        def on_step_begin(self, *_, **__):
-            self.t0 = time.perf_counter()
-
-        def on_step_end(self, *_, **__):
-            times.append(time.perf_counter() - self.t0)
-
-    trainer.add_callback(StepTimer())
+    timer = benchlib.step_timer()
+    trainer.add_callback(timer)
     if args.compile_layers:  # one compiled block shared by every layer (same code, weights as inputs)
         causal_lm = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
         for layer in causal_lm.model.layers:
@@ -72,7 +62,7 @@ def main() -> int:
             trainer.train()
         table = prof.key_averages(group_by_input_shape=args.shapes).table(
             sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=40, max_shapes_column_width=80)
-    tokens = trainer._total_train_tokens
+    tokens, times = trainer._total_train_tokens, timer.times
     steady = times[2:] or times
     print(f"precision: {info['precision']['reason']}; attention: {model_args.attn_implementation or 'default'}; "
           f"threads {torch.get_num_threads()}; CPU flags {' '.join(benchlib.cpu_flags())}")
