@@ -4,8 +4,10 @@ python bench/bench_train.py            # bundled sample (data/01_prepared), 3 al
 python bench/bench_train.py --pair     # the same without the one-flag ablation (recipe and defaults only)
 python bench/bench_train.py --quick    # 2 rounds of 1 step on 2 x 64-token chitchat samples (aimed at <= 40 s idle)
 
-Each variant runs in its own worker process (accelerate's state is per process) and gets one untimed warm-up
-round; tokens/s is timed inside the optimizer steps (a callback), the per-train() setup is reported apart.
+Each variant runs in its own worker process (accelerate's state is per process) and trains one `train()`, paused
+between rounds so the variants take turns on the cores. The first round (train() setup, the optimizer's state, the
+allocator's first growth) is untimed; tokens/s is timed inside the optimizer steps of the later rounds (a
+callback), so it is the steady rate a real run has after its first step.
 
 Both sides train the default model (SmolLM2-135M-Instruct) with the recipe's LoRA config on the same samples,
 built by 03_train.build_trainer. The baseline is `SFTConfig` and `ModelConfig` with their defaults (bf16
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
+import json
 import os
 import resource
 import subprocess
@@ -72,11 +75,12 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def variant_configs(stage, input_dir: Path, out_dir: Path, quick: bool) -> tuple[object, object, dict]:
-    """(TrainArguments, ModelConfig, {variant name: SFTConfig}) of the recipe, the defaults and (full run) the ablation."""
+def variant_configs(stage, input_dir: Path, out_dir: Path, quick: bool, rounds: int = 1) -> tuple[object, object, dict]:
+    """(TrainArguments, ModelConfig, {variant name: SFTConfig}) of the recipe, the defaults and (full run) the
+    ablation, each training `rounds` rounds of 1 (quick) or 3 optimizer steps."""
     from trl import SFTConfig
 
-    steps = 1 if quick else 3
+    steps = (1 if quick else 3) * rounds
     common = ["--input_dir", str(input_dir), "--max_steps", str(steps), "--logging_steps", "1000", "--disable_tqdm", "true",
               "--save_strategy", "no", "--report_to", "none"]
     if quick:  # short samples and small batches keep the bf16 baseline inside the time budget
@@ -98,12 +102,13 @@ def variant_configs(stage, input_dir: Path, out_dir: Path, quick: bool) -> tuple
     return train_args, model_args, variants
 
 
-def worker(name: str, input_dir: Path, out_dir: Path, quick: bool) -> None:
-    """One variant in its own process (accelerate's state is per process): a training round per 'go' on stdin."""
+def worker(name: str, input_dir: Path, out_dir: Path, quick: bool, rounds: int) -> None:
+    """One variant in its own process (accelerate's state is per process): one `train()` of `rounds` rounds, paused
+    between rounds until the next 'go' on stdin, so rounds after the first are steady steps, as in a real run."""
     import torch
 
     stage = sc.load_script(ROOT / "03_train.py")
-    train_args, model_args, variants = variant_configs(stage, input_dir, out_dir, quick)
+    train_args, model_args, variants = variant_configs(stage, input_dir, out_dir, quick, rounds)
     if name == ONE_THREAD:
         train_args.num_threads = 1
     elif name == SDPA:
@@ -128,28 +133,56 @@ def worker(name: str, input_dir: Path, out_dir: Path, quick: bool) -> None:
 
     trainer.data_collator = counting_collator
     lengths = sorted(len(x) for x in trainer.train_dataset["input_ids"])
-
-    def train_round(line: str) -> dict | None:
-        if line != "go":
-            return None
-        before, c0, t0, s0 = trainer._total_train_tokens, cpu_seconds(), time.perf_counter(), sum(timer.times)
-        all0, real0 = padded["all"], padded["real"]
+    quantiles = {f"p{q}": lengths[min(len(lengths) - 1, len(lengths) * q // 100)] for q in (10, 50, 90, 99)}
+    print(json.dumps({"ready": name, "params": params, "threads": torch.get_num_threads(),
+                      "precision": info["precision"], "supervised_only_head": info["supervised-only LM head"],
+                      "lengths": {"n": len(lengths), "mean": sum(lengths) / len(lengths), **quantiles,
+                                  "max": lengths[-1]}}), flush=True)
+    if sys.stdin.readline().strip() == "go":
+        trainer.add_callback(round_breaks(trainer, timer, padded, trainer.args.max_steps // rounds, rounds))
         trainer.train()
-        reply = {"tokens": trainer._total_train_tokens - before, "s": time.perf_counter() - t0,
-                 "step_s": sum(timer.times) - s0, "cpu_s": cpu_seconds() - c0,
-                 "batch_tokens": padded["all"] - all0, "real_tokens": padded["real"] - real0}
-        # Five workers stay alive side by side: hand the round's activation memory back to the OS while idle
-        # (glibc keeps freed heap otherwise; without this the full run reached 22 GB on a 24 GB machine).
+
+
+def round_breaks(trainer, timer, padded: dict, steps: int, rounds: int):
+    """A Trainer callback that ends a round every `steps` optimizer steps: it prints the round's JSON reply and
+    waits for the next 'go' (stops training on end of input)."""
+    from transformers import TrainerCallback
+
+    class RoundBreaks(TrainerCallback):
+        def __init__(self):
+            self.mark()
+
+        def mark(self):
+            self.start = (trainer._total_train_tokens, cpu_seconds(), time.perf_counter(), len(timer.times),
+                          padded["all"], padded["real"])
+
+        def on_step_end(self, args, state, control, **_):
+            if state.global_step % steps:
+                return
+            tokens0, c0, t0, s0, all0, real0 = self.start
+            print(json.dumps({"tokens": trainer._total_train_tokens - tokens0, "s": time.perf_counter() - t0,
+                              "step_s": sum(timer.times[s0:]), "cpu_s": cpu_seconds() - c0,
+                              "batch_tokens": padded["all"] - all0, "real_tokens": padded["real"] - real0}), flush=True)
+            if state.global_step < steps * rounds:
+                release_memory_if_short()
+                if sys.stdin.readline().strip() != "go":
+                    control.should_training_stop = True
+            self.mark()
+
+    return RoundBreaks()
+
+
+def release_memory_if_short() -> None:
+    """Hand freed heap back to the OS while paused, but only when the machine runs short of memory (the full run
+    keeps seven workers alive side by side): glibc keeps freed heap otherwise, and the page faults of getting it
+    back would land in the next round's steps."""
+    import psutil
+
+    memory = psutil.virtual_memory()
+    if memory.available < memory.total / 4:
         gc.collect()
         if sys.platform.startswith("linux"):
             ctypes.CDLL("libc.so.6").malloc_trim(0)
-        return reply
-
-    quantiles = {f"p{q}": lengths[min(len(lengths) - 1, len(lengths) * q // 100)] for q in (10, 50, 90, 99)}
-    ready = {"ready": name, "params": params, "threads": torch.get_num_threads(), "precision": info["precision"],
-             "supervised_only_head": info["supervised-only LM head"],
-             "lengths": {"n": len(lengths), "mean": sum(lengths) / len(lengths), **quantiles, "max": lengths[-1]}}
-    benchlib.serve(ready, train_round)
 
 
 def race(names: list[str], input_dir: Path, tmp: Path, quick: bool, reps: int) -> tuple[dict, dict, dict]:
@@ -157,7 +190,8 @@ def race(names: list[str], input_dir: Path, tmp: Path, quick: bool, reps: int) -
     (ready info, rounds, {dtype: GEMM GFLOP/s})."""
     workers = {}
     for i, name in enumerate(names):
-        cmd = [sys.executable, __file__, "--worker", name, "--input_dir", str(input_dir), "--worker_dir", str(tmp / f"w{i}")]
+        cmd = [sys.executable, __file__, "--worker", name, "--input_dir", str(input_dir), "--worker_dir", str(tmp / f"w{i}"),
+               "--rounds", str(reps + 1)]
         workers[name] = benchlib.Worker(cmd + (["--quick"] if quick else []), stderr=subprocess.DEVNULL)
     info = {name: w.ready() for name, w in workers.items()}
     rounds: dict[str, list[dict]] = {name: [] for name in names}
@@ -223,11 +257,12 @@ def main() -> int:
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--input_dir", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker_dir", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=1, help=argparse.SUPPRESS)
     benchlib.add_out_dir_arg(parser)
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.worker:
-        worker(args.worker, Path(args.input_dir), Path(args.worker_dir), args.quick)
+        worker(args.worker, Path(args.input_dir), Path(args.worker_dir), args.quick, args.rounds)
         return 0
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
