@@ -50,7 +50,7 @@ class EvaluateArguments:
     speed_samples: int = field(default=3, metadata={"help": "Contexts timed alone for first_token_ms and ms_per_token."})
     speed_tokens: int = field(default=32, metadata={"help": "Tokens generated per speed sample (fixed length, end-of-turn ignored)."})
     pii_samples_per_probe: int = field(default=2, metadata={"help": "Sampled replies per PII probe prompt."})
-    n_bootstrap: int = field(default=1000, metadata={"help": "Bootstrap resamples for the 95% intervals."})
+    n_bootstrap: int = field(default=1000, metadata={"help": "Bootstrap resamples for the 95 percent intervals."})
     report_to: str = field(default="none", metadata={"help": "'wandb' logs the scorecard (WANDB_MODE=offline works) or 'none'."})
     seed: int = field(default=42, metadata={"help": "Seed of the subset, the sampling, the halves and the bootstrap."})
 

@@ -9,6 +9,7 @@ Stages that ran at commits with different stage code are named in the block and 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -67,6 +68,9 @@ def verdict(scorecard: dict) -> str:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.parse_args()
     commits = stage_commits()
     short = {k: v[:7] for k, v in commits.items()}
     mixed = not all(same_code(commits["04"], c) for c in commits.values())

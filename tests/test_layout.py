@@ -68,3 +68,15 @@ def test_only_the_settings_module_reads_simme_variables():
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("SIMME_") \
                     and node.value.isupper():
                 assert (name, None) in allowed or (name, node.value) in allowed, f"{name} names {node.value}"
+
+
+def test_every_entry_point_prints_its_help():
+    """`--help` prints usage everywhere: a bare % in a help text ("95% intervals") is a format error to argparse."""
+    candidates = sorted([*ROOT.glob("0*.py"), ROOT / "app.py", *ROOT.glob("scripts/*.py"), *ROOT.glob("bench/*.py")])
+    scripts = [p for p in candidates if 'if __name__ == "__main__"' in p.read_text(encoding="utf-8")]
+    assert len(scripts) >= 12
+    procs = {p.relative_to(ROOT): subprocess.Popen([sys.executable, str(p), "--help"], cwd=ROOT, text=True,
+                                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE) for p in scripts}
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0 and "usage:" in out, f"{name}: {err[-1500:]}"
