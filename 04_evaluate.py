@@ -266,6 +266,8 @@ def main(args: EvaluateArguments) -> None:
     if paired is not None:
         paired["intervals"] = {k: sg.paired_interval(f, paired["stats"][k][0], m, args.n_bootstrap, args.seed)
                                for k, (f, m) in twin_stats.items() if k in paired["stats"] and k in sc.GATE_TOLERANCES}
+        paired["intervals"]["mauve"] = sg.split_interval(twin_m.get("mauve_per_split"), paired["metrics"].get("mauve_per_split"),
+                                                         args.n_bootstrap, args.seed)
 
     # --- save ---------------------------------------------------------------------------------------------------
     settings = {

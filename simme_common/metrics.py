@@ -17,6 +17,10 @@ from .style_card import scorable_reply
 from .text_features import detect_language, extract_emojis, sentiment_score, tokenize_words
 
 STYLE_KEYS = ("length_similarity", "vocab_overlap", "emoji_match")
+# MAUVE of ~50 replies per half moves by ~0.15 (one standard deviation) from one seeded split of the contexts to
+# the next, three times the gate's tolerance; the mean over 50 splits moves by ~0.03 and costs ~5 s per column
+# (bench/mauve_splits.py measures both).
+MAUVE_SPLITS = 50
 
 
 def sentiment_alignments(generated: list[str], real: list[str]) -> list[float | None]:
@@ -226,7 +230,8 @@ def mean_of(values: list[float | None], idx=None) -> float | None:
 def build_reference(real: list[str], context_turns: list[list[str]], owner_turns: list[str], other_turns: list[str],
                     encoder, bertscorer, seed: int = 42) -> dict[str, Any]:
     """Everything every column is scored against: the real replies, their contexts, the owner's train-split
-    reference (style, memorization, PII values, authorship classifier) and the MAUVE/Turing-test halves."""
+    reference (style, memorization, PII values, authorship classifier), the Turing test's halves and MAUVE's
+    seeded half-splits."""
     import torch
 
     contexts = ["\n".join(t[-3:]) for t in context_turns]
@@ -237,7 +242,7 @@ def build_reference(real: list[str], context_turns: list[list[str]], owner_turns
             "memo_index": memorization_index(owner_turns, other_turns), "seed": seed,
             "pii_values": training_pii_values(owner_turns + other_turns),
             "classifier": train_owner_classifier(owner_turns, other_turns, seed), "halves": (half_a, half_b),
-            "mauve_q": emb_real[torch.tensor(half_b, dtype=torch.long)] if half_b else emb_real[:0]}
+            "mauve_splits": [halves(len(real), seed + k) for k in range(MAUVE_SPLITS)]}
 
 
 def score_replies(replies: list[str], ref: dict[str, Any], side: str, n_boot: int = 1000,
@@ -276,7 +281,11 @@ def score_replies(replies: list[str], ref: dict[str, Any], side: str, n_boot: in
     everything = list(range(n))
     metrics: dict[str, Any] = {k: f(everything) for k, f in stats.items()}
     half_a, half_b = ref["halves"]
-    metrics["mauve"] = mauve_score(emb[torch.tensor(half_a, dtype=torch.long)], ref["mauve_q"], seed) if half_a else None
+    splits = [mauve_score(emb[torch.tensor(a, dtype=torch.long)], ref["real_emb"][torch.tensor(b, dtype=torch.long)],
+                          seed) for a, b in ref["mauve_splits"] if a and b]
+    values = [v for v in splits if v is not None]  # None below 10 replies per half: every split or none
+    metrics["mauve"] = sum(values) / len(values) if values else None
+    metrics["mauve_per_split"] = values or None
     if side == "real":
         metrics["discriminator_auc"] = discriminator_auc([real[i] for i in half_b], [real[i] for i in half_a], seed)
     else:

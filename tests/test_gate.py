@@ -54,6 +54,20 @@ def test_paired_interval_of_a_constant_shift_is_that_shift():
     assert lo == pytest.approx(0.1) and hi == pytest.approx(0.1)
 
 
+def test_split_interval_resamples_the_paired_splits():
+    shift = sg.split_interval([0.9, 0.7, 0.8, 0.6], [0.8, 0.6, 0.7, 0.5], n_boot=200)
+    assert shift == pytest.approx([0.1, 0.1])
+    # One split's MAUVE swings by ~0.15 on 99 contexts: deltas of -0.4 .. +0.25 around a -0.075 mean are noise.
+    current, baseline = [0.4, 0.95, 0.5, 1.0, 0.6, 0.95], [0.8, 0.7, 0.9, 0.8, 0.75, 0.9]
+    noisy = sg.split_interval(current, baseline, n_boot=500)
+    assert noisy[0] < 0 < noisy[1]
+    cards = _card(mauve=sum(current) / 6), _card(mauve=sum(baseline) / 6)
+    assert next(r for r in sg.compare_scorecards(*cards) if r["metric"] == "mauve")["status"] == "REGRESSED"
+    rows = sg.compare_scorecards(*cards, intervals={"mauve": noisy})
+    assert next(r for r in rows if r["metric"] == "mauve")["status"] == "ok"
+    assert sg.split_interval([0.5], [0.4]) is None and sg.split_interval([0.5, 0.6], None) is None
+
+
 def test_split_fingerprint_ignores_order_and_sees_any_change():
     s1 = [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]]
     s2 = [[{"role": "user", "content": "hey"}, {"role": "assistant", "content": "yo"}]]

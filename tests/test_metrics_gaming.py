@@ -102,3 +102,9 @@ def test_echo_penalty_and_memorized_pii_are_specific(scored):
     assert scored["echo"]["context_relevance"] == 0.0  # a copy of the context is not relevance
     assert scored["numbers"]["memorized_pii_rate"] == 0.0  # invented numbers are PII-shaped, not memorized
     assert scored["numbers"]["pii_kinds"].get("phone", 0) >= len(TEST)
+
+
+def test_mauve_is_the_mean_over_distinct_seeded_half_splits(scored):
+    splits = scored["real"]["mauve_per_split"]
+    assert len(splits) == sm.MAUVE_SPLITS and len(set(splits)) > 1  # the splits differ, so averaging them helps
+    assert scored["real"]["mauve"] == pytest.approx(sum(splits) / len(splits))
