@@ -35,10 +35,11 @@ ATTN = "q_proj k_proj v_proj o_proj"
 # name -> (03 overrides, dataset variant). What issue #21 asks to search: steps and batch, learning rate and schedule,
 # LoRA rank and modules, full fine-tuning vs LoRA, NEFTune, sessions vs windows, newest sessions weighted.
 VARIANTS: dict[str, tuple[str, str | None]] = {
-    "recipe": ("", None),
+    "recipe": ("", None),  # 32 steps x 8
+    "steps_64_batch_4": ("--max_steps 64 --per_device_train_batch_size 4", None),
     "steps_128_batch_2": ("--max_steps 128 --per_device_train_batch_size 2", None),
-    "steps_32_batch_8": ("--max_steps 32 --per_device_train_batch_size 8", None),
-    "steps_128_batch_4": ("--max_steps 128", None),
+    "steps_64_batch_8": ("--max_steps 64", None),
+    "steps_128_batch_4": ("--max_steps 128 --per_device_train_batch_size 4", None),
     "lr_5e-4": ("--learning_rate 5e-4", None),
     "lr_2e-3": ("--learning_rate 2e-3", None),
     "schedule_constant": ("--lr_scheduler_type constant", None),
@@ -48,7 +49,8 @@ VARIANTS: dict[str, tuple[str, str | None]] = {
     "lora_attention_only": (f"--lora_target_modules {ATTN}", None),
     "full_finetune": ("--use_peft false --learning_rate 5e-5", None),
     "neftune_5": ("--neftune_noise_alpha 5", None),
-    "whole_sessions": ("--max_length 1024 --per_device_train_batch_size 1 --attn_implementation sdpa", "sessions"),
+    "whole_sessions": ("--max_length 1024 --per_device_train_batch_size 1 --max_steps 64 --attn_implementation sdpa",
+                       "sessions"),
     "newest_25pct_x2": ("", "newest"),
 }
 QUICK = ("recipe", "lr_2e-3")
