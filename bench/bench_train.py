@@ -216,7 +216,7 @@ def summarize(info: dict, rounds: dict, gflops: dict) -> dict:
     params, threads = info[PROJECT]["params"], info[PROJECT]["threads"]
     recipe_dtype = "bfloat16" if info[PROJECT]["precision"]["bf16_autocast"] else "float32"
     rates = {name: [r["tokens"] / r["step_s"] for r in rs] for name, rs in rounds.items()}  # inside the steps
-    round_rates = {name: [r["tokens"] / r["s"] for r in rs] for name, rs in rounds.items()}  # incl. train() setup
+    round_rates = {name: [r["tokens"] / r["s"] for r in rs] for name, rs in rounds.items()}  # steps + batch loading
     med = {name: benchlib.stats(r)["median"] for name, r in rates.items()}
     # Tokens per CPU-second x threads: what the same work gives on an idle machine (the cores were shared).
     quiet = {name: sum(r["tokens"] for r in rs) / (sum(r["cpu_s"] for r in rs) / threads) for name, rs in rounds.items()}
@@ -241,7 +241,7 @@ def summarize(info: dict, rounds: dict, gflops: dict) -> dict:
         "floor_fraction_by_dtype": floors,
         "tokens_per_round": {name: rs[0]["tokens"] for name, rs in rounds.items()},
         "tokens_per_s": {name: benchlib.stats(r) for name, r in rates.items()},
-        "tokens_per_s_incl_setup": {name: benchlib.stats(r) for name, r in round_rates.items()},
+        "tokens_per_s_whole_rounds": {name: benchlib.stats(r) for name, r in round_rates.items()},
         "ratio_vs_defaults": {name: med[name] / med[BASELINE] for name in names},
         "tokens_per_cpu_s_x_threads": quiet,
         "floor_fraction": floor,

@@ -28,7 +28,6 @@ def main() -> int:
     parser.add_argument("--splits", type=int, default=metrics.MAUVE_SPLITS)
     parser.add_argument("--seed", type=int, default=42, help="04's --seed (the first split)")
     args = parser.parse_args()
-    import torch
 
     rows = [[json.loads(line) for line in (Path(r) / "samples.jsonl").read_text(encoding="utf-8").splitlines()]
             for r in args.runs[:2]]
@@ -38,11 +37,8 @@ def main() -> int:
     real = metrics.encode_texts(encoder, [r["real"] for r in rows[0]])
     columns = {"real": real} | {f"twin {i + 1}": metrics.encode_texts(encoder, [r["twin"] for r in run])
                                 for i, run in enumerate(rows)}
-    values: dict[str, list[float]] = {name: [] for name in columns}
-    for k in range(args.splits):
-        a, b = (torch.tensor(h, dtype=torch.long) for h in metrics.halves(len(real), args.seed + k))
-        for name, emb in columns.items():
-            values[name].append(metrics.mauve_score(emb[a], real[b], args.seed))
+    splits = metrics.mauve_halves(len(real), args.seed, args.splits)
+    values = {name: metrics.mauve_per_split(emb, real, splits, args.seed) for name, emb in columns.items()}
     if len(rows) == 2:
         values["twin 2 - twin 1"] = [y - x for x, y in zip(values["twin 1"], values["twin 2"])]
     print(f"{len(real)} contexts, {args.splits} seeded half-splits; per-split MAUVE:")

@@ -227,13 +227,26 @@ def mean_of(values: list[float | None], idx=None) -> float | None:
     return sum(picked) / len(picked) if picked else None
 
 
+def mauve_halves(n: int, seed: int, splits: int = MAUVE_SPLITS) -> list[tuple[list[int], list[int]]]:
+    """MAUVE's seeded half-splits of n contexts (the first is the Turing test's split)."""
+    return [halves(n, seed + k) for k in range(splits)]
+
+
+def mauve_per_split(emb, real_emb, splits: list[tuple[list[int], list[int]]], seed: int) -> list[float]:
+    """MAUVE of the replies to half A against the real replies of half B, one value per split; empty below 10
+    replies per half (every split has the same sizes, so it is every split or none)."""
+    import torch
+
+    values = [mauve_score(emb[torch.tensor(a, dtype=torch.long)], real_emb[torch.tensor(b, dtype=torch.long)], seed)
+              for a, b in splits if a and b]
+    return [v for v in values if v is not None]
+
+
 def build_reference(real: list[str], context_turns: list[list[str]], owner_turns: list[str], other_turns: list[str],
                     encoder, bertscorer, seed: int = 42) -> dict[str, Any]:
     """Everything every column is scored against: the real replies, their contexts, the owner's train-split
     reference (style, memorization, PII values, authorship classifier), the Turing test's halves and MAUVE's
     seeded half-splits."""
-    import torch
-
     contexts = ["\n".join(t[-3:]) for t in context_turns]
     half_a, half_b = halves(len(real), seed)
     emb_real = encode_texts(encoder, real)
@@ -242,7 +255,7 @@ def build_reference(real: list[str], context_turns: list[list[str]], owner_turns
             "memo_index": memorization_index(owner_turns, other_turns), "seed": seed,
             "pii_values": training_pii_values(owner_turns + other_turns),
             "classifier": train_owner_classifier(owner_turns, other_turns, seed), "halves": (half_a, half_b),
-            "mauve_splits": [halves(len(real), seed + k) for k in range(MAUVE_SPLITS)]}
+            "mauve_splits": mauve_halves(len(real), seed)}
 
 
 def score_replies(replies: list[str], ref: dict[str, Any], side: str, n_boot: int = 1000,
@@ -252,8 +265,6 @@ def score_replies(replies: list[str], ref: dict[str, Any], side: str, n_boot: in
     Returns:
         (metrics incl. `pii_kinds`, 95 % intervals, per-metric `stat(indices)` for paired bootstrap in the gate).
     """
-    import torch
-
     raw = [scorable_reply(g) for g in replies]
     real, n = ref["real"], len(raw)
     memo = memorized(raw, ref["memo_index"])
@@ -281,9 +292,7 @@ def score_replies(replies: list[str], ref: dict[str, Any], side: str, n_boot: in
     everything = list(range(n))
     metrics: dict[str, Any] = {k: f(everything) for k, f in stats.items()}
     half_a, half_b = ref["halves"]
-    splits = [mauve_score(emb[torch.tensor(a, dtype=torch.long)], ref["real_emb"][torch.tensor(b, dtype=torch.long)],
-                          seed) for a, b in ref["mauve_splits"] if a and b]
-    values = [v for v in splits if v is not None]  # None below 10 replies per half: every split or none
+    values = mauve_per_split(emb, ref["real_emb"], ref["mauve_splits"], seed)
     metrics["mauve"] = sum(values) / len(values) if values else None
     metrics["mauve_per_split"] = values or None
     if side == "real":

@@ -60,9 +60,9 @@ def scorecard_markdown(scorecard: dict[str, Any]) -> str:
         "# SimMe scorecard", "",
         f"{scorecard.get('n_examples', 0):,} held-out {settings.get('eval_split', 'test')} contexts. base = the base "
         "model, twin = base + LoRA (same code path, seed and pairs), real = the owner's own held-out replies scored "
-        "by the same functions (the ceiling). Twin values carry a 95 % bootstrap interval (for the histogram rows, length, vocabulary and emoji, "
-        "re-centred on the value: a resampled set repeats replies, which lowers a histogram match by itself). Seed "
-        "claims were never computed by the seed's code.", "",
+        "by the same functions (the ceiling). Twin values carry a 95 % bootstrap interval (for the histogram rows, "
+        "length, vocabulary and emoji, re-centred on the value: a resampled set repeats replies, which lowers a "
+        "histogram match by itself). Seed claims were never computed by the seed's code.", "",
         format_grid(TABLE_HEADER, scorecard_rows(scorecard), markdown=True), "",
     ]
     kinds = {s: (scorecard.get(s) or {}).get("pii_kinds") for s in ("base", "finetuned", "real")}

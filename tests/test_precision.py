@@ -75,7 +75,6 @@ def test_eager_attention_note_only_where_the_scores_would_not_fit():
     from simme_common.training import eager_attention_note
 
     smollm2 = LlamaConfig(hidden_size=576, num_attention_heads=9, num_key_value_heads=3, num_hidden_layers=30)
-    assert eager_attention_note(smollm2, batch_size=8, max_length=256) is None  # cpu_demo.yaml: ~0.8 GiB
-    assert eager_attention_note(smollm2, batch_size=8, max_length=256) is None  # cpu_full.yaml
+    assert eager_attention_note(smollm2, batch_size=8, max_length=256) is None  # cpu_demo/cpu_full.yaml: ~0.8 GiB
     note = eager_attention_note(smollm2, batch_size=1, max_length=4096)
     assert note is not None and "~25 GiB" in note and "--attn_implementation sdpa" in note
