@@ -45,6 +45,10 @@ class TrainArguments:
         default=None,
         metadata={"help": "torch threads per process on CPU; default: CPU cores / processes (accelerate launch sets 1)."},
     )
+    max_train_minutes: float | None = field(default=None, metadata={
+        "help": "Wall-clock budget of the training steps: where max_steps would take longer, the LR schedule is fit "
+                "to the steps that fit (measured after a few steps), so a slower machine trains fewer steps, not a "
+                "cut-off schedule. Default: no budget."})
 
 
 def parse_args(argv: list[str] | None = None):
@@ -178,6 +182,12 @@ def main(train_args: TrainArguments, sft_config, model_args):
     trainer, info = build_trainer(train_args, sft_config, model_args)
     if state.is_main_process and hasattr(trainer.model, "print_trainable_parameters"):
         trainer.model.print_trainable_parameters()
+    budget = None
+    if train_args.max_train_minutes is not None:
+        if not train_args.max_train_minutes > 0:
+            raise sc.UserError(f"--max_train_minutes must be above 0, got {train_args.max_train_minutes}")
+        budget = sc.time_budget_callback(train_args.max_train_minutes)
+        trainer.add_callback(budget)
 
     # --- train ----------------------------------------------------------------------------------------------
     resume = sft_config.resume_from_checkpoint
@@ -197,7 +207,8 @@ def main(train_args: TrainArguments, sft_config, model_args):
     trainer.save_model(str(staging))
     if state.is_main_process:
         # dtype: auto's choice is recorded beside the arguments it resolved
-        sc.save_run_config(staging, train_args, sft_config, model_args, {"precision": info["precision"]})
+        sc.save_run_config(staging, train_args, sft_config, model_args,
+                           {"precision": info["precision"], "time_budget": budget.info if budget else None})
         (staging / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
         if train_args.merge:
             _save_merged(info["base model"], staging, model_args)
@@ -212,7 +223,8 @@ def main(train_args: TrainArguments, sft_config, model_args):
         tokens = next((h["num_tokens"] for h in reversed(trainer.state.log_history) if "num_tokens" in h), 0)
         rows = [
             *((k, v["reason"] if k == "precision" else v) for k, v in info.items()),
-            ("steps", trainer.state.global_step),
+            ("steps", trainer.state.global_step if not (budget and budget.info["fitted"]) else
+             f"{trainer.state.global_step} (max_steps {budget.info['planned_steps']} fit to max_train_minutes)"),
             ("train loss", round(result.training_loss, 4)),
             ("tokens/s (all processes)", round(tokens / runtime, 1) if runtime else 0.0),
             ("elapsed s", round(runtime, 1)),

@@ -78,6 +78,7 @@ def smoke_run(tiny_model_dir, prepared_dir, tmp_path_factory):
     trainer = run_train([
         "--config", SMOKE, "--model_name_or_path", str(tiny_model_dir), "--input_dir", str(prepared_dir),
         "--output_dir", str(out), "--merge", "true", "--max_length", "1024",  # no truncation: samples stay aligned
+        "--max_train_minutes", "60",
     ])
     return trainer, out
 
@@ -99,6 +100,8 @@ def test_smoke_run_updates_lora_weights_only_and_writes_outputs(smoke_run, tiny_
     assert recorded["dict_3"]["precision"] == {"dtype": "float32", "bf16_autocast": False,
                                                "reason": "dtype float32 as requested",
                                                "native_bf16_flags": recorded["dict_3"]["precision"]["native_bf16_flags"]}
+    budget = recorded["dict_3"]["time_budget"]  # a budget that max_steps fits in changes nothing
+    assert budget["planned_steps"] == budget["steps"] == 2 and not budget["fitted"]
 
     adapter = load_file(out / "adapter_model.safetensors")
     lora_b = [v for k, v in adapter.items() if "lora_B" in k]
@@ -326,3 +329,49 @@ def test_gpu_check_child_runs_03_with_its_own_flags_and_stops_without_cuda(tiny_
     assert row["tokens"] > 0 and row["tokens_per_s"] > 0
     proc = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "no CUDA GPU" in proc.stderr
+
+
+def test_time_budget_fits_the_lr_schedule_to_the_steps_that_fit(tiny_model_dir, prepared_dir, tmp_path):
+    """A machine too slow for max_steps in the budget: the plan shrinks after the calibration steps and the cosine
+    schedule still warms up and ends at zero on the last step that fits. A clock of 1 s per step makes it exact."""
+    from simme_common.time_budget import CALIBRATION_STEPS, time_budget_callback
+
+    train_args, sft, model_args = train03.parse_args([
+        "--config", SMOKE, "--model_name_or_path", str(tiny_model_dir), "--input_dir", str(prepared_dir),
+        "--output_dir", str(tmp_path), "--max_steps", "20", "--lr_scheduler_type", "cosine", "--warmup_steps", "2",
+        "--per_device_train_batch_size", "1", "--learning_rate", "1e-3",
+    ])
+    trainer, _ = train03.build_trainer(train_args, sft, model_args)
+    ticks = iter(range(10_000))
+    budget = time_budget_callback(12 / 60, clock=lambda: float(next(ticks)))  # 12 s at 1 s per step
+    trainer.add_callback(budget)
+    trainer.train()
+
+    # at step 5 it has spent 5 s of 12 at 1 s/step: 7 more fit -> 12 steps
+    assert CALIBRATION_STEPS + 1 == 5 and budget.info == {
+        "max_train_minutes": 0.2, "planned_steps": 20, "steps": 12, "s_per_step": 1.0, "fitted": True}
+    assert trainer.state.global_step == 12
+    lrs = [h["learning_rate"] for h in trainer.state.log_history if "learning_rate" in h]
+    assert len(lrs) == 12
+    # each step logs the learning rate it trained with: warmup unchanged (the peak at step 3), then only decay,
+    # and after step 12 the schedule stands where the 20-step one ends
+    assert lrs[:3] == pytest.approx([0.0, 5e-4, 1e-3])
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:])) and lrs[-1] < 5e-5
+    assert trainer.lr_scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_stretched_schedule_keeps_warmup_and_ends_with_the_planned_one():
+    from functools import partial
+
+    from transformers.optimization import _get_cosine_schedule_with_warmup_lr_lambda
+
+    from simme_common.time_budget import steps_that_fit, stretched
+
+    cosine = partial(_get_cosine_schedule_with_warmup_lr_lambda, num_warmup_steps=10, num_training_steps=100,
+                     num_cycles=0.5)
+    fitted = stretched(cosine, 10, 100, 40)
+    assert [fitted(s) for s in range(11)] == [cosine(s) for s in range(11)]
+    assert fitted(25) == pytest.approx(cosine(55)) and fitted(40) == cosine(100) == 0.0
+    assert stretched(cosine, 10, 100, 100) is cosine
+    assert steps_that_fit(60, 10, 5, 2.0, 100) == 30 and steps_that_fit(60, 70, 5, 2.0, 100) == 6
+    assert steps_that_fit(600, 10, 5, 2.0, 100) == 100
