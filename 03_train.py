@@ -173,6 +173,8 @@ def main(train_args: TrainArguments, sft_config, model_args):
     import transformers
     from accelerate import PartialState
 
+    if train_args.max_train_minutes is not None and not train_args.max_train_minutes > 0:  # NaN too
+        raise sc.UserError(f"--max_train_minutes must be above 0, got {train_args.max_train_minutes}")
     transformers.set_seed(sft_config.seed)
     state = PartialState()
     if state.is_main_process:
@@ -184,8 +186,6 @@ def main(train_args: TrainArguments, sft_config, model_args):
         trainer.model.print_trainable_parameters()
     budget = None
     if train_args.max_train_minutes is not None:
-        if not train_args.max_train_minutes > 0:
-            raise sc.UserError(f"--max_train_minutes must be above 0, got {train_args.max_train_minutes}")
         budget = sc.time_budget_callback(train_args.max_train_minutes)
         trainer.add_callback(budget)
 

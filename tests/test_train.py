@@ -293,6 +293,9 @@ def test_bad_input_gives_one_sentence(tiny_model_dir, prepared_dir, tmp_path, ca
 
     assert "--fp16 needs a GPU" in _user_error(base + ["--input_dir", str(prepared_dir), "--fp16", "true"], capsys)
     assert "bf16" in _user_error(base + ["--input_dir", str(prepared_dir), "--bf16", "true"], capsys)
+    for bad in ("0", "-1", "nan"):
+        assert "--max_train_minutes must be above 0" in _user_error(
+            base + ["--input_dir", str(prepared_dir), "--max_train_minutes", bad], capsys)
 
 
 def test_cli_reports_missing_dataset_without_traceback(tmp_path):
