@@ -43,16 +43,14 @@ def paired_interval(stat_current: Callable, stat_baseline: Callable, n: int, n_b
 
 def split_interval(current: list[float] | None, baseline: list[float] | None, n_boot: int = 1000,
                    seed: int = 0) -> list[float] | None:
-    """95 % percentile interval of the mean of current - baseline over the same seeded splits (MAUVE's half-splits:
-    one value per split and side, so the splits are what is resampled)."""
+    """`paired_interval` of the mean of current - baseline over the same seeded splits (MAUVE's half-splits: one
+    value per split and side, so the splits are what is resampled)."""
     import numpy as np
 
-    if not current or not baseline or len(current) != len(baseline) or len(current) < 2:
+    if not current or not baseline or len(current) != len(baseline):
         return None
-    deltas = np.asarray(current, dtype=float) - np.asarray(baseline, dtype=float)
-    rng = np.random.default_rng(seed)
-    means = deltas[rng.integers(0, len(deltas), size=(n_boot, len(deltas)))].mean(axis=1)
-    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+    cur, base = np.asarray(current, dtype=float), np.asarray(baseline, dtype=float)
+    return paired_interval(lambda idx: cur[idx].mean(), lambda idx: base[idx].mean(), len(cur), n_boot, seed)
 
 
 def compare_scorecards(current: dict[str, Any], baseline: dict[str, Any],

@@ -248,14 +248,14 @@ def build_reference(real: list[str], context_turns: list[list[str]], owner_turns
     reference (style, memorization, PII values, authorship classifier), the Turing test's halves and MAUVE's
     seeded half-splits."""
     contexts = ["\n".join(t[-3:]) for t in context_turns]
-    half_a, half_b = halves(len(real), seed)
+    splits = mauve_halves(len(real), seed)
     emb_real = encode_texts(encoder, real)
     return {"real": list(real), "context_turns": context_turns, "context_emb": encode_texts(encoder, contexts),
             "real_emb": emb_real, "encoder": encoder, "bertscorer": bertscorer, "owner": owner_profile(owner_turns),
             "memo_index": memorization_index(owner_turns, other_turns), "seed": seed,
             "pii_values": training_pii_values(owner_turns + other_turns),
-            "classifier": train_owner_classifier(owner_turns, other_turns, seed), "halves": (half_a, half_b),
-            "mauve_splits": mauve_halves(len(real), seed)}
+            "classifier": train_owner_classifier(owner_turns, other_turns, seed), "halves": splits[0],
+            "mauve_splits": splits}
 
 
 def score_replies(replies: list[str], ref: dict[str, Any], side: str, n_boot: int = 1000,
