@@ -45,6 +45,7 @@ VARIANTS: dict[str, tuple[str, str | None]] = {
     "steps_256_batch_4": ("--max_steps 256 --per_device_train_batch_size 4", None),
     "lr_1e-3": ("--learning_rate 1e-3", None),
     "lr_3e-3": ("--learning_rate 3e-3", None),
+    "steps_160_batch_8_lr_3e-3": ("--max_steps 160 --learning_rate 3e-3", None),
     "schedule_constant": ("--lr_scheduler_type constant", None),
     "schedule_linear": ("--lr_scheduler_type linear", None),
     "lora_r8": ("--lora_r 8 --lora_alpha 16", None),
