@@ -119,6 +119,7 @@ def machine_info() -> dict[str, object]:
         "python": platform.python_version(),
         "date_utc": time.strftime("%Y-%m-%d", time.gmtime()),
         "commit": sc.git_commit(),
+        "git_dirty": sc.git_dirty(),  # True: the figures came from uncommitted code
     }
     try:
         import torch

@@ -29,14 +29,27 @@ def library_versions(names: tuple[str, ...] = _VERSIONED) -> dict[str, str | Non
     return out
 
 
-def git_commit(cwd: str | Path | None = None) -> str | None:
-    """The current git commit of the project (None outside a checkout)."""
+def _git(args: list[str], cwd: str | Path | None) -> str | None:
+    """stdout of `git <args>` in the project's checkout (None outside one or without git)."""
     cwd = cwd or Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_commit(cwd: str | Path | None = None) -> str | None:
+    """The current git commit of the project (None outside a checkout)."""
+    out = _git(["rev-parse", "HEAD"], cwd)
+    return (out or "").strip() or None
+
+
+def git_dirty(cwd: str | Path | None = None) -> bool | None:
+    """True when tracked files differ from the commit: a result then came from code no commit holds
+    (None outside a checkout). Untracked files (data, outputs, a venv) don't count."""
+    out = _git(["status", "--porcelain", "--untracked-files=no"], cwd)
+    return None if out is None else bool(out.strip())
 
 
 def _jsonable(obj: Any) -> Any:
@@ -57,7 +70,8 @@ def _jsonable(obj: Any) -> Any:
 
 
 def save_run_config(output_dir: str | Path, *args: Any) -> Path:
-    """Write `run_config.json` (arguments, library versions, git commit, time) into `output_dir`.
+    """Write `run_config.json` (arguments, library versions, git commit and whether the tree differs from it,
+    time) into `output_dir`.
 
     Args:
         output_dir: directory of the stage's output (created if missing).
@@ -71,6 +85,7 @@ def save_run_config(output_dir: str | Path, *args: Any) -> Path:
         "args": {type(a).__name__ if not isinstance(a, dict) else f"dict_{i}": _jsonable(a) for i, a in enumerate(args)},
         "versions": library_versions(),
         "git_commit": git_commit(),
+        "git_dirty": git_dirty(),
         "command": [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv else [],
         "created_unix": int(time.time()),
     }

@@ -20,7 +20,26 @@ def test_save_run_config_records_args_versions_and_commit(tmp_path):
     data = json.loads(path.read_text())
     assert data["args"]["_Args"] == {"output_dir": "x", "seed": 42}
     assert data["versions"]["torch"]
-    assert "git_commit" in data
+    assert "git_commit" in data and "git_dirty" in data
+
+
+def test_git_dirty_marks_changed_tracked_files_only(tmp_path):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    assert sc.git_dirty(tmp_path) is None and sc.git_commit(tmp_path) is None  # not a checkout
+    git("init", "-q")
+    (tmp_path / "stage.py").write_text("x = 1\n")
+    git("add", "stage.py")
+    git("commit", "-qm", "first")
+    assert sc.git_dirty(tmp_path) is False and len(sc.git_commit(tmp_path)) == 40
+    (tmp_path / "outputs.json").write_text("{}")  # untracked outputs don't make a run irreproducible
+    assert sc.git_dirty(tmp_path) is False
+    (tmp_path / "stage.py").write_text("x = 2\n")
+    assert sc.git_dirty(tmp_path) is True
 
 
 def test_split_bubbles_splits_on_newlines_and_silence_gives_none():
