@@ -47,8 +47,9 @@ class TrainArguments:
     )
     max_train_minutes: float | None = field(default=None, metadata={
         "help": "Wall-clock budget of the training steps: where max_steps would take longer, the LR schedule is fit "
-                "to the steps that fit (measured after a few steps), so a slower machine trains fewer steps, not a "
-                "cut-off schedule. Default: no budget."})
+                "to the steps that fit (measured after a few steps and re-planned at 25/50/75 percent of the plan, "
+                "never past max_steps), so a slower machine trains fewer steps, not a cut-off schedule. "
+                "Default: no budget."})
 
 
 def parse_args(argv: list[str] | None = None):

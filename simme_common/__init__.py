@@ -160,7 +160,7 @@ from .text_features import (
     describe_distribution, lexical_diversity, bubbles_distribution, language_mix, code_switch_rate, stop_words,
 )
 from .time_budget import (
-    CALIBRATION_STEPS, REPLAN_FRACTIONS, stretched, steps_that_fit, time_budget_callback,
+    CALIBRATION_STEPS, REPLAN_FRACTIONS, plan_position, stretched, steps_that_fit, time_budget_callback,
 )
 from .training import (
     trained_segments, device_option_problem, REDACTED, redact_private, wandb_run_dir, private_wandb_callback,
@@ -233,7 +233,7 @@ __all__ = [
     'strip_diacritics', 'detect_language', 'sentiment_score', 'textblob_polarity', 'histogram_probs',
     'distribution_similarity', 'text_style_flags', 'punctuation_profile', 'message_features', 'quantiles',
     'describe_distribution', 'lexical_diversity', 'bubbles_distribution', 'language_mix', 'code_switch_rate',
-    'stop_words', 'CALIBRATION_STEPS', 'REPLAN_FRACTIONS', 'stretched', 'steps_that_fit', 'time_budget_callback',
+    'stop_words', 'CALIBRATION_STEPS', 'REPLAN_FRACTIONS', 'plan_position', 'stretched', 'steps_that_fit', 'time_budget_callback',
     'trained_segments', 'device_option_problem', 'REDACTED', 'redact_private', 'wandb_run_dir',
     'private_wandb_callback', 'eager_attention_note',
 ]

@@ -10,23 +10,31 @@ from collections.abc import Callable
 
 # Steps timed before the first plan (the first step also builds the optimizer state and is not timed).
 CALIBRATION_STEPS = 4
-# Re-plans after the first, at these fractions of the plan: batches of similar length come in groups, so the
-# first few steps' pace can be off in either direction.
+# Re-plans after the first, at these fractions of the current plan: length-grouped batches come longest first
+# within each group, so the first steps' pace overestimates the rest, and a machine can also slow down.
 REPLAN_FRACTIONS = (0.25, 0.5, 0.75)
 
 
-def stretched(lr_lambda: Callable[[int], float], warmup: int, planned: int, steps: int) -> Callable[[int], float]:
-    """`lr_lambda` of a `planned`-step schedule played over `steps` steps: warmup unchanged, the rest compressed."""
-    if steps >= planned or steps <= warmup:
-        return lr_lambda if steps >= planned else (lambda step: lr_lambda(min(step, warmup)))
-    scale = (planned - warmup) / (steps - warmup)
+def plan_position(planned: int, steps: int, anchor: int = 0, anchor_pos: float | None = None) -> Callable[[int], float]:
+    """step -> position in a `planned`-step schedule whose rest, from step `anchor` (at position `anchor_pos`,
+    default `anchor`), is played over the steps up to `steps`: the position reaches `planned` on step `steps`.
+    Steps before the anchor keep their offset. A plan that ends before its anchor (inside warmup) keeps the steps."""
+    pos0 = float(anchor if anchor_pos is None else anchor_pos)
+    if steps <= anchor:
+        return float
+    scale = (planned - pos0) / (steps - anchor)
+    return lambda step: pos0 + (step - anchor) * (scale if step > anchor else 1.0)
 
-    def fitted(step: int) -> float:
-        if step <= warmup:
-            return lr_lambda(step)
-        return lr_lambda(min(planned, warmup + round((step - warmup) * scale)))
 
-    return fitted
+def stretched(lr_lambda: Callable[[int], float], planned: int, steps: int, anchor: int = 0,
+              anchor_pos: float | None = None) -> Callable[[int], float]:
+    """`lr_lambda` of a `planned`-step schedule with its rest, from step `anchor` on, played over the steps up to
+    `steps` (see plan_position): the learning rate goes on from where it is, without a jump, and the schedule
+    ends on step `steps`. An anchor at or after the warmup's end keeps the warmup as planned."""
+    if steps <= anchor or (steps == planned and (anchor_pos is None or anchor_pos == anchor)):
+        return lr_lambda
+    position = plan_position(planned, steps, anchor, anchor_pos)
+    return lambda step: lr_lambda(min(planned, max(0, round(position(step)))))
 
 
 def steps_that_fit(budget_s: float, elapsed_s: float, step: int, s_per_step: float, planned: int) -> int:
@@ -38,11 +46,13 @@ def steps_that_fit(budget_s: float, elapsed_s: float, step: int, s_per_step: flo
 def time_budget_callback(max_minutes: float, clock: Callable[[], float] = time.perf_counter):
     """A TrainerCallback that keeps training within `max_minutes` of wall clock from the first step.
 
-    After CALIBRATION_STEPS timed steps (and again at REPLAN_FRACTIONS of the plan) it projects the finish; when
-    the recipe's max_steps would overrun, it shrinks the plan and fits the LR schedule (any LambdaLR schedule:
-    cosine, linear, constant) to it. A step that ends past the budget stops training whatever the plan (a machine
+    After CALIBRATION_STEPS timed steps, and again at REPLAN_FRACTIONS of each plan, it projects the finish at the
+    pace so far. When the recipe's max_steps would overrun, the plan shrinks to the steps that fit; a later, faster
+    pace grows it again, never past max_steps. Each re-plan fits the rest of the LR schedule (any LambdaLR schedule:
+    cosine, linear, constant) to the steps left: warmup as planned, the rate going on from where it is, the
+    schedule's end on the last step. A step that ends past the budget stops training whatever the plan (a machine
     that slowed down). With several processes the main process's decisions are broadcast, so every rank stops at
-    the same step. `info` records the plan, the steps trained and the pace.
+    the same step. `info` records the plan, the steps trained, the pace and the number of re-plans.
     """
     from transformers import TrainerCallback
 
@@ -51,9 +61,10 @@ def time_budget_callback(max_minutes: float, clock: Callable[[], float] = time.p
     class TimeBudget(TrainerCallback):
         def __init__(self):
             self.info: dict = {"max_train_minutes": max_minutes, "planned_steps": None, "steps": None,
-                               "s_per_step": None, "fitted": False}
+                               "s_per_step": None, "fitted": False, "replans": 0}
             self._start = self._timed_from = self._first = None
             self._lambdas = None
+            self._position: Callable[[int], float] = float  # step -> position in the planned schedule
             self._checks: set[int] = set()
 
         def on_train_begin(self, args, state, control, **kwargs):
@@ -70,29 +81,33 @@ def time_budget_callback(max_minutes: float, clock: Callable[[], float] = time.p
             if timed == CALIBRATION_STEPS or (timed > CALIBRATION_STEPS and step in self._checks):
                 pace = (now - self._timed_from) / timed
                 fit = _agreed(steps_that_fit(budget_s, elapsed, step, pace, self.info["planned_steps"]))
-                if fit < self.info["steps"]:
-                    self._fit(args, state, lr_scheduler, fit, pace)
+                if fit != self.info["steps"]:
+                    self._fit(args, state, lr_scheduler, step, fit, pace)
             if step >= self.info["steps"] or _agreed(elapsed >= budget_s):
                 self.info["steps"] = step
                 control.should_training_stop = True
             return control
 
-        def _fit(self, args, state, lr_scheduler, steps: int, pace: float):
-            planned = self.info["planned_steps"]
+        def _fit(self, args, state, lr_scheduler, step: int, steps: int, pace: float):
+            planned, before = self.info["planned_steps"], self.info["steps"]
             if state.is_world_process_zero:
                 print(f"note: {planned} steps would take ~{planned * pace / 60:.1f} min at {pace:.2f} s/step here; "
-                      f"the LR schedule is fit to {steps} steps to stay within max_train_minutes {max_minutes:g}",
-                      file=sys.stderr, flush=True)
-            self.info.update(steps=steps, s_per_step=round(pace, 3), fitted=True)
+                      f"the LR schedule is fit to {steps} steps (was {before}) to stay within max_train_minutes "
+                      f"{max_minutes:g}", file=sys.stderr, flush=True)
+            self.info.update(steps=steps, s_per_step=round(pace, 3), fitted=steps < planned,
+                             replans=self.info["replans"] + 1)
+            self._checks = {c for c in (int(f * steps) for f in REPLAN_FRACTIONS) if c > step}
             lambdas = getattr(lr_scheduler, "lr_lambdas", None)
             if lambdas is None:  # not a LambdaLR: keep its schedule, stop at the new plan
                 return
             if self._lambdas is None:
                 self._lambdas = list(lambdas)
-            warmup = args.get_warmup_steps(planned)
-            lr_scheduler.lr_lambdas = [stretched(f, warmup, planned, steps) for f in self._lambdas]
-            step = lr_scheduler.last_epoch
-            lrs = [base * f(step) for base, f in zip(lr_scheduler.base_lrs, lr_scheduler.lr_lambdas)]
+            anchor = max(step, args.get_warmup_steps(planned))
+            anchor_pos = self._position(anchor)
+            self._position = plan_position(planned, steps, anchor, anchor_pos)
+            lr_scheduler.lr_lambdas = [stretched(f, planned, steps, anchor, anchor_pos) for f in self._lambdas]
+            now = lr_scheduler.last_epoch
+            lrs = [base * f(now) for base, f in zip(lr_scheduler.base_lrs, lr_scheduler.lr_lambdas)]
             for group, lr in zip(lr_scheduler.optimizer.param_groups, lrs):
                 group["lr"] = lr
             lr_scheduler._last_lr = lrs

@@ -352,7 +352,7 @@ def test_time_budget_fits_the_lr_schedule_to_the_steps_that_fit(tiny_model_dir, 
 
     # at step 5 it has spent 5 s of 12 at 1 s/step: 7 more fit -> 12 steps
     assert CALIBRATION_STEPS + 1 == 5 and budget.info == {
-        "max_train_minutes": 0.2, "planned_steps": 20, "steps": 12, "s_per_step": 1.0, "fitted": True}
+        "max_train_minutes": 0.2, "planned_steps": 20, "steps": 12, "s_per_step": 1.0, "fitted": True, "replans": 1}
     assert trainer.state.global_step == 12
     lrs = [h["learning_rate"] for h in trainer.state.log_history if "learning_rate" in h]
     assert len(lrs) == 12
@@ -363,18 +363,47 @@ def test_time_budget_fits_the_lr_schedule_to_the_steps_that_fit(tiny_model_dir, 
     assert trainer.lr_scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)
 
 
-def test_stretched_schedule_keeps_warmup_and_ends_with_the_planned_one():
+def test_time_budget_grows_the_plan_back_when_the_pace_picks_up(tiny_model_dir, prepared_dir, tmp_path):
+    """Length-grouped batches come longest first: 3 s per step at first shrinks a 20-step plan, 1 s per step
+    afterwards grows it again within the budget, and the learning rate only decays after warmup, without a jump."""
+    from simme_common.time_budget import time_budget_callback
+
+    train_args, sft, model_args = train03.parse_args([
+        "--config", SMOKE, "--model_name_or_path", str(tiny_model_dir), "--input_dir", str(prepared_dir),
+        "--output_dir", str(tmp_path), "--max_steps", "20", "--lr_scheduler_type", "cosine", "--warmup_steps", "2",
+        "--per_device_train_batch_size", "1", "--learning_rate", "1e-3",
+    ])
+    trainer, _ = train03.build_trainer(train_args, sft, model_args)
+    times = iter([0.0] + [3.0 * k for k in range(1, 6)] + [15.0 + k for k in range(1, 100)])  # begin, steps 1..
+    budget = time_budget_callback(30 / 60, clock=lambda: next(times))
+    trainer.add_callback(budget)
+    trainer.train()
+
+    # step 5 at 15 s (3 s/step): 10 steps fit; the re-plans at 75 % of each plan find a faster pace:
+    # 7 -> 12, 9 -> 14, 10 -> 15, 11 -> 16 steps, and step 16 ends at 26 s of 30
+    info = budget.info
+    assert info["steps"] == trainer.state.global_step == 16 and info["fitted"] and info["replans"] == 5
+    lrs = [h["learning_rate"] for h in trainer.state.log_history if "learning_rate" in h]
+    assert lrs[:3] == pytest.approx([0.0, 5e-4, 1e-3])
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:])) and lrs[-1] < 5e-5
+    assert trainer.lr_scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_stretched_schedule_keeps_warmup_and_goes_on_without_a_jump():
     from functools import partial
 
     from transformers.optimization import _get_cosine_schedule_with_warmup_lr_lambda
 
-    from simme_common.time_budget import steps_that_fit, stretched
+    from simme_common.time_budget import plan_position, steps_that_fit, stretched
 
     cosine = partial(_get_cosine_schedule_with_warmup_lr_lambda, num_warmup_steps=10, num_training_steps=100,
                      num_cycles=0.5)
-    fitted = stretched(cosine, 10, 100, 40)
+    fitted = stretched(cosine, 100, 40, anchor=10)  # fit during warmup: the anchor is the warmup's end
     assert [fitted(s) for s in range(11)] == [cosine(s) for s in range(11)]
     assert fitted(25) == pytest.approx(cosine(55)) and fitted(40) == cosine(100) == 0.0
-    assert stretched(cosine, 10, 100, 100) is cosine
+    assert stretched(cosine, 100, 100) is cosine
+    # a second re-plan at step 25 (position 55) grows the plan to 70 steps: the rate goes on from cosine(55)
+    grown = stretched(cosine, 100, 70, anchor=25, anchor_pos=plan_position(100, 40, 10)(25))
+    assert grown(25) == fitted(25) and grown(70) == 0.0 and cosine(55) > grown(47) > cosine(79)
     assert steps_that_fit(60, 10, 5, 2.0, 100) == 30 and steps_that_fit(60, 70, 5, 2.0, 100) == 6
     assert steps_that_fit(600, 10, 5, 2.0, 100) == 100
