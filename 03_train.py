@@ -45,6 +45,9 @@ class TrainArguments:
         default=None,
         metadata={"help": "torch threads per process on CPU; default: CPU cores / processes (accelerate launch sets 1)."},
     )
+    lora_top_layers: int | None = field(default=None, metadata={
+        "help": "LoRA on the top N decoder layers only: backpropagation then stops below them, so a step costs "
+                "less (forward + backward through N layers instead of all). Default: every layer."})
     max_train_minutes: float | None = field(default=None, metadata={
         "help": "Wall-clock budget of the training steps: where max_steps would take longer, the LR schedule is fit "
                 "to the steps that fit (measured after a few steps and re-planned at 25/50/75 percent of the plan, "
@@ -91,6 +94,16 @@ def _load_model(model_path: str, tokenizer, model_args, sft_config, init_adapter
     )
 
 
+def _below_top_layers(n: int, n_layers: int) -> str:
+    """A peft `exclude_modules` pattern for the modules of all but the top `n` of `n_layers` decoder layers
+    (--lora_top_layers): the first numbered segment of a module's name is its layer ("model.layers.3.mlp.up_proj"),
+    a later one is not (an expert's). Excluding works for "all-linear" too, where peft ignores layers_to_transform."""
+    if not 1 <= n <= n_layers:
+        raise sc.UserError(f"--lora_top_layers must be between 1 and the model's {n_layers} layers, got {n}")
+    below = "|".join(str(i) for i in range(n_layers - n)) or "(?!)"
+    return rf"(?:(?!\d+\.)[^.]+\.)+(?:{below})\..*"
+
+
 def build_trainer(train_args: TrainArguments, sft_config, model_args):
     """(SFTTrainer ready to train, info dict): data checks, threads, base model (+ k-bit), LoRA or --init_adapter."""
     import torch
@@ -127,7 +140,13 @@ def build_trainer(train_args: TrainArguments, sft_config, model_args):
     init_adapter = sc.resolve_adapter(train_args.init_adapter)
     if init_adapter is not None and not init_adapter.local:
         raise sc.UserError(f"--init_adapter {init_adapter} is not a local directory; pass a 03_train.py output directory")
-    base_rows = _embedding_rows(model_path, sft_config)
+    base_config = _base_config(model_path, sft_config)
+    base_rows = base_config.vocab_size  # input embedding rows before the tokenizer's added tokens
+    excluded = None
+    if train_args.lora_top_layers is not None and init_adapter is None:  # a loaded adapter keeps its own layers
+        if not model_args.use_peft:
+            raise sc.UserError("--lora_top_layers chooses LoRA's layers: it needs --use_peft true")
+        excluded = _below_top_layers(train_args.lora_top_layers, base_config.get_text_config().num_hidden_layers)
     model = _load_model(model_path, tokenizer, model_args, sft_config, init_adapter)
     if train_args.preference_data:
         if init_adapter is None:
@@ -137,6 +156,8 @@ def build_trainer(train_args: TrainArguments, sft_config, model_args):
                                                 data["train"], sft_config)
         return trainer, {"train samples": len(train), "base model": model_path, "precision": precision.as_dict(), **info}
     peft_config = get_peft_config(model_args) if init_adapter is None else None
+    if peft_config is not None and excluded is not None:
+        peft_config.exclude_modules = excluded
     if peft_config is not None and len(tokenizer) > base_rows:
         # The training template added ChatML markers to this vocabulary: their new rows are trained too.
         peft_config.trainable_token_indices = list(range(base_rows, len(tokenizer)))
@@ -241,11 +262,11 @@ def main(train_args: TrainArguments, sft_config, model_args):
 _CARRIED = ("checkpoint-*", "runs")
 
 
-def _embedding_rows(model_path: str, sft_config) -> int:
-    """Rows of the base model's input embedding (its config's vocab_size), before the tokenizer's added tokens."""
+def _base_config(model_path: str, sft_config):
+    """The base model's config, read before its weights load."""
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(model_path, trust_remote_code=sft_config.trust_remote_code).vocab_size
+    return AutoConfig.from_pretrained(model_path, trust_remote_code=sft_config.trust_remote_code)
 
 
 def _save_merged(model_path: str, out: Path, model_args) -> None:

@@ -296,6 +296,11 @@ def test_bad_input_gives_one_sentence(tiny_model_dir, prepared_dir, tmp_path, ca
     for bad in ("0", "-1", "nan"):
         assert "--max_train_minutes must be above 0" in _user_error(
             base + ["--input_dir", str(prepared_dir), "--max_train_minutes", bad], capsys)
+    for bad in ("0", "3"):  # the tiny model has 2 layers
+        assert "--lora_top_layers must be between 1 and the model's 2 layers" in _user_error(
+            base + ["--input_dir", str(prepared_dir), "--lora_top_layers", bad], capsys)
+    assert "needs --use_peft true" in _user_error(
+        base + ["--input_dir", str(prepared_dir), "--lora_top_layers", "1", "--use_peft", "false"], capsys)
 
 
 def test_cli_reports_missing_dataset_without_traceback(tmp_path):
@@ -332,6 +337,32 @@ def test_gpu_check_child_runs_03_with_its_own_flags_and_stops_without_cuda(tiny_
     assert row["tokens"] > 0 and row["tokens_per_s"] > 0
     proc = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "no CUDA GPU" in proc.stderr
+
+
+def test_lora_top_layers_trains_the_top_layers_and_backpropagates_through_them_only(tiny_model_dir, prepared_dir,
+                                                                                   tmp_path):
+    """--lora_top_layers 1 on a 2-layer model: LoRA only in layer 1, and layer 0 runs outside autograd (its output
+    needs no gradient), which is where a step saves its time."""
+    train_args, sft, model_args = train03.parse_args([
+        "--config", SMOKE, "--model_name_or_path", str(tiny_model_dir), "--input_dir", str(prepared_dir),
+        "--output_dir", str(tmp_path), "--max_steps", "1", "--lora_top_layers", "1",
+    ])
+    trainer, _ = train03.build_trainer(train_args, sft, model_args)
+    trained = [n for n, p in trainer.model.named_parameters() if p.requires_grad and "lora_" in n]
+    assert trained and all(".layers.1." in n for n in trained)
+    layers = trainer.model.get_base_model().model.layers
+    needs_grad = {}
+
+    def record(i):
+        def hook(module, args, out):
+            needs_grad.setdefault(i, (out[0] if isinstance(out, tuple) else out).requires_grad)
+        return hook
+
+    for i, layer in enumerate(layers):
+        layer.register_forward_hook(record(i))
+    trainer.train()
+    assert needs_grad == {0: False, 1: True}
+    assert all(p.grad is None for n, p in trainer.model.named_parameters() if ".layers.0." in n)
 
 
 def test_time_budget_fits_the_lr_schedule_to_the_steps_that_fit(tiny_model_dir, prepared_dir, tmp_path):
