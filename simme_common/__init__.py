@@ -81,7 +81,7 @@ from .prepare import (
     thread_chat_id, build_thread_samples, new_since_previous, IngestTally, ingest_report, ingest_summary_rows,
 )
 from .runtime import (
-    library_versions, git_commit, git_dirty, save_run_config, UserError, run_main, cpu_threads, simme_cache_dir,
+    library_versions, git_commit, git_changes, git_dirty, save_run_config, UserError, run_main, cpu_threads, simme_cache_dir,
     process_peak_memory_mb, load_script,
 )
 from .samples import (
@@ -204,7 +204,7 @@ __all__ = [
     'build_self_play', 'preference_config', 'preference_trainer', 'build_preference_run', 'messages_schema',
     'samples_schema', 'group_thread_parts', 'resolve_owner', 'SampleSettings', 'ThreadSamples', 'thread_chat_id',
     'build_thread_samples', 'new_since_previous', 'IngestTally', 'ingest_report', 'ingest_summary_rows',
-    'library_versions', 'git_commit', 'git_dirty', 'save_run_config', 'UserError', 'run_main', 'cpu_threads', 'simme_cache_dir',
+    'library_versions', 'git_commit', 'git_changes', 'git_dirty', 'save_run_config', 'UserError', 'run_main', 'cpu_threads', 'simme_cache_dir',
     'process_peak_memory_mb', 'load_script', 'split_sessions', 'group_bursts', 'pack_windows', 'silent_cut_points',
     'render_lengths', 'truncate_to_tokens', 'split_by_time', 'TABLE_HEADER', 'scorecard_rows',
     'metric_docs_markdown', 'scorecard_markdown', 'write_metric_docs', 'is_chat_id', 'section_list', 'ChatSelection',

@@ -45,11 +45,21 @@ def git_commit(cwd: str | Path | None = None) -> str | None:
     return (out or "").strip() or None
 
 
-def git_dirty(cwd: str | Path | None = None) -> bool | None:
-    """True when tracked files differ from the commit: a result then came from code no commit holds
+# Documentation changes don't change a result: they don't make a run's commit wrong.
+_NOT_CODE = (":(exclude)*.md", ":(exclude)docs")
+
+
+def git_changes(cwd: str | Path | None = None) -> list[str] | None:
+    """Tracked files, documentation aside, that differ from the commit: a result then came from code no commit holds
     (None outside a checkout). Untracked files (data, outputs, a venv) don't count."""
-    out = _git(["status", "--porcelain", "--untracked-files=no"], cwd)
-    return None if out is None else bool(out.strip())
+    out = _git(["status", "--porcelain", "--untracked-files=no", "--", ".", *_NOT_CODE], cwd)
+    return None if out is None else sorted(line[3:] for line in out.splitlines() if line.strip())
+
+
+def git_dirty(cwd: str | Path | None = None) -> bool | None:
+    """True when tracked files other than documentation differ from the commit (see git_changes)."""
+    changes = git_changes(cwd)
+    return None if changes is None else bool(changes)
 
 
 def _jsonable(obj: Any) -> Any:
@@ -81,11 +91,13 @@ def save_run_config(output_dir: str | Path, *args: Any) -> Path:
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    changed = git_changes()
     record = {
         "args": {type(a).__name__ if not isinstance(a, dict) else f"dict_{i}": _jsonable(a) for i, a in enumerate(args)},
         "versions": library_versions(),
         "git_commit": git_commit(),
-        "git_dirty": git_dirty(),
+        "git_dirty": bool(changed) if changed is not None else None,
+        "git_changed": (changed or [])[:50],
         "command": [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv else [],
         "created_unix": int(time.time()),
     }

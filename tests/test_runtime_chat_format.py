@@ -20,10 +20,10 @@ def test_save_run_config_records_args_versions_and_commit(tmp_path):
     data = json.loads(path.read_text())
     assert data["args"]["_Args"] == {"output_dir": "x", "seed": 42}
     assert data["versions"]["torch"]
-    assert "git_commit" in data and "git_dirty" in data
+    assert "git_commit" in data and "git_dirty" in data and isinstance(data["git_changed"], list)
 
 
-def test_git_dirty_marks_changed_tracked_files_only(tmp_path):
+def test_git_dirty_marks_changed_tracked_code_only(tmp_path):
     import subprocess
 
     def git(*args):
@@ -38,8 +38,16 @@ def test_git_dirty_marks_changed_tracked_files_only(tmp_path):
     assert sc.git_dirty(tmp_path) is False and len(sc.git_commit(tmp_path)) == 40
     (tmp_path / "outputs.json").write_text("{}")  # untracked outputs don't make a run irreproducible
     assert sc.git_dirty(tmp_path) is False
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "guide.md").write_text("a\n")
+    (tmp_path / "README.md").write_text("a\n")
+    git("add", "docs", "README.md")
+    git("commit", "-qm", "docs")
+    (tmp_path / "docs" / "guide.md").write_text("b\n")  # documentation doesn't change a result
+    (tmp_path / "README.md").write_text("b\n")
+    assert sc.git_dirty(tmp_path) is False and sc.git_changes(tmp_path) == []
     (tmp_path / "stage.py").write_text("x = 2\n")
-    assert sc.git_dirty(tmp_path) is True
+    assert sc.git_dirty(tmp_path) is True and sc.git_changes(tmp_path) == ["stage.py"]
 
 
 def test_split_bubbles_splits_on_newlines_and_silence_gives_none():
