@@ -365,17 +365,22 @@ def test_lora_top_layers_trains_the_top_layers_and_backpropagates_through_them_o
     assert all(p.grad is None for n, p in trainer.model.named_parameters() if ".layers.0." in n)
 
 
-def test_time_budget_fits_the_lr_schedule_to_the_steps_that_fit(tiny_model_dir, prepared_dir, tmp_path):
-    """A machine too slow for max_steps in the budget: the plan shrinks after the calibration steps and the cosine
-    schedule still warms up and ends at zero on the last step that fits. A clock of 1 s per step makes it exact."""
-    from simme_common.time_budget import CALIBRATION_STEPS, time_budget_callback
-
+def _cosine_20_step_trainer(tiny_model_dir, prepared_dir, tmp_path):
+    """The time-budget tests' trainer: 20 steps of 1 sample, cosine from 1e-3 after 2 warmup steps."""
     train_args, sft, model_args = train03.parse_args([
         "--config", SMOKE, "--model_name_or_path", str(tiny_model_dir), "--input_dir", str(prepared_dir),
         "--output_dir", str(tmp_path), "--max_steps", "20", "--lr_scheduler_type", "cosine", "--warmup_steps", "2",
         "--per_device_train_batch_size", "1", "--learning_rate", "1e-3",
     ])
-    trainer, _ = train03.build_trainer(train_args, sft, model_args)
+    return train03.build_trainer(train_args, sft, model_args)[0]
+
+
+def test_time_budget_fits_the_lr_schedule_to_the_steps_that_fit(tiny_model_dir, prepared_dir, tmp_path):
+    """A machine too slow for max_steps in the budget: the plan shrinks after the calibration steps and the cosine
+    schedule still warms up and ends at zero on the last step that fits. A clock of 1 s per step makes it exact."""
+    from simme_common.time_budget import CALIBRATION_STEPS, time_budget_callback
+
+    trainer = _cosine_20_step_trainer(tiny_model_dir, prepared_dir, tmp_path)
     ticks = iter(range(10_000))
     budget = time_budget_callback(12 / 60, clock=lambda: float(next(ticks)))  # 12 s at 1 s per step
     trainer.add_callback(budget)
@@ -399,12 +404,7 @@ def test_time_budget_grows_the_plan_back_when_the_pace_picks_up(tiny_model_dir, 
     afterwards grows it again within the budget, and the learning rate only decays after warmup, without a jump."""
     from simme_common.time_budget import time_budget_callback
 
-    train_args, sft, model_args = train03.parse_args([
-        "--config", SMOKE, "--model_name_or_path", str(tiny_model_dir), "--input_dir", str(prepared_dir),
-        "--output_dir", str(tmp_path), "--max_steps", "20", "--lr_scheduler_type", "cosine", "--warmup_steps", "2",
-        "--per_device_train_batch_size", "1", "--learning_rate", "1e-3",
-    ])
-    trainer, _ = train03.build_trainer(train_args, sft, model_args)
+    trainer = _cosine_20_step_trainer(tiny_model_dir, prepared_dir, tmp_path)
     times = iter([0.0] + [3.0 * k for k in range(1, 6)] + [15.0 + k for k in range(1, 100)])  # begin, steps 1..
     budget = time_budget_callback(30 / 60, clock=lambda: next(times))
     trainer.add_callback(budget)
