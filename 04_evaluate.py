@@ -41,7 +41,8 @@ class EvaluateArguments:
     write_metric_docs: str | None = field(default=None, metadata={"help": "Only regenerate the metric section of this docs page (e.g. docs/evaluate.md) and exit."})
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (0 = greedy)."})
     top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling top-p."})
-    max_new_tokens: int = field(default=48, metadata={"help": "Reply budget; owner turns are short (p90 of chars per turn is in the style card)."})
+    untempered_stop: bool = field(default=True, metadata={"help": "Sample the end of the turn at its temperature-1 probability (as the app does): temperature then shapes the words, not the reply length."})
+    max_new_tokens: int = field(default=96, metadata={"help": "Reply budget, as the app's default: above p99 of the sample export's owner turns (90 tokens), so the length histogram's top bins are reachable."})
     max_context_tokens: int = field(default=384, metadata={"help": "Prompt budget: oldest turns dropped first, system prompt kept."})
     max_length: int = field(default=512, metadata={"help": "Token budget of prompt + real owner turn for perplexity (a longer turn is cut at the end)."})
     dtype: str = field(default="auto", metadata={"help": "CPU: 'auto' = fp32 weights with bf16 autocast where the CPU multiplies bf16 natively (AMX / AVX-512-BF16; ~2-3x faster prompt forwards), else fp32; 'float32' forces fp32. CUDA: bfloat16."})
@@ -112,7 +113,8 @@ def _model_inputs(tokenizer, test: dict, args: EvaluateArguments) -> dict:
 def _evaluate(model, tokenizer, inputs: dict, ref: dict, args: EvaluateArguments, name: str, side: str, cuda: bool):
     """Every metric of one model: perplexity (test, validation), replies + text metrics, Hits@1, PII probes, speed,
     memory. Returns (metrics, intervals, replies, {metric: (stat(indices), n)} for the paired gate)."""
-    gen = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    gen = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+               untempered_stop=args.untempered_stop)
     with mm.peak_memory(cuda) as memory:
         nll, generated = sc.score_and_generate(model, tokenizer, inputs["examples"], inputs["generate"], batch_size=args.batch_size,
                                                desc=f"{name}: perplexity + replies", **gen)

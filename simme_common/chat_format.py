@@ -21,10 +21,6 @@ BUBBLE_DELIMITER = "\n"  # bubbles of one burst are joined by a newline; the app
 SILENT_REPLY = "<silent>"
 
 SYSTEM_PROMPT_BASE = "Write a realistic text message chat. Avoid repetition."
-# Sampled replies keep the 64 likeliest tokens before top-p, in the app (both llama.cpp paths) and in 04's sampler
-# alike: top-p over the whole 49k vocabulary sorts it for every token and row (10 ms measured, as long as a decode step
-# of a 135M model on CPU; 0.3 ms with this cut), and the nucleus of a chat model at these temperatures lies far inside it.
-SAMPLE_TOP_K = 64
 
 
 def build_system_prompt(chat_type: str, owner: str, others: list[str], title: str | None = None) -> str:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .chat_format import SAMPLE_TOP_K, chat_token_ids, split_target, stop_token_ids, trim_context
+from .chat_format import chat_token_ids, split_target, stop_token_ids, trim_context
+from .sampling import sample_next
 
 
 def eval_example(tokenizer, messages: list[dict], max_context_tokens: int, max_length: int) -> dict[str, list[int]]:
@@ -37,7 +38,8 @@ TARGET_GROUP = 8
 
 def score_and_generate(model, tokenizer, examples: list[dict[str, list[int]]], generate: list[bool], *,
                        max_new_tokens: int = 48, temperature: float = 0.7, top_p: float = 0.95, batch_size: int = 32,
-                       seed: int = 42, desc: str | None = None) -> tuple[list[tuple[float, int]], list[dict | None]]:
+                       seed: int = 42, untempered_stop: bool = True,
+                       desc: str | None = None) -> tuple[list[tuple[float, int]], list[dict | None]]:
     """Perplexity terms and generated replies of `eval_example`s with one prompt forward per batch.
 
     Per batch (longest prompts first, left-padded): the prompt forward fills the KV cache and scores the owner
@@ -56,7 +58,7 @@ def score_and_generate(model, tokenizer, examples: list[dict[str, list[int]]], g
     nll_out: list[tuple[float, int]] = [(0.0, 0)] * len(examples)
     replies: list[dict | None] = [None] * len(examples)
     rng = torch.Generator().manual_seed(seed)  # same seed, same batches -> base and twin draw from the same stream
-    sampling = {"temperature": temperature, "top_p": top_p, "generator": rng}
+    sampling = {"temperature": temperature, "top_p": top_p, "generator": rng, "untempered_stop": untempered_stop}
     for s in tqdm(range(0, len(order), batch_size), desc=desc, disable=desc is None, leave=False):
         idx = order[s:s + batch_size]
         batch = _batch_tensors(model, tokenizer.pad_token_id, [examples[i] for i in idx])
@@ -163,20 +165,6 @@ def _add_nll(sums, counts, logits, targets, rows) -> None:
     counts.index_add_(0, rows, torch.ones_like(rows))
 
 
-def sample_next(logits, temperature: float, top_p: float, generator=None):
-    """Next token per row: greedy at temperature 0, else top-k (`SAMPLE_TOP_K`) then top-p, seeded by `generator`."""
-    import torch
-
-    if temperature <= 0:
-        return logits.argmax(-1)
-    values, indices = (logits.float() / temperature).topk(min(SAMPLE_TOP_K, logits.shape[-1]), dim=-1)
-    probs = values.softmax(-1)
-    outside = probs.cumsum(-1) - probs > top_p  # tokens after the nucleus is already full (the first always stays)
-    probs = probs.masked_fill(outside, 0.0)
-    picked = torch.multinomial(probs, 1, generator=generator)
-    return indices.gather(-1, picked).squeeze(-1)
-
-
 def _generate_from_cache(model, tokenizer, b: dict[str, Any], cache, gen_rows: list[int], max_new_tokens: int,
                          sampling: dict) -> list[tuple[str, int, float]]:
     """(text, tokens incl. the stop token, seconds) of the replies sampled for `gen_rows` from the prompt's KV cache.
@@ -200,7 +188,8 @@ def _generate_from_cache(model, tokenizer, b: dict[str, Any], cache, gen_rows: l
         for _ in range(max_new_tokens):
             logits = model(input_ids=step_ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
                            logits_to_keep=1).logits[:, -1]
-            tokens = sample_next(logits, sampling["temperature"], sampling["top_p"], sampling["generator"]).tolist()
+            tokens = sample_next(logits, sampling["temperature"], sampling["top_p"], sampling["generator"],
+                                 sorted(stops) if sampling.get("untempered_stop") else None).tolist()
             going = []
             for k, (slot, t) in enumerate(zip(alive, tokens)):
                 new[slot].append(t)
@@ -234,7 +223,7 @@ def perplexity_from_nll(pairs: list[tuple[float, int]]) -> float | None:
 
 def generate_replies(model, tokenizer, contexts: list[list[dict]], *, max_new_tokens: int = 48, temperature: float = 0.7,
                      top_p: float = 0.95, batch_size: int = 16, max_context_tokens: int = 384, seed: int = 42,
-                     desc: str | None = None) -> list[dict[str, Any]]:
+                     untempered_stop: bool = True, desc: str | None = None) -> list[dict[str, Any]]:
     """Generate the owner's next turn for each context: batched, left-padded, seeded sampling, stop at end-of-turn.
 
     Contexts are trimmed (oldest turns first, system prompt kept) to `max_context_tokens`; the batches are those of
@@ -245,5 +234,6 @@ def generate_replies(model, tokenizer, contexts: list[list[dict]], *, max_new_to
     examples = [{"prompt_ids": chat_token_ids(tokenizer, trim_context(c, count, max_context_tokens)[0], add_generation_prompt=True),
                  "target_ids": [], "labels": []} for c in contexts]
     _, replies = score_and_generate(model, tokenizer, examples, [True] * len(examples), max_new_tokens=max_new_tokens,
-                                    temperature=temperature, top_p=top_p, batch_size=batch_size, seed=seed, desc=desc)
+                                    temperature=temperature, top_p=top_p, batch_size=batch_size, seed=seed,
+                                    untempered_stop=untempered_stop, desc=desc)
     return replies

@@ -10,7 +10,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..chat_format import SAMPLE_TOP_K
+from ..sampling import llama_sampling
 from ..runtime import UserError
 
 
@@ -199,13 +199,10 @@ class BatchDecoder:
         self.twin.stats["prefix_tokens_reused"] += keep
         slot.request, slot.n_new = request, 0
         settings = request.settings
-        greedy = settings["temperature"] <= 0
         # The one-at-a-time path's sampler (llama-cpp-python's chain), seeded per request: a fixed seed would give
         # every unseeded request the same sample.
         self.llama.set_seed(int(settings["seed"]) if settings["seed"] is not None else random.randrange(2**31))
-        slot.sampler = self.llama._init_sampler(
-            top_k=SAMPLE_TOP_K if not greedy else 1, top_p=1.0 if greedy else settings["top_p"], min_p=0.0,
-            temp=0.0 if greedy else settings["temperature"], repeat_penalty=settings["repetition_penalty"])
+        slot.sampler = self.llama._init_sampler(**llama_sampling(settings, self.twin.stop_ids))
         rest = ids[keep:]
         for start in range(0, len(rest), self.llama.n_batch):  # llama.eval's batches
             chunk = rest[start:start + self.llama.n_batch]

@@ -8,7 +8,8 @@ import json
 import threading
 from typing import Any
 
-from ..chat_format import SAMPLE_TOP_K, chat_token_ids, stop_token_ids
+from ..chat_format import chat_token_ids, stop_token_ids
+from ..sampling import llama_sampling, stop_processors
 from .batch_decoder import BatchDecoder, common_prefix_len, restore_seq, snapshot_seq
 from .llama_cpp import llama_prompt_logits, nll_of_logits
 from .model_thread import ModelThread
@@ -174,10 +175,11 @@ class TwinModel:
 
     def stream(self, messages: list[dict], *, temperature: float = 0.7, top_p: float = 0.95,
                repetition_penalty: float = 1.1, max_new_tokens: int = 128, seed: int | None = None,
-               use_cache: bool = True, cache_scope: str | None = None):
+               untempered_stop: bool = True, use_cache: bool = True, cache_scope: str | None = None):
         """Yield the accumulated reply text as tokens arrive; stop at the end-of-turn token or max_new_tokens.
 
-        temperature 0 means greedy. Identical requests (context + settings + seed + `cache_scope`) are answered
+        temperature 0 means greedy; with `untempered_stop` the end of the turn is sampled at its temperature-1
+        probability, so temperature changes the words, not the reply length (`sampling.untempered_stop_logits`). Identical requests (context + settings + seed + `cache_scope`) are answered
         from the LRU cache in one piece; pass another seed (or use_cache=False) for a fresh sample. The app passes
         its session as `cache_scope`, so one user's requests never hit (or time) another user's entries.
         """
@@ -186,7 +188,7 @@ class TwinModel:
         if self._closed:
             raise RuntimeError("this model was unloaded")
         settings = {"temperature": float(temperature), "top_p": float(top_p), "repetition_penalty": float(repetition_penalty),
-                    "max_new_tokens": int(max_new_tokens), "seed": seed}
+                    "max_new_tokens": int(max_new_tokens), "seed": seed, "untempered_stop": bool(untempered_stop)}
         key = reply_cache_key(messages, settings if cache_scope is None else dict(settings, scope=cache_scope))
         if use_cache and self.cache_size > 0:
             with self._replies_lock:
@@ -282,7 +284,7 @@ class TwinModel:
     def _produce_transformers(self, ids: list[int], settings: dict, put, stop) -> None:
         """Generate with transformers (greedy at temperature 0), reusing a cached prompt prefix when one matches."""
         import torch
-        from transformers import DynamicCache, GenerationConfig, StoppingCriteria, StoppingCriteriaList
+        from transformers import DynamicCache, GenerationConfig, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
         from transformers.generation.streamers import BaseStreamer
 
         class _Put(BaseStreamer):
@@ -325,6 +327,7 @@ class TwinModel:
             out = self.model.generate(
                 input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config,
                 cache=cache, streamer=_Put(), stopping_criteria=StoppingCriteriaList([_Stop()]),
+                logits_processor=LogitsProcessorList(stop_processors(settings, self.stop_ids)),
             )
         if self.prefix_cache and out.cache is not None:
             seq = out.sequences[0].tolist()
@@ -348,13 +351,9 @@ class TwinModel:
             self.stats["prefix_tokens_reused"] += live
         # llama.cpp samples with its own seed: a fixed one would give every unseeded request the same sample.
         llama.set_seed(int(settings["seed"]) if settings["seed"] is not None else random.randrange(2**31))
-        greedy = settings["temperature"] <= 0
         stop_ids = set(self.stop_ids)
         n = 0
-        for token in llama.generate(
-            ids, top_k=SAMPLE_TOP_K if not greedy else 1, top_p=1.0 if greedy else settings["top_p"], min_p=0.0,
-            temp=0.0 if greedy else settings["temperature"], repeat_penalty=settings["repetition_penalty"], reset=True,
-        ):
+        for token in llama.generate(ids, reset=True, **llama_sampling(settings, self.stop_ids)):
             if token in stop_ids or stop.is_set():
                 break
             put(int(token))

@@ -1,0 +1,133 @@
+"""How replies are sampled (simme_common/sampling.py): the untempered stop keeps the end of the turn at its
+temperature-1 probability while temperature shapes the rest, in 04's sampler, in transformers' generate and in
+llama.cpp's sampler chain as the app builds them.
+
+Run: .venv/bin/python -m pytest -q tests/test_sampling.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import simme_common as sc
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A 100-token row: token 1 (a stop) at logit 1, token 2 at logit 2, the rest out of reach. At temperature 1 the stop
+# has e / (e + e^2) = 0.269; at 0.5 plainly tempered e^2 / (e^2 + e^4) = 0.119.
+P_STOP_T1, P_STOP_T05 = 0.2689, 0.1192
+
+
+def _row():
+    import torch
+
+    row = torch.full((100,), -30.0)
+    row[1], row[2] = 1.0, 2.0
+    return row
+
+
+def test_untempered_stop_keeps_each_stop_probability_and_tempers_the_rest():
+    import numpy as np
+    import torch
+
+    torch.manual_seed(0)
+    z = torch.randn(4, 300) * 3
+    stops = [5, 17]
+    out = sc.untempered_stop_logits(z, 0.6, stops)
+    p1, q = z.softmax(-1), (out / 0.6).softmax(-1)
+    assert torch.allclose(q[:, stops], p1[:, stops], atol=1e-6)
+    rest = torch.ones(300, dtype=torch.bool)
+    rest[stops] = False
+    tempered = (z[:, rest] / 0.6).softmax(-1)
+    assert torch.allclose(q[:, rest] / q[:, rest].sum(-1, keepdim=True), tempered, atol=1e-6)
+    assert torch.equal(out[:, rest], z[:, rest])  # only the stops move
+    assert torch.equal(sc.untempered_stop_logits(z, 1.0, stops), z)
+    assert torch.equal(sc.untempered_stop_logits(z, 0.6, []), z)
+    # the processor the app hands to llama.cpp gets one numpy row and returns it in place of the logits
+    (processor,) = sc.stop_processors({"temperature": 0.6, "untempered_stop": True}, stops)
+    assert np.allclose(processor(None, z[0].numpy()), out[0].numpy(), atol=1e-5)
+    assert sc.stop_processors({"temperature": 0.6, "untempered_stop": False}, stops) == []
+    assert sc.stop_processors({"temperature": 0.0, "untempered_stop": True}, stops) == []
+
+
+def test_04_sampler_draws_the_stop_at_its_temperature_1_rate():
+    import torch
+
+    rows = _row().expand(20000, -1)
+    plain = sc.sample_next(rows, 0.5, 1.0, torch.Generator().manual_seed(0))
+    kept = sc.sample_next(rows, 0.5, 1.0, torch.Generator().manual_seed(0), stop_ids=[1])
+    assert (plain == 1).float().mean().item() == pytest.approx(P_STOP_T05, abs=0.015)
+    assert (kept == 1).float().mean().item() == pytest.approx(P_STOP_T1, abs=0.015)
+    assert set(kept.tolist()) == {1, 2}
+
+
+def test_transformers_generate_applies_the_untempered_stop_before_its_temperature(tiny_model_dir):
+    """The app's transformers path passes `stop_processors` to `generate`: custom processors run before its
+    temperature and top-p, so each step's final distribution gives the stop its raw probability."""
+    import torch
+    from transformers import AutoModelForCausalLM, LogitsProcessorList
+
+    tok = sc.load_twin_tokenizer(str(tiny_model_dir), None)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    stops = sc.stop_token_ids(tok)
+    ids = torch.tensor([sc.chat_token_ids(tok, [{"role": "user", "content": "hey how are you"}], add_generation_prompt=True)])
+    torch.manual_seed(0)
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=0.5, top_p=None,
+                         top_k=None, max_new_tokens=6, eos_token_id=stops, pad_token_id=tok.pad_token_id,
+                         logits_processor=LogitsProcessorList(sc.stop_processors({"temperature": 0.5, "untempered_stop": True}, stops)),
+                         output_scores=True, output_logits=True, return_dict_in_generate=True)
+    for raw, final in zip(out.logits, out.scores):
+        p_raw, p_final = raw.float().softmax(-1)[0, stops], final.float().softmax(-1)[0, stops]
+        assert torch.allclose(p_final, p_raw, rtol=1e-3, atol=1e-7)
+        assert not torch.allclose((raw.float() / 0.5).softmax(-1)[0, stops], p_raw, rtol=1e-2)  # tempering would move it
+
+
+CHAIN = r"""
+import json, sys, ctypes
+import numpy as np
+import llama_cpp
+from llama_cpp._internals import LlamaTokenDataArray
+import simme_common as sc
+
+twin = sc.load_twin(sys.argv[1], None, backend="llama.cpp", quantization="f32",
+                    llama=sc.LlamaCppOptions(n_threads=1, max_batch=1), cache_size=0)
+llama = twin.llama
+n_vocab = llama.n_vocab()
+stop = twin.stop_ids[0]
+other = next(t for t in range(n_vocab) if t not in twin.stop_ids)
+logits = np.full(n_vocab, -30.0, dtype=np.single)
+logits[stop], logits[other] = 1.0, 2.0
+rates = {}
+for untempered in (False, True):
+    settings = dict(temperature=0.5, top_p=1.0, repetition_penalty=1.0, untempered_stop=untempered)
+    llama.set_seed(0)
+    chain = llama._init_sampler(**sc.llama_sampling(settings, twin.stop_ids))
+    arr = LlamaTokenDataArray(n_vocab=n_vocab)
+    hits = 0
+    for _ in range(4000):
+        arr.copy_logits(logits)
+        llama_cpp.llama_sampler_apply(chain.sampler, ctypes.byref(arr.candidates))
+        hits += int(arr.candidates_data.id[arr.candidates.selected]) == stop
+    rates[str(untempered)] = hits / 4000
+twin.close()
+print(json.dumps(rates))
+"""
+
+
+@pytest.mark.llama_cpp
+def test_llama_cpp_sampler_chain_of_the_app_draws_the_stop_at_its_temperature_1_rate(tiny_model_dir, tmp_path):
+    """Both llama.cpp paths of the app build their sampler from `llama_sampling`; its chain (the custom sampler
+    first, then top-k, top-p, temperature, draw) stops at the raw rate with the untempered stop, the tempered without."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install llama-cpp-python)")
+    env = {**os.environ, "SIMME_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", CHAIN, str(tiny_model_dir)], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, f"llama.cpp child exited with {proc.returncode}: {proc.stderr[-2000:]}"
+    rates = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert rates["False"] == pytest.approx(P_STOP_T05, abs=0.025)
+    assert rates["True"] == pytest.approx(P_STOP_T1, abs=0.025)
