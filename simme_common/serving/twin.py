@@ -179,9 +179,10 @@ class TwinModel:
         """Yield the accumulated reply text as tokens arrive; stop at the end-of-turn token or max_new_tokens.
 
         temperature 0 means greedy; with `untempered_stop` the end of the turn is sampled at its temperature-1
-        probability, so temperature changes the words, not the reply length (`sampling.untempered_stop_logits`). Identical requests (context + settings + seed + `cache_scope`) are answered
-        from the LRU cache in one piece; pass another seed (or use_cache=False) for a fresh sample. The app passes
-        its session as `cache_scope`, so one user's requests never hit (or time) another user's entries.
+        probability, so temperature changes the words, not the reply length (`sampling.untempered_stop_logits`).
+        Identical requests (context + settings + seed + `cache_scope`) are answered from the LRU cache in one piece;
+        pass another seed (or use_cache=False) for a fresh sample. The app passes its session as `cache_scope`, so
+        one user's requests never hit (or time) another user's entries.
         """
         import queue
 
