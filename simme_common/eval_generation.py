@@ -175,6 +175,7 @@ def _generate_from_cache(model, tokenizer, b: dict[str, Any], cache, gen_rows: l
     import torch
 
     stops = set(stop_token_ids(tokenizer))
+    untempered = sorted(stops) if sampling["untempered_stop"] else None
     ids, attn, positions = b["ids"], b["attn"], b["positions"]
     start = time.perf_counter()
     cache.crop(-1)  # the prompt's last token is fed again: its logits start the reply
@@ -189,7 +190,7 @@ def _generate_from_cache(model, tokenizer, b: dict[str, Any], cache, gen_rows: l
             logits = model(input_ids=step_ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
                            logits_to_keep=1).logits[:, -1]
             tokens = sample_next(logits, sampling["temperature"], sampling["top_p"], sampling["generator"],
-                                 sorted(stops) if sampling.get("untempered_stop") else None).tolist()
+                                 untempered).tolist()
             going = []
             for k, (slot, t) in enumerate(zip(alive, tokens)):
                 new[slot].append(t)
