@@ -7,6 +7,7 @@ Run: .venv/bin/python -m pytest -q tests
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -141,3 +142,12 @@ def wait_until_serving(proc, url: str, log: Path, timeout: float = 240) -> None:
             return
         except OSError:
             time.sleep(0.5)
+
+
+def run_llama_child(code: str, cache: Path, args: list[str] = (), **env: str) -> dict:
+    """Run `code` in a child Python with `cache` as SIMME_CACHE (llama.cpp is native code: a crash fails the test,
+    not the session); the JSON of its last stdout line."""
+    env = {**os.environ, "SIMME_CACHE": str(cache), "PYTHONPATH": str(ROOT), **env}
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, f"llama.cpp child exited with {proc.returncode}: {proc.stderr[-3000:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])

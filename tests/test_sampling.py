@@ -7,17 +7,10 @@ Run: .venv/bin/python -m pytest -q tests/test_sampling.py
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 import simme_common as sc
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import run_llama_child
 
 # A 100-token row: token 1 (a stop) at logit 1, token 2 at logit 2, the rest out of reach. At temperature 1 the stop
 # has e / (e + e^2) = 0.269; at 0.5 plainly tempered e^2 / (e^2 + e^4) = 0.119.
@@ -125,9 +118,6 @@ def test_llama_cpp_sampler_chain_of_the_app_draws_the_stop_at_its_temperature_1_
     """Both llama.cpp paths of the app build their sampler from `llama_sampling`; its chain (the custom sampler
     first, then top-k, top-p, temperature, draw) stops at the raw rate with the untempered stop, the tempered without."""
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install llama-cpp-python)")
-    env = {**os.environ, "SIMME_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", CHAIN, str(tiny_model_dir)], capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, f"llama.cpp child exited with {proc.returncode}: {proc.stderr[-2000:]}"
-    rates = json.loads(proc.stdout.strip().splitlines()[-1])
+    rates = run_llama_child(CHAIN, tmp_path / "cache", args=[str(tiny_model_dir)])
     assert rates["False"] == pytest.approx(P_STOP_T05, abs=0.025)
     assert rates["True"] == pytest.approx(P_STOP_T1, abs=0.025)

@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 
 import simme_common as sc
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import run_llama_child
 
 # Two tiny chats the fixture model learns by heart, so greedy replies (and where they end) are known.
 CHATS = {
@@ -228,14 +225,6 @@ def _long_chat() -> list[dict]:
     return _chat(turns[0]) + [{"role": ("assistant", "user")[i % 2], "content": t} for i, t in enumerate(turns[1:])]
 
 
-def _run_llama_child(code: str, cache: Path, args: list[str] = (), **env: str) -> dict:
-    """Run `code` in a child Python (a native crash fails the test, not the session); the JSON of its last line."""
-    env = {**os.environ, "SIMME_CACHE": str(cache), "PYTHONPATH": str(ROOT), **env}
-    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, f"llama.cpp child exited with {proc.returncode}: {proc.stderr[-2000:]}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 @pytest.mark.llama_cpp
 @pytest.mark.slow
 def test_llama_cpp_default_quantization_generates_in_a_child_process(tmp_path):
@@ -261,7 +250,7 @@ def test_llama_cpp_default_quantization_generates_in_a_child_process(tmp_path):
         f"nll = twin.nll(sc.chat_token_ids(twin.tokenizer, {messages!r}))\n"
         "print(json.dumps({'info': twin.info(), 'n_chars': len(reply), 'nll': nll}))\n"
     )
-    out = _run_llama_child(code, tmp_path / "cache")
+    out = run_llama_child(code, tmp_path / "cache")
     assert out["info"]["quantization"] == sc.default_gguf_quant(amx) and out["n_chars"] > 0
     # IQ4_NL layers are repackable; "default" on CPUs without AMX
     assert out["info"]["weight_buffer"] in (("AMX",) if amx else ("default", "CPU_REPACK"))
@@ -292,7 +281,7 @@ def test_llama_cpp_prompt_batches_take_flash_attention_and_match_transformers(tm
         "nll = twin.nll(sc.chat_token_ids(twin.tokenizer, messages + [{'role': 'assistant', 'content': 'ok'}]))\n"
         "print(json.dumps({'reply': reply, 'nll': nll}))\n"
     )
-    out = {fa_min: _run_llama_child(code, tmp_path / "cache", SIMME_FA_PREFILL_MIN_TOKENS=fa_min) for fa_min in ("64", "0")}
+    out = {fa_min: run_llama_child(code, tmp_path / "cache", SIMME_FA_PREFILL_MIN_TOKENS=fa_min) for fa_min in ("64", "0")}
     hf = sc.load_twin(base, None, backend="transformers")
     ids = sc.chat_token_ids(hf.tokenizer, messages + [{"role": "assistant", "content": "ok"}])
     assert len(hf.prompt_ids(messages)) >= 100  # the prompt is one batch of >= 64 tokens
@@ -334,7 +323,7 @@ def test_amx_prompt_batches_take_bf16_tiles_and_match_transformers(tmp_path):
         "reply = twin.generate(messages, temperature=0.0, top_p=1.0, repetition_penalty=1.0, max_new_tokens=12)\n"
         "print(json.dumps({'info': twin.info(), 'reply': reply}))\n"
     )
-    out = {n: _run_llama_child(code, tmp_path / "cache", args=[str(tmp_path / f"logits{n}.npy")],
+    out = {n: run_llama_child(code, tmp_path / "cache", args=[str(tmp_path / f"logits{n}.npy")],
                                SIMME_AMX_BF16_MIN_TOKENS=n) for n in ("32", "0")}
     assert out["32"]["info"]["amx_bf16_min_tokens"] == 32 and out["0"]["info"]["amx_bf16_min_tokens"] == 0
     assert out["32"]["info"]["quantization"] == "q8_0" and out["32"]["info"]["weight_buffer"] == "AMX"

@@ -7,15 +7,11 @@ Run: .venv/bin/python -m pytest -q tests/test_serving_batch.py
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import run_llama_child
 
 CHILD = r"""
 import json, queue, sys, threading
@@ -140,11 +136,7 @@ def sharp_tiny_dir(tiny_model_dir, tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_batched_replies_equal_one_at_a_time_and_the_queue_is_bounded(sharp_tiny_dir, tmp_path):
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install llama-cpp-python)")
-    env = {**os.environ, "SIMME_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(sharp_tiny_dir)], capture_output=True, text=True, env=env,
-                          timeout=600)
-    assert proc.returncode == 0, f"llama.cpp child exited with {proc.returncode}: {proc.stderr[-3000:]}"
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = run_llama_child(CHILD, tmp_path / "cache", args=[str(sharp_tiny_dir)])
     assert out["info"]["max_batch"] == 4 and out["info"]["n_ctx_per_chat"] == 256
     # Six concurrent chats decoded together: each greedy reply is exactly the one-at-a-time path's.
     assert out["results"][:6] == out["expected"][:6]
