@@ -48,6 +48,9 @@ class TrainArguments:
     lora_top_layers: int | None = field(default=None, metadata={
         "help": "LoRA on the top N decoder layers only: backpropagation then stops below them, so a step costs "
                 "less (forward + backward through N layers instead of all). Default: every layer."})
+    loraplus_lr_ratio: float | None = field(default=None, metadata={
+        "help": "LoRA+: the LoRA B matrices learn at this multiple of --learning_rate (the A matrices at it). "
+                "Default: one rate for all."})
     max_train_minutes: float | None = field(default=None, metadata={
         "help": "Wall-clock budget of the training steps: where max_steps would take longer, the LR schedule is fit "
                 "to the steps that fit (measured after a few steps and re-planned at 25/50/75 percent of the plan, "
@@ -169,6 +172,11 @@ def build_trainer(train_args: TrainArguments, sft_config, model_args):
         processing_class=tokenizer,
         peft_config=peft_config,
     )
+    if train_args.loraplus_lr_ratio is not None:
+        try:
+            trainer.optimizer = sc.loraplus_optimizer(trainer.model, sft_config, train_args.loraplus_lr_ratio)
+        except ValueError as err:
+            raise sc.UserError(str(err)) from None
     # TRL's fused LM head scores every position on CPUs; only the owner's (labelled) positions are trained
     causal_lm = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
     lm_head_note = compact_lm_head(causal_lm)

@@ -46,6 +46,8 @@ VARIANTS: dict[str, tuple[str, str | None]] = {
     "lr_1e-3": ("--learning_rate 1e-3", None),
     "lr_3e-3": ("--learning_rate 3e-3", None),
     "adam_beta2_0.99": ("--adam_beta2 0.99", None),  # a shorter second-moment memory for a short run
+    "loraplus_4": ("--loraplus_lr_ratio 4", None),  # LoRA+: B matrices at 4x the rate of A
+    "loraplus_16": ("--loraplus_lr_ratio 16", None),
     "schedule_constant": ("--lr_scheduler_type constant", None),
     "schedule_linear": ("--lr_scheduler_type linear", None),
     "lora_r8": ("--lora_r 8 --lora_alpha 16", None),

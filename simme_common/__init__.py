@@ -165,7 +165,7 @@ from .time_budget import (
 )
 from .training import (
     trained_segments, device_option_problem, REDACTED, redact_private, wandb_run_dir, private_wandb_callback,
-    eager_attention_note,
+    eager_attention_note, loraplus_optimizer,
 )
 
 __all__ = [
@@ -235,6 +235,6 @@ __all__ = [
     'distribution_similarity', 'text_style_flags', 'punctuation_profile', 'message_features', 'quantiles',
     'describe_distribution', 'lexical_diversity', 'bubbles_distribution', 'language_mix', 'code_switch_rate',
     'stop_words', 'CALIBRATION_STEPS', 'REPLAN_FRACTIONS', 'plan_position', 'stretched', 'steps_that_fit', 'time_budget_callback',
-    'trained_segments', 'device_option_problem', 'REDACTED', 'redact_private', 'wandb_run_dir',
+    'trained_segments', 'device_option_problem', 'loraplus_optimizer', 'REDACTED', 'redact_private', 'wandb_run_dir',
     'private_wandb_callback', 'eager_attention_note',
 ]

@@ -40,6 +40,26 @@ def device_option_problem(sft_config, model_args, has_gpu: bool) -> str | None:
     return None
 
 
+def loraplus_optimizer(model, args, ratio: float):
+    """The trainer's own optimizer (class and settings from `args`) with LoRA+ parameter groups: each LoRA B
+    matrix learns at `ratio` x the learning rate of its A matrix (Hayou et al. 2024, peft's LoRA+ helper).
+
+    B starts at zero and carries the update's output directions; a higher rate there fits more per step, which a
+    recipe limited to minutes needs.
+    """
+    from peft.optimizers import create_loraplus_optimizer
+    from transformers import Trainer
+
+    if not ratio >= 1:  # NaN too
+        raise ValueError(f"--loraplus_lr_ratio must be at least 1, got {ratio}")
+    if not any("lora_B" in name for name, p in model.named_parameters() if p.requires_grad):
+        raise ValueError("--loraplus_lr_ratio needs trainable LoRA weights: --use_peft true")
+    optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    kwargs.pop("lr", None)
+    return create_loraplus_optimizer(model, optimizer_cls, lr=args.learning_rate, loraplus_lr_ratio=ratio,
+                                     loraplus_weight_decay=args.weight_decay, **kwargs)
+
+
 # Keys whose values are local paths or name the user (hub ids, run names default to the output path): W&B gets
 # a placeholder instead, since folder names often carry a person's name (janedoe_10153).
 _PRIVATE_KEYS = ("output_dir", "logging_dir", "input_dir", "init_adapter", "run_name", "hub_model_id",

@@ -365,6 +365,35 @@ def test_lora_top_layers_trains_the_top_layers_and_backpropagates_through_them_o
     assert all(p.grad is None for n, p in trainer.model.named_parameters() if ".layers.0." in n)
 
 
+def _lora_b_after_one_step(tiny_model_dir, prepared_dir, tmp_path, extra: list[str]) -> float:
+    """The largest LoRA B weight after one constant-rate step. B starts at zero and Adam's first step moves every
+    weight with a gradient by about its learning rate, so this reads B's rate off the weights themselves."""
+    train_args, sft, model_args = train03.parse_args([
+        "--config", SMOKE, "--model_name_or_path", str(tiny_model_dir), "--input_dir", str(prepared_dir),
+        "--output_dir", str(tmp_path), "--max_steps", "1", "--learning_rate", "1e-3", "--warmup_steps", "0",
+        "--lr_scheduler_type", "constant", "--weight_decay", "0", *extra,
+    ])
+    trainer, _ = train03.build_trainer(train_args, sft, model_args)
+    trainer.train()
+    return max(p.detach().abs().max().item() for n, p in trainer.model.named_parameters() if "lora_B" in n)
+
+
+def test_loraplus_trains_the_b_matrices_at_ratio_times_the_learning_rate(tiny_model_dir, prepared_dir, tmp_path):
+    plain = _lora_b_after_one_step(tiny_model_dir, prepared_dir, tmp_path / "plain", [])
+    plus = _lora_b_after_one_step(tiny_model_dir, prepared_dir, tmp_path / "plus", ["--loraplus_lr_ratio", "4"])
+    assert plain == pytest.approx(1e-3, rel=0.05)
+    assert plus == pytest.approx(4e-3, rel=0.05)
+
+
+def test_loraplus_refuses_a_ratio_below_one_and_a_model_without_lora(tiny_model_dir, prepared_dir, tmp_path, capsys):
+    base = ["--config", SMOKE, "--model_name_or_path", str(tiny_model_dir), "--input_dir", str(prepared_dir),
+            "--output_dir", str(tmp_path / "out")]
+    for bad in ("0.5", "nan"):
+        assert "--loraplus_lr_ratio must be at least 1" in _user_error(base + ["--loraplus_lr_ratio", bad], capsys)
+    assert "needs trainable LoRA weights" in _user_error(
+        base + ["--loraplus_lr_ratio", "4", "--use_peft", "false"], capsys)
+
+
 def _cosine_20_step_trainer(tiny_model_dir, prepared_dir, tmp_path):
     """The time-budget tests' trainer: 20 steps of 1 sample, cosine from 1e-3 after 2 warmup steps."""
     train_args, sft, model_args = train03.parse_args([
