@@ -41,7 +41,7 @@ class EvaluateArguments:
     write_metric_docs: str | None = field(default=None, metadata={"help": "Only regenerate the metric section of this docs page (e.g. docs/evaluate.md) and exit."})
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (0 = greedy)."})
     top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling top-p."})
-    untempered_stop: bool = field(default=True, metadata={"help": "Sample the end of the turn at its temperature-1 probability (as the app does): temperature then shapes the words, not the reply length."})
+    untempered_stop: bool = field(default=True, metadata={"help": "Sample the end of the turn and of each bubble at its temperature-1 probability (as the app does): temperature then shapes the words, not the reply length."})
     max_new_tokens: int = field(default=96, metadata={"help": "Reply budget, as the app's default: above p99 of the sample export's owner turns (90 tokens), so the length histogram's top bins are reachable."})
     max_context_tokens: int = field(default=384, metadata={"help": "Prompt budget: oldest turns dropped first, system prompt kept."})
     max_length: int = field(default=512, metadata={"help": "Token budget of prompt + real owner turn for perplexity (a longer turn is cut at the end)."})

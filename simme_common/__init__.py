@@ -10,7 +10,7 @@ from .chat_format import (
     MESSAGES, OWNER_ROLE, OTHER_ROLE, CHAT_TYPES, BUBBLE_DELIMITER, SILENT_REPLY, SYSTEM_PROMPT_BASE,
     build_system_prompt, format_user_turn, split_bubbles, CHATML_TRAINING_TEMPLATE, LLAMA3_TRAINING_TEMPLATE,
     training_chat_template, end_of_turn_token, ensure_training_template, split_target, chat_token_ids,
-    stop_token_ids, trim_context,
+    stop_token_ids, untempered_token_ids, trim_context,
 )
 from .sampling import SAMPLE_TOP_K, untempered_stop_logits, sample_next, stop_processors, llama_sampling
 from .eval_generation import (
@@ -175,7 +175,7 @@ __all__ = [
     'CHAT_TYPES', 'BUBBLE_DELIMITER', 'SILENT_REPLY', 'SYSTEM_PROMPT_BASE', 'build_system_prompt',
     'format_user_turn', 'split_bubbles', 'CHATML_TRAINING_TEMPLATE', 'LLAMA3_TRAINING_TEMPLATE',
     'training_chat_template', 'end_of_turn_token', 'ensure_training_template', 'split_target', 'chat_token_ids',
-    'stop_token_ids', 'trim_context', 'eval_example', 'score_and_generate', 'perplexity_from_nll',
+    'stop_token_ids', 'untempered_token_ids', 'trim_context', 'eval_example', 'score_and_generate', 'perplexity_from_nll',
     'generate_replies', 'DROP_REASONS', 'REPAIR_REASONS', 'parse_thread_documents', 'parse_export',
     'merge_thread_records', 'infer_owner', 'IngestLimits', 'discover_export', 'json_too_deep', 'read_entry_bytes',
     'detect_file_kind', 'sanitize_header', 'DocumentError', 'load_json_document', 'instagram_old_to_documents',

@@ -129,6 +129,14 @@ def stop_token_ids(tokenizer) -> list[int]:
     return sorted(i for i in ids if isinstance(i, int) and i != tokenizer.unk_token_id)
 
 
+def untempered_token_ids(tokenizer) -> list[int]:
+    """Tokens that end a bubble or the turn: the stop tokens and the bubble delimiter (where it is one token).
+    Sampling draws them at their temperature-1 probability (`sampling.untempered_stop_logits`), so a temperature
+    below 1 shortens neither the bubbles nor the reply."""
+    delimiter = tokenizer(BUBBLE_DELIMITER, add_special_tokens=False)["input_ids"]
+    return sorted(set(stop_token_ids(tokenizer)) | set(delimiter if len(delimiter) == 1 else []))
+
+
 def trim_context(messages: list[dict], count_tokens, max_tokens: int,
                  block_tokens: int = 1) -> tuple[list[dict], int]:
     """Drop the oldest turns (never the system prompt or the last turn) until `count_tokens(messages) <= max_tokens`.

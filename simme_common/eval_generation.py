@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .chat_format import chat_token_ids, split_target, stop_token_ids, trim_context
+from .chat_format import chat_token_ids, split_target, stop_token_ids, trim_context, untempered_token_ids
 from .sampling import sample_next
 
 
@@ -175,7 +175,7 @@ def _generate_from_cache(model, tokenizer, b: dict[str, Any], cache, gen_rows: l
     import torch
 
     stops = set(stop_token_ids(tokenizer))
-    untempered = sorted(stops) if sampling["untempered_stop"] else None
+    untempered = untempered_token_ids(tokenizer) if sampling["untempered_stop"] else None
     ids, attn, positions = b["ids"], b["attn"], b["positions"]
     start = time.perf_counter()
     cache.crop(-1)  # the prompt's last token is fed again: its logits start the reply

@@ -1,5 +1,5 @@
 """How a reply's next token is drawn, the same in 04 and in the app: temperature, top-k, top-p, and the end of the
-turn sampled at its untempered probability."""
+turn and of each bubble (`chat_format.untempered_token_ids`) sampled at its untempered probability."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""How replies are sampled (simme_common/sampling.py): the untempered stop keeps the end of the turn at its
-temperature-1 probability while temperature shapes the rest, in 04's sampler, in transformers' generate and in
-llama.cpp's sampler chain as the app builds them.
+"""How replies are sampled (simme_common/sampling.py): the untempered stop keeps the end of the turn (and of
+each bubble) at its temperature-1 probability while temperature shapes the rest, in 04's sampler, in transformers'
+generate and in llama.cpp's sampler chain as the app builds them.
 
 Run: .venv/bin/python -m pytest -q tests/test_sampling.py
 """
@@ -60,6 +60,31 @@ def test_04_sampler_draws_the_stop_at_its_temperature_1_rate():
     assert set(kept.tolist()) == {1, 2}
 
 
+def test_04_generation_hands_the_sampler_the_stops_and_the_bubble_delimiter(tiny_model_dir, monkeypatch):
+    """04's decode loop samples with `untempered_token_ids` (the real sampler runs; the wrapper only records what it
+    was given), and with `untempered_stop=False` with nothing untempered."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from simme_common import eval_generation
+
+    tok = sc.load_twin_tokenizer(str(tiny_model_dir), None)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    given = []
+
+    def recording(logits, temperature, top_p, generator=None, stop_ids=None):
+        given.append(stop_ids)
+        return sc.sample_next(logits, temperature, top_p, generator, stop_ids)
+
+    monkeypatch.setattr(eval_generation, "sample_next", recording)
+    contexts = [[{"role": "user", "content": "hey how are you"}]]
+    for untempered, expected in ((True, sc.untempered_token_ids(tok)), (False, None)):
+        given.clear()
+        sc.generate_replies(model, tok, contexts, max_new_tokens=3, untempered_stop=untempered)
+        assert given and all(g == expected for g in given)
+    assert len(sc.untempered_token_ids(tok)) == len(sc.stop_token_ids(tok)) + 1
+
+
 def test_transformers_generate_applies_the_untempered_stop_before_its_temperature(tiny_model_dir):
     """The app's transformers path passes `stop_processors` to `generate`: custom processors run before its
     temperature and top-p, so each step's final distribution gives the stop its raw probability."""
@@ -69,16 +94,19 @@ def test_transformers_generate_applies_the_untempered_stop_before_its_temperatur
     tok = sc.load_twin_tokenizer(str(tiny_model_dir), None)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     stops = sc.stop_token_ids(tok)
+    untempered = sc.untempered_token_ids(tok)  # what the app passes: the stops and the bubble delimiter
+    newline = tok(sc.BUBBLE_DELIMITER, add_special_tokens=False)["input_ids"]
+    assert len(newline) == 1 and untempered == sorted(set(stops) | set(newline))
     ids = torch.tensor([sc.chat_token_ids(tok, [{"role": "user", "content": "hey how are you"}], add_generation_prompt=True)])
     torch.manual_seed(0)
     out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=0.5, top_p=None,
                          top_k=None, max_new_tokens=6, eos_token_id=stops, pad_token_id=tok.pad_token_id,
-                         logits_processor=LogitsProcessorList(sc.stop_processors({"temperature": 0.5, "untempered_stop": True}, stops)),
+                         logits_processor=LogitsProcessorList(sc.stop_processors({"temperature": 0.5, "untempered_stop": True}, untempered)),
                          output_scores=True, output_logits=True, return_dict_in_generate=True)
     for raw, final in zip(out.logits, out.scores):
-        p_raw, p_final = raw.float().softmax(-1)[0, stops], final.float().softmax(-1)[0, stops]
+        p_raw, p_final = raw.float().softmax(-1)[0, untempered], final.float().softmax(-1)[0, untempered]
         assert torch.allclose(p_final, p_raw, rtol=1e-3, atol=1e-7)
-        assert not torch.allclose((raw.float() / 0.5).softmax(-1)[0, stops], p_raw, rtol=1e-2)  # tempering would move it
+        assert not torch.allclose((raw.float() / 0.5).softmax(-1)[0, untempered], p_raw, rtol=1e-2)  # tempering would move it
 
 
 CHAIN = r"""
@@ -100,7 +128,7 @@ rates = {}
 for untempered in (False, True):
     settings = dict(temperature=0.5, top_p=1.0, repetition_penalty=1.0, untempered_stop=untempered)
     llama.set_seed(0)
-    chain = llama._init_sampler(**sc.llama_sampling(settings, twin.stop_ids))
+    chain = llama._init_sampler(**sc.llama_sampling(settings, twin.untempered_ids))
     arr = LlamaTokenDataArray(n_vocab=n_vocab)
     hits = 0
     for _ in range(4000):

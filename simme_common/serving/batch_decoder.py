@@ -202,7 +202,7 @@ class BatchDecoder:
         # The one-at-a-time path's sampler (llama-cpp-python's chain), seeded per request: a fixed seed would give
         # every unseeded request the same sample.
         self.llama.set_seed(int(settings["seed"]) if settings["seed"] is not None else random.randrange(2**31))
-        slot.sampler = self.llama._init_sampler(**llama_sampling(settings, self.twin.stop_ids))
+        slot.sampler = self.llama._init_sampler(**llama_sampling(settings, self.twin.untempered_ids))
         rest = ids[keep:]
         for start in range(0, len(rest), self.llama.n_batch):  # llama.eval's batches
             chunk = rest[start:start + self.llama.n_batch]

@@ -8,7 +8,7 @@ import json
 import threading
 from typing import Any
 
-from ..chat_format import chat_token_ids, stop_token_ids
+from ..chat_format import chat_token_ids, stop_token_ids, untempered_token_ids
 from ..sampling import llama_sampling, stop_processors
 from .batch_decoder import BatchDecoder, common_prefix_len, restore_seq, snapshot_seq
 from .llama_cpp import llama_prompt_logits, nll_of_logits
@@ -56,6 +56,7 @@ class TwinModel:
         self._prefixes: list[tuple[tuple[int, ...], Any]] = []
         self._prefix_slots = prefix_slots
         self.stop_ids = stop_token_ids(tokenizer)
+        self.untempered_ids = untempered_token_ids(tokenizer)  # end of bubble and turn: sampled at temperature 1
         self.stats = {"reply_cache_hits": 0, "prefix_tokens_reused": 0, "requests": 0}
         # Every llama.cpp call runs on one thread (the one that built it; see ModelThread), which also serializes
         # llama.cpp's state; transformers runs each request on its own thread under the lock.
@@ -178,8 +179,9 @@ class TwinModel:
                untempered_stop: bool = True, use_cache: bool = True, cache_scope: str | None = None):
         """Yield the accumulated reply text as tokens arrive; stop at the end-of-turn token or max_new_tokens.
 
-        temperature 0 means greedy; with `untempered_stop` the end of the turn is sampled at its temperature-1
-        probability, so temperature changes the words, not the reply length (`sampling.untempered_stop_logits`).
+        temperature 0 means greedy; with `untempered_stop` the end of the turn and of each bubble is sampled at
+        its temperature-1 probability, so temperature changes the words, not the reply length
+        (`sampling.untempered_stop_logits`).
         Identical requests (context + settings + seed + `cache_scope`) are answered from the LRU cache in one piece;
         pass another seed (or use_cache=False) for a fresh sample. The app passes its session as `cache_scope`, so
         one user's requests never hit (or time) another user's entries.
@@ -328,7 +330,7 @@ class TwinModel:
             out = self.model.generate(
                 input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config,
                 cache=cache, streamer=_Put(), stopping_criteria=StoppingCriteriaList([_Stop()]),
-                logits_processor=LogitsProcessorList(stop_processors(settings, self.stop_ids)),
+                logits_processor=LogitsProcessorList(stop_processors(settings, self.untempered_ids)),
             )
         if self.prefix_cache and out.cache is not None:
             seq = out.sequences[0].tolist()
@@ -354,7 +356,7 @@ class TwinModel:
         llama.set_seed(int(settings["seed"]) if settings["seed"] is not None else random.randrange(2**31))
         stop_ids = set(self.stop_ids)
         n = 0
-        for token in llama.generate(ids, reset=True, **llama_sampling(settings, self.stop_ids)):
+        for token in llama.generate(ids, reset=True, **llama_sampling(settings, self.untempered_ids)):
             if token in stop_ids or stop.is_set():
                 break
             put(int(token))
