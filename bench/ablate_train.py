@@ -49,6 +49,8 @@ VARIANTS: dict[str, tuple[str, str | None]] = {
     "loraplus_4": ("--loraplus_lr_ratio 4", None),  # LoRA+: B matrices at 4x the rate of A
     "loraplus_16": ("--loraplus_lr_ratio 16", None),
     "schedule_constant": ("--lr_scheduler_type constant", None),
+    # warmup, a constant rate, then a cosine decay over the last quarter (46 of 184 planned steps)
+    "schedule_wsd": ('--lr_scheduler_type warmup_stable_decay --lr_scheduler_kwargs {"num_decay_steps":46}', None),
     "schedule_linear": ("--lr_scheduler_type linear", None),
     "lora_r8": ("--lora_r 8 --lora_alpha 16", None),
     "lora_r32": ("--lora_r 32 --lora_alpha 64", None),
