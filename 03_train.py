@@ -118,6 +118,9 @@ def build_trainer(train_args: TrainArguments, sft_config, model_args):
     problem = sc.device_option_problem(sft_config, model_args, has_gpu)
     if problem:
         raise sc.UserError(problem)
+    if train_args.preference_data and train_args.loraplus_lr_ratio is not None:
+        raise sc.UserError("--loraplus_lr_ratio sets the SFT optimizer; --preference_data trains with TRL's DPO/KTO "
+                           "optimizer, drop one of them")
     if sft_config.hub_token:
         raise sc.UserError("--hub_token would be saved in logs and shell history; set HF_TOKEN in the environment instead")
     if has_gpu:

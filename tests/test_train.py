@@ -392,6 +392,8 @@ def test_loraplus_refuses_a_ratio_below_one_and_a_model_without_lora(tiny_model_
         assert "--loraplus_lr_ratio must be at least 1" in _user_error(base + ["--loraplus_lr_ratio", bad], capsys)
     assert "needs trainable LoRA weights" in _user_error(
         base + ["--loraplus_lr_ratio", "4", "--use_peft", "false"], capsys)
+    assert "drop one of them" in _user_error(
+        base + ["--loraplus_lr_ratio", "4", "--preference_data", str(tmp_path / "feedback")], capsys)
 
 
 def _cosine_20_step_trainer(tiny_model_dir, prepared_dir, tmp_path):
