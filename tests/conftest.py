@@ -106,6 +106,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny_model"))
 
 
+@pytest.fixture(scope="module")
+def prepared_dir(tmp_path_factory) -> Path:
+    """A small 01-style prepared dataset (one-on-one and group samples) for 03's tests."""
+    from train_helpers import write_prepared
+
+    return write_prepared(tmp_path_factory.mktemp("prepared"))
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     """The shared Messenger export fixtures (../shared/fixtures/messenger)."""

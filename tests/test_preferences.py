@@ -102,7 +102,7 @@ def test_03_self_play_round_on_top_of_a_twin_writes_a_new_adapter(tiny_model_dir
     from safetensors.torch import load_file
 
     import simme_common as sc
-    from test_train import SMOKE, train03, write_prepared
+    from train_helpers import SMOKE, train03, write_prepared
 
     prepared = write_prepared(tmp_path / "prepared")
     common = ["--config", SMOKE, "--model_name_or_path", str(tiny_model_dir), "--input_dir", str(prepared)]
