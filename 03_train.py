@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import simme_common as sc
-from simme_common.precision import Precision, apply_cpu_precision
+from simme_common.precision import Precision, apply_cpu_precision, frozen_linears_to_bf16
 from simme_common.supervised_loss import compact_lm_head
 from simme_common.training import private_wandb_callback, wandb_run_dir
 
@@ -180,6 +180,8 @@ def build_trainer(train_args: TrainArguments, sft_config, model_args):
             trainer.optimizer = sc.loraplus_optimizer(trainer.model, sft_config, train_args.loraplus_lr_ratio)
         except ValueError as err:
             raise sc.UserError(str(err)) from None
+    # Autocast would re-cast every frozen weight to bf16 on every forward; store them as it would cast them
+    frozen_bf16 = frozen_linears_to_bf16(trainer.model) if precision.bf16_autocast and not has_gpu else 0
     # TRL's fused LM head scores every position on CPUs; only the owner's (labelled) positions are trained
     causal_lm = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
     lm_head_note = compact_lm_head(causal_lm)
@@ -197,7 +199,8 @@ def build_trainer(train_args: TrainArguments, sft_config, model_args):
         run_dir = wandb_run_dir(sft_config.output_dir, os.environ.get("WANDB_DIR"), sc.simme_cache_dir())
         trainer.add_callback(private_wandb_callback(run_dir, {"precision": precision.as_dict()}))
     info = {"train samples": len(train), "owner turns": n_owner_turns, "base model": model_path,
-            "precision": precision.as_dict(), "supervised-only LM head": lm_head_note is None}
+            "precision": precision.as_dict(), "supervised-only LM head": lm_head_note is None,
+            "frozen weights in bf16": frozen_bf16}
     return trainer, info
 
 

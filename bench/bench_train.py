@@ -12,7 +12,8 @@ callback), so it is the steady rate a real run has after its first step.
 Both sides train the default model (SmolLM2-135M-Instruct) with the recipe's LoRA config on the same samples,
 built by 03_train.build_trainer. The baseline is `SFTConfig` and `ModelConfig` with their defaults (bf16
 autocast, gradient checkpointing, sdpa attention, random batches padded to the longest sample, TRL's LM head on
-every position), plus `use_cpu=True`, without which the defaults refuse to start on a CPU-only machine.
+every position, frozen weights re-cast to bf16 by autocast on every forward), plus
+`use_cpu=True`, without which the defaults refuse to start on a CPU-only machine.
 Tokens are the non-padding tokens TRL counts; the GEMM floor is 4 x params x tokens/s (forward 2P + input-gradient
 2P per token; frozen weights get no gradient) over the machine's measured matmul rate in the dtype the recipe computes in (bf16
 where `dtype: auto` chose bf16 autocast); both the fp32 and the bf16 rates are reported, with the CPU flags.
@@ -119,6 +120,7 @@ def worker(name: str, input_dir: Path, out_dir: Path, quick: bool, rounds: int) 
         for field in ("dtype", "attn_implementation"):
             setattr(model_args, field, ModelConfig.__dataclass_fields__[field].default)
         stage.compact_lm_head = lambda model: "baseline: TRL's head"
+        stage.frozen_linears_to_bf16 = lambda model: 0  # autocast re-casts frozen weights on every forward
     trainer, info = stage.build_trainer(train_args, variants[name](), model_args)
     timer = benchlib.step_timer()
     trainer.add_callback(timer)

@@ -7,6 +7,7 @@ guessed from the vendor or model name.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 # Flags of /proc/cpuinfo (and of torch's cpu capability dict, which uses the same names) that mean native bf16 matmuls.
@@ -91,3 +92,61 @@ def apply_cpu_precision(model_args, sft_config, flags: set[str] | None = None) -
         precision = Precision(precision.dtype, True, precision.reason + "; bf16 autocast as requested (--bf16 true)",
                               precision.flags)
     return precision
+
+
+def _cast_frozen_linears(model, head: bool) -> list:
+    """Cast the frozen fp32 weights of `model`'s plain Linear layers to bf16 in place: [(parameter, its fp32 data)].
+
+    A weight shared with an embedding (a tied LM head) stays fp32, since the embedding's rows feed the fp32
+    residual stream; with `head`, the LM head then gets its own bf16 copy (for inference: nothing trains it).
+    """
+    import torch
+
+    head_module = model.get_output_embeddings() if head and hasattr(model, "get_output_embeddings") else None
+    embedded = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    originals = []
+    for module in model.modules():
+        if type(module) is not torch.nn.Linear:
+            continue
+        params = [p for p in (module.weight, module.bias) if p is not None]
+        if any(p.requires_grad or p.dtype != torch.float32 for p in params):
+            continue
+        if id(module.weight) in embedded:
+            if module is head_module:
+                originals.append((module, module.weight))
+                module.weight = torch.nn.Parameter(module.weight.detach().to(torch.bfloat16), requires_grad=False)
+            continue
+        for p in params:
+            originals.append((p, p.data))
+            p.data = p.data.to(torch.bfloat16)
+    return originals
+
+
+def frozen_linears_to_bf16(model) -> int:
+    """Store the frozen weights of `model`'s Linear layers in bf16, for training under CPU bf16 autocast; returns
+    how many parameters were cast.
+
+    Autocast caches its bf16 copy only for weights that require grad, so every forward re-casts each frozen fp32
+    weight (LoRA's base layers: most of the model) to bf16. Stored in bf16 they are the very values autocast would
+    have used (both round to nearest even): the computation is unchanged. Trainable weights (LoRA, full fine-tuning)
+    stay fp32, and so do weights shared with an embedding (a tied LM head).
+    """
+    return sum(p.numel() for p, _ in _cast_frozen_linears(model, head=False))
+
+
+@contextlib.contextmanager
+def bf16_frozen_weights(model, enabled: bool = True):
+    """For inference under CPU bf16 autocast: inside the block, every frozen Linear weight (a tied LM head too, as
+    its own copy) is stored as autocast would cast it, so decoding does not re-cast the model at every token; the
+    fp32 weights are back afterwards (merging or unmerging an adapter needs them). Outputs are unchanged."""
+    import torch
+
+    originals = _cast_frozen_linears(model, head=True) if enabled else []
+    try:
+        yield
+    finally:
+        for owner, data in reversed(originals):
+            if isinstance(owner, torch.nn.Module):  # the LM head, tied to the embedding again
+                owner.weight = data
+            else:
+                owner.data = data

@@ -78,3 +78,71 @@ def test_eager_attention_note_only_where_the_scores_would_not_fit():
     assert eager_attention_note(smollm2, batch_size=8, max_length=256) is None  # cpu_demo/cpu_full.yaml: ~0.8 GiB
     note = eager_attention_note(smollm2, batch_size=1, max_length=4096)
     assert note is not None and "~25 GiB" in note and "--attn_implementation sdpa" in note
+
+
+def test_frozen_weights_stored_in_bf16_leave_autocast_training_unchanged(tiny_model_dir):
+    """Under CPU bf16 autocast, LoRA's frozen base weights stored in bf16 give bit-identical loss and LoRA gradients
+    (autocast would have cast them the same way); trainable and embedding-tied weights stay fp32."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from simme_common.precision import frozen_linears_to_bf16
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
+                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    input_ids = torch.randint(3, model.config.vocab_size, (2, 16))
+
+    def loss_and_grads():
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=input_ids, labels=input_ids).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    loss_fp32, grads_fp32 = loss_and_grads()
+    frozen = sum(p.numel() for n, p in model.named_parameters() if "base_layer" in n)
+    assert frozen_linears_to_bf16(model) == frozen > 0
+    loss_bf16, grads_bf16 = loss_and_grads()
+    assert torch.equal(loss_fp32, loss_bf16)
+    assert grads_fp32.keys() == grads_bf16.keys() and all(torch.equal(grads_fp32[n], grads_bf16[n]) for n in grads_fp32)
+    dtypes = {n: p.dtype for n, p in model.named_parameters()}
+    assert all(dtypes[n] == torch.float32 for n in grads_fp32)  # LoRA: fp32 master weights
+    assert all(d == (torch.bfloat16 if "base_layer" in n else torch.float32) for n, d in dtypes.items())
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight  # still tied, still fp32
+    assert frozen_linears_to_bf16(model) == 0  # nothing left to cast
+
+
+def test_bf16_frozen_weights_for_inference_give_the_same_logits_and_restore_fp32(tiny_model_dir):
+    """04's passes under autocast: the same logits with every frozen weight (the tied head too) stored in bf16 for the
+    block; afterwards the fp32 weights, the head's tie to the embedding and adapter merging are as before."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from simme_common.precision import bf16_frozen_weights
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
+                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    input_ids = torch.randint(3, model.config.vocab_size, (2, 12))
+    model.merge_adapter()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = model(input_ids=input_ids).logits
+        with bf16_frozen_weights(model):
+            head = model.get_output_embeddings().weight
+            assert head.dtype == torch.bfloat16 and model.get_input_embeddings().weight.dtype == torch.float32
+            got = model(input_ids=input_ids).logits
+            greedy = model.generate(input_ids=input_ids, max_new_tokens=4, do_sample=False)
+        assert torch.equal(greedy, model.generate(input_ids=input_ids, max_new_tokens=4, do_sample=False))
+    assert torch.equal(expected, got)
+    after = dict(model.named_parameters())
+    assert all(after[n].dtype == torch.float32 and torch.equal(after[n], before[n]) for n in before)
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    model.unmerge_adapter()
+    with bf16_frozen_weights(model, enabled=False):
+        assert all(p.dtype == torch.float32 for p in model.parameters())

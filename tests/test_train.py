@@ -215,6 +215,11 @@ def test_dtype_auto_sets_the_trainers_autocast_from_this_cpus_flags(tiny_model_d
     assert info["precision"]["bf16_autocast"] is native and model_args.dtype == "float32"
     assert trainer.accelerator.mixed_precision == ("bf16" if native else "no")
     assert trainer.model.dtype == torch.float32  # master weights stay fp32; autocast computes in bf16
+    trainable = [p for p in trainer.model.parameters() if p.requires_grad]
+    assert trainable and all(p.dtype == torch.float32 for p in trainable)
+    # under autocast the frozen base weights are stored as autocast casts them (tests/test_precision.py)
+    frozen = sum(p.numel() for n, p in trainer.model.named_parameters() if "base_layer" in n)
+    assert info["frozen weights in bf16"] == (frozen if native else 0) and frozen > 0
 
 
 def test_bad_input_gives_one_sentence(tiny_model_dir, prepared_dir, tmp_path, capsys):
