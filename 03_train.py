@@ -160,7 +160,9 @@ def build_trainer(train_args: TrainArguments, sft_config, model_args):
         trainer, info = sc.build_preference_run(train_args.preference_data, train_args.preference_loss,
                                                 train_args.preference_beta, train_args.self_play, model, tokenizer,
                                                 data["train"], sft_config)
-        return trainer, {"train samples": len(train), "base model": model_path, "precision": precision.as_dict(), **info}
+        frozen_bf16 = frozen_linears_to_bf16(trainer.model) if precision.bf16_autocast and not has_gpu else 0
+        return trainer, {"train samples": len(train), "base model": model_path, "precision": precision.as_dict(),
+                         "frozen weights in bf16": frozen_bf16, **info}
     peft_config = get_peft_config(model_args) if init_adapter is None else None
     if peft_config is not None and excluded is not None:
         peft_config.exclude_modules = excluded

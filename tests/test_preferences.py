@@ -102,6 +102,7 @@ def test_03_self_play_round_on_top_of_a_twin_writes_a_new_adapter(tiny_model_dir
     from safetensors.torch import load_file
 
     import simme_common as sc
+    from simme_common.precision import machine_cpu_flags, native_bf16_flags
     from train_helpers import SMOKE, train03, write_prepared
 
     prepared = write_prepared(tmp_path / "prepared")
@@ -109,8 +110,12 @@ def test_03_self_play_round_on_top_of_a_twin_writes_a_new_adapter(tiny_model_dir
     train03.main(*train03.parse_args(common + ["--output_dir", str(tmp_path / "sft")]))
     trainer = train03.main(*train03.parse_args(common + [
         "--init_adapter", str(tmp_path / "sft"), "--preference_data", str(tmp_path / "fb"), "--self_play", "4",
-        "--per_device_train_batch_size", "2", "--output_dir", str(tmp_path / "dpo")]))
+        "--per_device_train_batch_size", "2", "--output_dir", str(tmp_path / "dpo"), "--dtype", "auto"]))
     assert type(trainer).__name__ == "DPOTrainer"
+    # dtype auto: under bf16 autocast the round trains with its frozen base weights stored in bf16, as SFT does
+    native = bool(native_bf16_flags(machine_cpu_flags()))
+    base_dtypes = {p.dtype for n, p in trainer.model.named_parameters() if "base_layer" in n}
+    assert base_dtypes == {torch.bfloat16 if native else torch.float32}
     pairs = load_from_disk(str(tmp_path / "fb" / preferences.SELF_PLAY_STORE))
     train_contexts = [m["messages"][:-1] for m in sc.load_prepared_dataset(prepared)["train"]]
     assert 0 < len(pairs) <= 4 and all(p in train_contexts for p in pairs["prompt"])
