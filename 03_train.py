@@ -130,6 +130,8 @@ def build_trainer(train_args: TrainArguments, sft_config, model_args):
         precision = apply_cpu_precision(model_args, sft_config)  # dtype auto: bf16 autocast where the CPU has it
         if model_args.load_in_8bit or model_args.load_in_4bit:
             print("note: bitsandbytes on CPU is slower than plain fp32 or bf16 autocast", file=sys.stderr)
+    # CPU autocast would re-cast every frozen weight to bf16 on every forward: they are stored as it casts them
+    cast_frozen = precision.bf16_autocast and not has_gpu
 
     # --- data: 01's conversational samples; only the messages column is needed ------------------------------
     data = sc.load_prepared_dataset(train_args.input_dir)
@@ -160,7 +162,7 @@ def build_trainer(train_args: TrainArguments, sft_config, model_args):
         trainer, info = sc.build_preference_run(train_args.preference_data, train_args.preference_loss,
                                                 train_args.preference_beta, train_args.self_play, model, tokenizer,
                                                 data["train"], sft_config)
-        frozen_bf16 = frozen_linears_to_bf16(trainer.model) if precision.bf16_autocast and not has_gpu else 0
+        frozen_bf16 = frozen_linears_to_bf16(trainer.model) if cast_frozen else 0
         return trainer, {"train samples": len(train), "base model": model_path, "precision": precision.as_dict(),
                          "frozen weights in bf16": frozen_bf16, **info}
     peft_config = get_peft_config(model_args) if init_adapter is None else None
@@ -182,8 +184,7 @@ def build_trainer(train_args: TrainArguments, sft_config, model_args):
             trainer.optimizer = sc.loraplus_optimizer(trainer.model, sft_config, train_args.loraplus_lr_ratio)
         except ValueError as err:
             raise sc.UserError(str(err)) from None
-    # Autocast would re-cast every frozen weight to bf16 on every forward; store them as it would cast them
-    frozen_bf16 = frozen_linears_to_bf16(trainer.model) if precision.bf16_autocast and not has_gpu else 0
+    frozen_bf16 = frozen_linears_to_bf16(trainer.model) if cast_frozen else 0
     # TRL's fused LM head scores every position on CPUs; only the owner's (labelled) positions are trained
     causal_lm = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
     lm_head_note = compact_lm_head(causal_lm)

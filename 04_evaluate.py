@@ -237,7 +237,6 @@ def main(args: EvaluateArguments) -> None:
     model = sc.load_model(base, tokenizer, adapter, dtype=dtype, device_map=device_map).eval()
     # Base, twin and the previous adapter all run under the same precision, so their scores stay comparable.
     bf16 = bool(precision and precision.bf16_autocast)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
     device = "cuda" if cuda else None
     ref = sm.build_reference(test["real"], test["context_turns"], test["owner_turns"], test["other_turns"],
                              sm.load_text_encoder(device), metrics_style.load_bertscorer(device), args.seed)
@@ -249,20 +248,20 @@ def main(args: EvaluateArguments) -> None:
     # --- evaluate: same function, same seed, same pairs --------------------------------------------------------
     base_m, base_ci, texts = None, {}, {}  # base None = not scored (--score_base false)
     if args.score_base:
-        with autocast, model.disable_adapter(), sc.bf16_frozen_weights(model, bf16):
+        with model.disable_adapter(), sc.cpu_bf16_inference(model, bf16):
             base_m, base_ci, texts["base"], _ = _evaluate(model, tokenizer, inputs, ref, args, "base", "base", cuda)
     paired = None
     if previous_adapter is not None:
         model.load_adapter(previous_adapter.source, adapter_name="previous")
         model.set_adapter("previous")
         model.merge_adapter()
-        with autocast, sc.bf16_frozen_weights(model, bf16):
+        with sc.cpu_bf16_inference(model, bf16):
             prev_m, _, _, prev_stats = _evaluate(model, tokenizer, inputs, ref, args, "previous adapter", "finetuned", cuda)
         model.unmerge_adapter()
         model.set_adapter("default")
         paired = {"metrics": prev_m, "stats": prev_stats}
     model.merge_adapter()  # same weights as base + LoRA, without ~400 small LoRA matmuls per token on CPU
-    with autocast, sc.bf16_frozen_weights(model, bf16):  # merged in fp32, then stored as autocast casts them
+    with sc.cpu_bf16_inference(model, bf16):  # merged in fp32, then stored as autocast casts them
         twin_m, twin_ci, texts["twin"], twin_stats = _evaluate(model, tokenizer, inputs, ref, args, "twin", "finetuned", cuda)
     model.unmerge_adapter()
     real_m, real_ci, _ = sm.score_replies(test["real"], ref, "real", n_boot=args.n_bootstrap, seed=args.seed)

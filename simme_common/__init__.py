@@ -70,7 +70,7 @@ from .plots import (
 )
 from .precision import (
     NATIVE_BF16_FLAGS, Precision, cpuinfo_flags, torch_cpu_flags, machine_cpu_flags, native_bf16_flags,
-    resolve_cpu_precision, apply_cpu_precision, frozen_linears_to_bf16, bf16_frozen_weights,
+    resolve_cpu_precision, apply_cpu_precision, frozen_linears_to_bf16, cpu_bf16_inference,
 )
 from .preferences import (
     PREFERENCE_STORE, RATING_STORE, SELF_PLAY_STORE, PAIR_COLUMNS, RATING_COLUMNS, load_preference_data,
@@ -200,7 +200,7 @@ __all__ = [
     'plot_heatmap_weekday_hour', 'plot_reply_latency', 'plot_length_per_message', 'plot_bubbles_per_turn',
     'plot_top_words', 'plot_language_mix', 'plot_sentiment_over_time', 'plot_punctuation', 'draw_plots',
     'NATIVE_BF16_FLAGS', 'Precision', 'cpuinfo_flags', 'torch_cpu_flags', 'machine_cpu_flags', 'native_bf16_flags',
-    'resolve_cpu_precision', 'apply_cpu_precision', 'frozen_linears_to_bf16', 'bf16_frozen_weights', 'PREFERENCE_STORE', 'RATING_STORE', 'SELF_PLAY_STORE',
+    'resolve_cpu_precision', 'apply_cpu_precision', 'frozen_linears_to_bf16', 'cpu_bf16_inference', 'PREFERENCE_STORE', 'RATING_STORE', 'SELF_PLAY_STORE',
     'PAIR_COLUMNS', 'RATING_COLUMNS', 'load_preference_data', 'self_play_contexts', 'self_play_pairs',
     'build_self_play', 'preference_config', 'preference_trainer', 'build_preference_run', 'messages_schema',
     'samples_schema', 'group_thread_parts', 'resolve_owner', 'SampleSettings', 'ThreadSamples', 'thread_chat_id',

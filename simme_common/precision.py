@@ -135,15 +135,17 @@ def frozen_linears_to_bf16(model) -> int:
 
 
 @contextlib.contextmanager
-def bf16_frozen_weights(model, enabled: bool = True):
-    """For inference under CPU bf16 autocast: inside the block, every frozen Linear weight (a tied LM head too, as
-    its own copy) is stored as autocast would cast it, so decoding does not re-cast the model at every token; the
-    fp32 weights are back afterwards (merging or unmerging an adapter needs them). Outputs are unchanged."""
+def cpu_bf16_inference(model, enabled: bool = True):
+    """Inference under CPU bf16 autocast (nothing changes when not `enabled`): inside the block, every frozen Linear
+    weight (a tied LM head too, as its own copy) is stored as autocast would cast it, so decoding does not re-cast
+    the model at every token; the fp32 weights are back afterwards (merging or unmerging an adapter needs them).
+    Outputs are those of autocast alone. The two go together: outside autocast, bf16 weights would meet fp32 inputs."""
     import torch
 
     originals = _cast_frozen_linears(model, head=True) if enabled else []
     try:
-        yield
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+            yield
     finally:
         for owner, data in reversed(originals):
             if isinstance(owner, torch.nn.Module):  # the LM head, tied to the embedding again

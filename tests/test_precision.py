@@ -114,14 +114,14 @@ def test_frozen_weights_stored_in_bf16_leave_autocast_training_unchanged(tiny_mo
     assert frozen_linears_to_bf16(model) == 0  # nothing left to cast
 
 
-def test_bf16_frozen_weights_for_inference_give_the_same_logits_and_restore_fp32(tiny_model_dir):
+def test_cpu_bf16_inference_gives_autocasts_logits_and_restores_fp32(tiny_model_dir):
     """04's passes under autocast: the same logits with every frozen weight (the tied head too) stored in bf16 for the
     block; afterwards the fp32 weights, the head's tie to the embedding and adapter merging are as before."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from simme_common.precision import bf16_frozen_weights
+    from simme_common.precision import cpu_bf16_inference
 
     torch.manual_seed(0)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
@@ -133,16 +133,16 @@ def test_bf16_frozen_weights_for_inference_give_the_same_logits_and_restore_fp32
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         expected = model(input_ids=input_ids).logits
-        with bf16_frozen_weights(model):
-            head = model.get_output_embeddings().weight
-            assert head.dtype == torch.bfloat16 and model.get_input_embeddings().weight.dtype == torch.float32
-            got = model(input_ids=input_ids).logits
-            greedy = model.generate(input_ids=input_ids, max_new_tokens=4, do_sample=False)
-        assert torch.equal(greedy, model.generate(input_ids=input_ids, max_new_tokens=4, do_sample=False))
-    assert torch.equal(expected, got)
+        expected_greedy = model.generate(input_ids=input_ids, max_new_tokens=4, do_sample=False)
+    with torch.no_grad(), cpu_bf16_inference(model):  # autocast included
+        head = model.get_output_embeddings().weight
+        assert head.dtype == torch.bfloat16 and model.get_input_embeddings().weight.dtype == torch.float32
+        got = model(input_ids=input_ids).logits
+        greedy = model.generate(input_ids=input_ids, max_new_tokens=4, do_sample=False)
+    assert torch.equal(expected, got) and torch.equal(expected_greedy, greedy)
     after = dict(model.named_parameters())
     assert all(after[n].dtype == torch.float32 and torch.equal(after[n], before[n]) for n in before)
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
     model.unmerge_adapter()
-    with bf16_frozen_weights(model, enabled=False):
-        assert all(p.dtype == torch.float32 for p in model.parameters())
+    with cpu_bf16_inference(model, enabled=False):
+        assert all(p.dtype == torch.float32 for p in model.parameters()) and not torch.is_autocast_enabled("cpu")
