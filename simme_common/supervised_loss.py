@@ -4,8 +4,9 @@ TRL's SFTTrainer patches the model with a fused LM head (`trl.trainer.utils.add_
 projects *every* position through the LM head and folds the [positions x vocabulary] tiles in torch: with
 assistant-only loss most positions are friends' words and the system prompt, and the 49k-row head is ~20 % of
 SmolLM2-135M's FLOPs, plus the elementwise passes over the full vocabulary. `compact_lm_head` re-patches that
-forward so only positions whose next-token label is not -100 reach the head; the loss, its gradients and the
-logged entropy / token accuracy are those of the full computation (tests/test_supervised_loss.py).
+forward so only positions whose next-token label is not -100 reach the head, a few rows at a time, so that no
+[positions x vocabulary] tensor is kept for backward; the loss, its gradients and the logged entropy / token
+accuracy are those of the full computation (tests/test_supervised_loss.py).
 """
 
 from __future__ import annotations
@@ -27,18 +28,84 @@ def _supported(model) -> str | None:
     return None
 
 
-def supervised_log_probs(hidden_states, labels, lm_head):
+# Rows of the LM head scored at once: a [128 x 49k] fp32 tile is 25 MB, under glibc's 32 MB ceiling for serving
+# large blocks from the heap. Bigger blocks are fresh mmaps whose pages fault in on every use, which made the
+# head's elementwise passes several times slower in training than in isolation on a 2-core VM.
+HEAD_CHUNK_ROWS = 128
+
+
+def _chunked_head_function():
+    import torch
+
+    class ChunkedHead(torch.autograd.Function):
+        """log p(label) of each row through a bias-free linear head, [chunk x vocabulary] at a time.
+
+        The gradient w.r.t. the hidden rows is formed in the forward pass, chunk by chunk, as (one-hot - softmax) @ W
+        per row; backward only scales it by each row's incoming gradient, so no [rows x vocabulary] tensor outlives
+        its chunk. A trainable head weight (full fine-tuning) gets its gradient by recomputing the chunks in backward.
+        """
+
+        @staticmethod
+        def forward(ctx, hidden, weight, target, dtype, chunk):
+            w, h = weight.to(dtype), hidden.to(dtype)
+            n = h.shape[0]
+            token_log_probs = torch.empty(n, dtype=torch.float32, device=h.device)
+            entropy = torch.empty_like(token_log_probs)
+            is_top1 = torch.empty(n, dtype=torch.bool, device=h.device)
+            unit_grad = torch.empty(n, h.shape[1], dtype=torch.float32, device=h.device) if ctx.needs_input_grad[0] else None
+            for start in range(0, n, chunk):
+                rows, t = slice(start, start + chunk), target[start:start + chunk, None]
+                log_probs = (h[rows] @ w.T).float()
+                is_top1[rows] = log_probs.argmax(-1) == t[:, 0]
+                log_probs -= log_probs.logsumexp(-1, keepdim=True)
+                token_log_probs[rows] = log_probs.gather(1, t)[:, 0]
+                probs = log_probs.exp()
+                entropy[rows] = -(probs * log_probs).sum(-1)
+                if unit_grad is not None:  # d log p(label) / d logits = one-hot - softmax
+                    unit_grad[rows] = (probs.neg_().scatter_add_(1, t, torch.ones_like(t, dtype=probs.dtype)).to(dtype) @ w).float()
+            ctx.save_for_backward(unit_grad, hidden, weight, target)
+            ctx.dtype, ctx.chunk = dtype, chunk
+            ctx.mark_non_differentiable(entropy, is_top1)
+            return token_log_probs, entropy, is_top1
+
+        @staticmethod
+        def backward(ctx, grad_log_probs, _grad_entropy, _grad_top1):
+            unit_grad, hidden, weight, target = ctx.saved_tensors
+            grad_hidden = (unit_grad * grad_log_probs[:, None]).to(hidden.dtype) if unit_grad is not None else None
+            grad_weight = None
+            if ctx.needs_input_grad[1]:
+                w, h = weight.to(ctx.dtype), hidden.to(ctx.dtype)
+                grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+                for start in range(0, h.shape[0], ctx.chunk):
+                    rows, t = slice(start, start + ctx.chunk), target[start:start + ctx.chunk, None]
+                    probs = (h[rows] @ w.T).float().softmax(-1).neg_()
+                    g = probs.scatter_add_(1, t, torch.ones_like(t, dtype=probs.dtype)) * grad_log_probs[rows, None]
+                    grad_weight += (g.to(ctx.dtype).T @ h[rows]).float()
+                grad_weight = grad_weight.to(weight.dtype)
+            return grad_hidden, grad_weight, None, None, None
+
+    return ChunkedHead
+
+
+def supervised_log_probs(hidden_states, labels, lm_head, chunk: int = HEAD_CHUNK_ROWS):
     """(log-prob of each label, entropy, label is top-1) at the positions whose label is not -100, as flat vectors.
 
     `hidden_states` [B, T, H] and `labels` [B, T] are already aligned (label t is the token after position t).
-    The head runs on the selected rows only; log-softmax is taken in fp32 whatever the autocast dtype.
+    The head runs on the selected rows only, in the autocast dtype when autocast is on; log-softmax is taken in
+    fp32. A plain bias-free `nn.Linear` head is scored `chunk` rows at a time (`_chunked_head_function`); any other
+    head (PEFT's trainable-token or LoRA wrappers) goes through its own forward on all selected rows at once.
     """
     import torch
 
     mask = labels != -100
-    logits = lm_head(hidden_states[mask]).float()  # [N, V], N = supervised positions only
+    selected, target = hidden_states[mask], labels[mask]
+    if type(lm_head) is torch.nn.Linear and lm_head.bias is None:
+        device = selected.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else lm_head.weight.dtype
+        token_log_probs, entropy, is_top1 = _chunked_head_function().apply(selected, lm_head.weight, target, dtype, chunk)
+        return token_log_probs, entropy, is_top1, mask
+    logits = lm_head(selected).float()  # [N, V], N = supervised positions only
     log_probs = torch.log_softmax(logits, dim=-1)
-    target = labels[mask]
     token_log_probs = log_probs.gather(1, target.unsqueeze(1)).squeeze(1)
     with torch.no_grad():  # TRL logs these; they get no gradient
         entropy = -(log_probs.exp() * log_probs).sum(-1)

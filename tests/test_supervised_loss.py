@@ -104,3 +104,68 @@ def test_models_with_scaled_logits_keep_trl_head(tiny_model_dir, field):
     setattr(base.config, field, 30.0)
     previous = base.forward
     assert field in compact_lm_head(base) and base.forward == previous
+
+
+def _reference(hidden, labels, weight):
+    """The one-pass computation: every selected row's full logits at once (what the chunks must reproduce)."""
+    import torch
+
+    mask = labels != -100
+    logits = torch.nn.functional.linear(hidden[mask], weight).float()
+    log_probs = logits.log_softmax(-1)
+    target = labels[mask]
+    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    return log_probs.gather(1, target[:, None])[:, 0], entropy.detach(), logits.argmax(-1) == target
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_chunked_head_matches_one_pass_values_and_gradients(autocast):
+    """Chunks of 5 rows over 12 selected rows (a partial last chunk), a trainable head weight (full fine-tuning:
+    its gradient is recomputed chunk by chunk in backward) and uneven per-row incoming gradients."""
+    import torch
+
+    from simme_common.supervised_loss import supervised_log_probs
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False)
+    hidden = torch.randn(2, 9, 16, requires_grad=True)
+    labels = torch.randint(0, 50, (2, 9))
+    labels[0, :4] = -100
+    labels[1, 7:] = -100  # 12 supervised rows
+    row_weights = torch.rand(12)
+    results = []
+    for chunked in (True, False):
+        hidden.grad, head.weight.grad = None, None
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            if chunked:
+                log_probs, entropy, top1, mask = supervised_log_probs(hidden, labels, head, chunk=5)
+            else:
+                log_probs, entropy, top1 = _reference(hidden, labels, head.weight)
+        (log_probs * row_weights).sum().backward()
+        results.append((log_probs.detach(), entropy, top1, hidden.grad.clone(), head.weight.grad.clone()))
+    tol = {"rtol": 2e-2, "atol": 2e-2} if autocast else {"rtol": 1e-5, "atol": 1e-6}
+    for got, want, name in zip(results[0], results[1], ("log-probs", "entropy", "top-1", "hidden grad", "weight grad")):
+        if name == "top-1":
+            assert torch.equal(got, want), name
+        else:
+            torch.testing.assert_close(got, want, **tol, msg=name)
+    assert results[0][3].abs().sum() > 0 and results[0][4].abs().sum() > 0
+    assert torch.equal(mask, labels != -100)
+
+
+def test_chunked_head_keeps_no_vocabulary_sized_tensor_for_backward():
+    """What the chunked head saves for backward is [rows x hidden] and the weight, never [rows x vocabulary]: the
+    memory of a training step's head no longer grows with the vocabulary times the supervised tokens."""
+    import torch
+
+    from simme_common.supervised_loss import supervised_log_probs
+
+    head = torch.nn.Linear(8, 4000, bias=False).requires_grad_(False)  # frozen, as under LoRA
+    hidden = torch.randn(1, 300, 8, requires_grad=True)
+    labels = torch.randint(0, 4000, (1, 300))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        log_probs, *_ = supervised_log_probs(hidden, labels, head, chunk=64)
+    assert max(saved) < 300 * 4000 / 10, saved
+    log_probs.sum().backward()
+    assert hidden.grad is not None
