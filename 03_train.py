@@ -56,6 +56,7 @@ class TrainArguments:
                 "to the steps that fit (measured after a few steps and re-planned at 25/50/75 percent of the plan, "
                 "never past max_steps), so a slower machine trains fewer steps, not a cut-off schedule. "
                 "Default: no budget."})
+    allocator: str = sc.allocator_field()
 
 
 def parse_args(argv: list[str] | None = None):
@@ -202,7 +203,8 @@ def build_trainer(train_args: TrainArguments, sft_config, model_args):
         run_dir = wandb_run_dir(sft_config.output_dir, os.environ.get("WANDB_DIR"), sc.simme_cache_dir())
         trainer.add_callback(private_wandb_callback(run_dir, {"precision": precision.as_dict()}))
     info = {"train samples": len(train), "owner turns": n_owner_turns, "base model": model_path,
-            "precision": precision.as_dict(), "supervised-only LM head": lm_head_note is None,
+            "precision": precision.as_dict(), "allocator": sc.allocator_in_use(),
+            "supervised-only LM head": lm_head_note is None,
             "frozen weights in bf16": frozen_bf16}
     return trainer, info
 
@@ -247,7 +249,8 @@ def main(train_args: TrainArguments, sft_config, model_args):
     if state.is_main_process:
         # dtype: auto's choice is recorded beside the arguments it resolved
         sc.save_run_config(staging, train_args, sft_config, model_args,
-                           {"precision": info["precision"], "time_budget": budget.info if budget else None})
+                           {"precision": info["precision"], "allocator": info.get("allocator"),
+                            "time_budget": budget.info if budget else None})
         (staging / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
         if train_args.merge:
             _save_merged(info["base model"], staging, model_args)
@@ -296,4 +299,9 @@ def _save_merged(model_path: str, out: Path, model_args) -> None:
 
 
 if __name__ == "__main__":
-    sc.run_main(lambda: main(*parse_args()))
+    def cli():
+        args = parse_args()
+        sc.reexec_with_allocator(args[0].allocator)  # before any work: the process may start over on mimalloc
+        main(*args)
+
+    sc.run_main(cli)

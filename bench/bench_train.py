@@ -12,8 +12,9 @@ callback), so it is the steady rate a real run has after its first step.
 Both sides train the default model (SmolLM2-135M-Instruct) with the recipe's LoRA config on the same samples,
 built by 03_train.build_trainer. The baseline is `SFTConfig` and `ModelConfig` with their defaults (bf16
 autocast, gradient checkpointing, sdpa attention, random batches padded to the longest sample, TRL's LM head on
-every position, frozen weights re-cast to bf16 by autocast on every forward), plus
-`use_cpu=True`, without which the defaults refuse to start on a CPU-only machine.
+every position, frozen weights re-cast to bf16 by autocast on every forward, glibc's malloc), plus
+`use_cpu=True`, without which the defaults refuse to start on a CPU-only machine. The recipe's workers re-run
+themselves on its allocator (mimalloc where installed), as 03 does.
 Tokens are the non-padding tokens TRL counts; the GEMM floor is 4 x params x tokens/s (forward 2P + input-gradient
 2P per token; frozen weights get no gradient) over the machine's measured matmul rate in the dtype the recipe computes in (bf16
 where `dtype: auto` chose bf16 autocast); both the fp32 and the bf16 rates are reported, with the CPU flags.
@@ -24,7 +25,6 @@ are measured per variant. The full run also ablates the defaults one flag at a t
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
 import os
@@ -45,6 +45,8 @@ RECIPE = ROOT / "configs" / "cpu_demo.yaml"
 PROJECT, BASELINE = "project (cpu_demo.yaml)", "SFTTrainer defaults"
 ONE_THREAD = "project, 1 torch thread"  # what accelerate launch without --cpu would leave (OMP_NUM_THREADS=1)
 SDPA = "project, sdpa attention"  # the recipe with torch's default attention instead of eager
+SYSTEM_MALLOC = "project, system allocator"  # the recipe on glibc's malloc instead of mimalloc
+RECIPE_SIDE = (PROJECT, ONE_THREAD, SDPA, SYSTEM_MALLOC)
 
 
 def chitchat_samples(out_dir: Path, n: int) -> Path:
@@ -96,6 +98,7 @@ def variant_configs(stage, input_dir: Path, out_dir: Path, quick: bool, rounds: 
     if not quick:  # one default changed at a time: where the time goes; and the recipe on one thread
         variants[ONE_THREAD] = lambda: recipe
         variants[SDPA] = lambda: recipe
+        variants[SYSTEM_MALLOC] = lambda: recipe
         variants["defaults + fp32"] = lambda: SFTConfig(**defaults, bf16=False)
         variants["defaults + fp32 + no checkpointing"] = lambda: SFTConfig(**defaults, bf16=False, activation_checkpointing=False)
         variants["defaults + fp32 + no ckpt + length-grouped"] = lambda: SFTConfig(
@@ -110,11 +113,13 @@ def worker(name: str, input_dir: Path, out_dir: Path, quick: bool, rounds: int) 
 
     stage = sc.load_script(ROOT / "03_train.py")
     train_args, model_args, variants = variant_configs(stage, input_dir, out_dir, quick, rounds)
+    # The recipe's allocator, as 03 gets it (this worker re-runs itself on mimalloc); the defaults keep the system's
+    sc.reexec_with_allocator(train_args.allocator if name in RECIPE_SIDE and name != SYSTEM_MALLOC else "system")
     if name == ONE_THREAD:
         train_args.num_threads = 1
     elif name == SDPA:
         model_args.attn_implementation = "sdpa"
-    elif name != PROJECT:  # ModelConfig's default dtype and attention (sdpa), and TRL's LM head on every position
+    elif name not in RECIPE_SIDE:  # ModelConfig's default dtype and attention (sdpa), and TRL's LM head on every position
         from trl import ModelConfig
 
         for field in ("dtype", "attn_implementation"):
@@ -138,6 +143,7 @@ def worker(name: str, input_dir: Path, out_dir: Path, quick: bool, rounds: int) 
     quantiles = {f"p{q}": lengths[min(len(lengths) - 1, len(lengths) * q // 100)] for q in (10, 50, 90, 99)}
     print(json.dumps({"ready": name, "params": params, "threads": torch.get_num_threads(),
                       "precision": info["precision"], "supervised_only_head": info["supervised-only LM head"],
+                      "allocator": info["allocator"],
                       "lengths": {"n": len(lengths), "mean": sum(lengths) / len(lengths), **quantiles,
                                   "max": lengths[-1]}}), flush=True)
     if sys.stdin.readline().strip() == "go":
@@ -175,16 +181,15 @@ def round_breaks(trainer, timer, padded: dict, steps: int, rounds: int):
 
 
 def release_memory_if_short() -> None:
-    """Hand freed heap back to the OS while paused, but only when the machine runs short of memory (the full run
-    keeps seven workers alive side by side): glibc keeps freed heap otherwise, and the page faults of getting it
-    back would land in the next round's steps."""
+    """Hand freed memory back to the OS while paused, but only when the machine runs short of memory (the full run
+    keeps eight workers alive side by side): the allocators keep freed memory otherwise, and the page faults of
+    getting it back would land in the next round's steps."""
     import psutil
 
     memory = psutil.virtual_memory()
     if memory.available < memory.total / 4:
         gc.collect()
-        if sys.platform.startswith("linux"):
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        sc.release_free_memory()
 
 
 def race(names: list[str], input_dir: Path, tmp: Path, quick: bool, reps: int) -> tuple[dict, dict, dict]:
@@ -239,6 +244,7 @@ def summarize(info: dict, rounds: dict, gflops: dict) -> dict:
         "cpu_flags": benchlib.cpu_flags(), "load_avg_1m": os.getloadavg()[0],
         "precision": {name: i["precision"]["reason"] for name, i in info.items()},
         "supervised_only_head": {name: i["supervised_only_head"] for name, i in info.items()},
+        "allocator": {name: i["allocator"] for name, i in info.items()},
         "train_lengths": info[PROJECT]["lengths"], "padding_waste": padding,
         "floor_fraction_by_dtype": floors,
         "tokens_per_round": {name: rs[0]["tokens"] for name, rs in rounds.items()},

@@ -131,6 +131,9 @@ def test_two_process_cpu_ddp_run_trains_and_writes_once(tiny_model_dir, prepared
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "adapter_model.safetensors").exists() and (tmp_path / "run_config.json").exists()
     assert proc.stdout.count("03_train summary") == 1  # only the main process prints and writes
+    # The writing process re-ran itself on mimalloc under accelerate's launcher (where the wheel installs: Linux)
+    recorded = json.loads((tmp_path / "run_config.json").read_text())["args"]["dict_3"]
+    assert recorded["allocator"] == ("mimalloc" if sc.mimalloc_library() else "system")
     history = json.loads((tmp_path / "log_history.json").read_text())
     assert history[-1]["step"] == 2
 
