@@ -79,6 +79,32 @@ def gemm_gflops(n: int = 1024, reps: int = 5, dtype: str = "float32") -> float:
     return 2 * n**3 / best / 1e9
 
 
+def layer_gemm_gflops(dims: dict[str, int], rows: int, reps: int = 5, dtype: str = "float32") -> float:
+    """Best measured matmul rate (GFLOP/s) on one decoder layer's own shapes at `rows` tokens: each projection's
+    forward ([rows x in] @ [in x out]) and input gradient ([rows x out] @ [out x in]).
+
+    `dims`: hidden, intermediate, q (heads x head_dim) and kv (key-value heads x head_dim) widths. A square 1024²
+    product keeps a CPU's widest units busy; a small model's narrow products may not, so this is the rate the
+    model's own matmuls could reach, beside `gemm_gflops`'s."""
+    import torch
+
+    dt = getattr(torch, dtype)
+    hidden, inter, q, kv = dims["hidden"], dims["intermediate"], dims["q"], dims["kv"]
+    shapes = [(hidden, q), (hidden, kv), (hidden, kv), (q, hidden), (hidden, inter), (hidden, inter), (inter, hidden)]
+    pairs = [(torch.randn(rows, a, dtype=dt), torch.randn(a, b, dtype=dt)) for d_in, d_out in shapes
+             for a, b in ((d_in, d_out), (d_out, d_in))]
+    flops = sum(2 * rows * a.shape[1] * b.shape[1] for a, b in pairs)
+    for a, b in pairs:
+        a @ b  # warm up
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        for a, b in pairs:
+            a @ b
+        best = min(best, time.perf_counter() - t0)
+    return flops / best / 1e9
+
+
 def mem_bandwidth_gbs(mb: int = 256, reps: int = 5) -> float:
     """Best measured memory read bandwidth (GB/s): summing a large fp32 array that does not fit in cache."""
     import torch
