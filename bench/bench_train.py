@@ -2,6 +2,7 @@
 
 python bench/bench_train.py            # bundled sample (data/01_prepared), 3 alternating rounds of 3 steps + an ablation
 python bench/bench_train.py --pair     # the same without the one-flag ablation (recipe and defaults only)
+python bench/bench_train.py --pair --also "project, system allocator"   # + chosen variants of the ablation
 python bench/bench_train.py --quick    # 2 rounds of 1 step on 2 x 64-token chitchat samples (aimed at <= 40 s idle)
 
 Each variant runs in its own worker process (accelerate's state is per process) and trains one `train()`, paused
@@ -287,6 +288,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="2 rounds of 1 step on 64-token samples (<= 40 s)")
     parser.add_argument("--reps", type=int, default=None, help="alternating rounds (default 2 quick, 3 full)")
     parser.add_argument("--pair", action="store_true", help="only the recipe and the defaults (no one-flag ablation)")
+    parser.add_argument("--also", action="append", default=[], help="with --pair: this variant of the full run's "
+                        "too (e.g. 'project, system allocator'); repeatable")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--input_dir", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker_dir", default=None, help=argparse.SUPPRESS)
@@ -302,7 +305,9 @@ def main() -> int:
     sample = ROOT / sc.PREPARED_DIR
     input_dir = sample if (sample / "dataset").exists() and not args.quick else chitchat_samples(tmp / "data", 64 if args.quick else 512)
     names = list(variant_configs(sc.load_script(ROOT / "03_train.py"), input_dir, tmp, args.quick)[2])
-    names = [PROJECT, BASELINE] if args.pair else names
+    if unknown := [name for name in args.also if name not in names]:
+        parser.error(f"--also: no variant named {unknown}; variants: {names}")
+    names = [PROJECT, BASELINE, *args.also] if args.pair else names
     info, rounds, gflops = race(names, input_dir, tmp, args.quick, args.reps or (2 if args.quick else 3))
     result = {"input": "bundled sample" if input_dir == sample else "chitchat samples", **summarize(info, rounds, gflops)}
     benchlib.write_result("train", result, args.quick, args.out_dir)
