@@ -300,8 +300,8 @@ def _save_merged(model_path: str, out: Path, model_args) -> None:
 
 if __name__ == "__main__":
     def cli():
-        args = parse_args()
-        sc.reexec_with_allocator(args[0].allocator)  # before any work: the process may start over on mimalloc
-        main(*args)
+        # first of all, before torch and TRL load: the process may start over on mimalloc
+        sc.reexec_with_allocator(sc.allocator_choice(sys.argv[1:]))
+        main(*parse_args())
 
     sc.run_main(cli)

@@ -1,5 +1,7 @@
 from __future__ import annotations
-from .allocator import allocator_field, mimalloc_library, allocator_in_use, reexec_with_allocator, release_free_memory
+from .allocator import (
+    allocator_field, allocator_choice, mimalloc_library, allocator_in_use, reexec_with_allocator, release_free_memory,
+)
 from .analysis import (
     FEATURE_COLUMNS, owner_turns, chat_labels, add_local_time, volume_stats, time_stats, word_stats, language_stats,
     sentiment_stats, owner_name, analyze_messages,
@@ -170,7 +172,8 @@ from .training import (
 )
 
 __all__ = [
-    'allocator_field', 'mimalloc_library', 'allocator_in_use', 'reexec_with_allocator', 'release_free_memory',
+    'allocator_field', 'allocator_choice', 'mimalloc_library', 'allocator_in_use', 'reexec_with_allocator',
+    'release_free_memory',
     'FEATURE_COLUMNS', 'owner_turns', 'chat_labels', 'add_local_time', 'volume_stats', 'time_stats', 'word_stats',
     'language_stats', 'sentiment_stats', 'owner_name', 'analyze_messages', 'strip_speaker', 'train_owner_classifier',
     'owner_probabilities', 'discriminator_auc', 'halves', 'mauve_score', 'MESSAGES', 'OWNER_ROLE', 'OTHER_ROLE',

@@ -56,6 +56,28 @@ def allocator_in_use() -> str:
     return "mimalloc" if "libmimalloc" in maps else "system"
 
 
+def allocator_choice(argv: list[str]) -> str:
+    """The `allocator` an entry point's command line asks for (`--allocator`, else its `--config` YAML's key, else
+    auto), read without the heavy imports, so that re-running on mimalloc does not load torch and TRL twice. A
+    config that can't be read here gives auto; the full parser reports it afterwards."""
+    import argparse
+
+    import yaml
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--allocator")
+    parser.add_argument("--config")
+    known, _ = parser.parse_known_args(argv)
+    if known.allocator:
+        return known.allocator
+    try:
+        config = yaml.safe_load(Path(known.config).read_text(encoding="utf-8")) if known.config else None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        config = None
+    value = config.get("allocator") if isinstance(config, dict) else None
+    return value if isinstance(value, str) else "auto"
+
+
 def reexec_with_allocator(choice: str, argv: list[str] | None = None) -> str:
     """Make sure this process runs on `choice`'s allocator; returns the one in use (or does not return).
 

@@ -71,3 +71,16 @@ def test_system_stays_on_the_system_allocator():
 def test_an_unknown_allocator_is_a_user_error():
     with pytest.raises(sc.UserError, match="--allocator must be one of auto, mimalloc, system"):
         sc.reexec_with_allocator("jemalloc")
+
+
+def test_the_choice_is_read_before_the_heavy_imports_like_trl_parser_reads_it(tmp_path):
+    config = tmp_path / "recipe.yaml"
+    config.write_text("learning_rate: 1.0e-3\nallocator: system\n")
+    assert sc.allocator_choice(["--config", str(config)]) == "system"  # the YAML key
+    assert sc.allocator_choice(["--config", str(config), "--allocator", "mimalloc"]) == "mimalloc"  # CLI wins
+    assert sc.allocator_choice(["--allocator=mimalloc", "--config", str(config)]) == "mimalloc"
+    assert sc.allocator_choice(["--config", str(ROOT / "configs" / "cpu_demo.yaml")]) == "auto"  # not set: auto
+    assert sc.allocator_choice(["--config", str(tmp_path / "missing.yaml")]) == "auto"  # 03's parser reports it
+    (tmp_path / "bad.yaml").write_text("allocator: [unclosed\n")
+    assert sc.allocator_choice(["--config", str(tmp_path / "bad.yaml")]) == "auto"
+    assert sc.allocator_choice(["--learning_rate", "1e-3"]) == "auto"
