@@ -203,8 +203,7 @@ def build_trainer(train_args: TrainArguments, sft_config, model_args):
         run_dir = wandb_run_dir(sft_config.output_dir, os.environ.get("WANDB_DIR"), sc.simme_cache_dir())
         trainer.add_callback(private_wandb_callback(run_dir, {"precision": precision.as_dict()}))
     info = {"train samples": len(train), "owner turns": n_owner_turns, "base model": model_path,
-            "precision": precision.as_dict(), "allocator": sc.allocator_in_use(),
-            "supervised-only LM head": lm_head_note is None,
+            "precision": precision.as_dict(), "supervised-only LM head": lm_head_note is None,
             "frozen weights in bf16": frozen_bf16}
     return trainer, info
 
@@ -223,6 +222,7 @@ def main(train_args: TrainArguments, sft_config, model_args):
 
     # --- data + model + trainer -----------------------------------------------------------------------------
     trainer, info = build_trainer(train_args, sft_config, model_args)
+    info["allocator"] = sc.allocator_in_use()  # SFT and preference runs alike
     if state.is_main_process and hasattr(trainer.model, "print_trainable_parameters"):
         trainer.model.print_trainable_parameters()
     budget = None
@@ -249,7 +249,7 @@ def main(train_args: TrainArguments, sft_config, model_args):
     if state.is_main_process:
         # dtype: auto's choice is recorded beside the arguments it resolved
         sc.save_run_config(staging, train_args, sft_config, model_args,
-                           {"precision": info["precision"], "allocator": info.get("allocator"),
+                           {"precision": info["precision"], "allocator": info["allocator"],
                             "time_budget": budget.info if budget else None})
         (staging / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
         if train_args.merge:

@@ -151,7 +151,7 @@ def worker(name: str, input_dir: Path, out_dir: Path, quick: bool, rounds: int) 
     quantiles = {f"p{q}": lengths[min(len(lengths) - 1, len(lengths) * q // 100)] for q in (10, 50, 90, 99)}
     print(json.dumps({"ready": name, "params": params, "threads": torch.get_num_threads(),
                       "precision": info["precision"], "supervised_only_head": info["supervised-only LM head"],
-                      "allocator": info["allocator"], "layer_dims": dims,
+                      "allocator": sc.allocator_in_use(), "layer_dims": dims,
                       "batch_size": trainer.args.per_device_train_batch_size,
                       "lengths": {"n": len(lengths), "mean": sum(lengths) / len(lengths), **quantiles,
                                   "max": lengths[-1]}}), flush=True)
