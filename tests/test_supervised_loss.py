@@ -169,3 +169,33 @@ def test_chunked_head_keeps_no_vocabulary_sized_tensor_for_backward():
     assert max(saved) < 300 * 4000 / 10, saved
     log_probs.sum().backward()
     assert hidden.grad is not None
+
+
+def test_frozen_head_cast_is_kept_between_steps_and_renewed_when_the_weight_changes():
+    """Under autocast a frozen head's bf16 cast is made once, not at every step; an in-place change of the weight
+    (a loaded checkpoint, a merged adapter) or a new tensor behind it gives a fresh cast, never stale values."""
+    import torch
+
+    from simme_common.supervised_loss import supervised_log_probs
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False).requires_grad_(False)
+    hidden, labels = torch.randn(1, 6, 16), torch.randint(0, 50, (1, 6))
+
+    def scored(layer):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return supervised_log_probs(hidden, labels, layer)[0]
+
+    def uncached():  # the same weight values behind a Parameter that has no cast kept yet
+        reference = torch.nn.Linear(16, 50, bias=False).requires_grad_(False)
+        reference.weight.data = head.weight.detach().clone()
+        return scored(reference)
+
+    first = scored(head)
+    cast = head.weight._simme_cast[1]
+    assert cast.dtype == torch.bfloat16 and torch.equal(scored(head), first) and head.weight._simme_cast[1] is cast
+    with torch.no_grad():
+        head.weight.mul_(3)
+    assert torch.equal(scored(head), uncached()) and not torch.equal(scored(head), first)
+    head.weight.data = torch.randn(50, 16)  # same Parameter, new storage
+    assert torch.equal(scored(head), uncached())
