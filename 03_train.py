@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import simme_common as sc
+from simme_common.bf16_step import lean_bf16_step
 from simme_common.precision import Precision, apply_cpu_precision, frozen_linears_to_bf16
 from simme_common.supervised_loss import compact_lm_head
 from simme_common.training import private_wandb_callback, wandb_run_dir
@@ -165,7 +166,8 @@ def build_trainer(train_args: TrainArguments, sft_config, model_args):
                                                 data["train"], sft_config)
         frozen_bf16 = frozen_linears_to_bf16(trainer.model) if cast_frozen else 0
         return trainer, {"train samples": len(train), "base model": model_path, "precision": precision.as_dict(),
-                         "frozen weights in bf16": frozen_bf16, **info}
+                         "frozen weights in bf16": frozen_bf16, "lean bf16 step": _lean_step(trainer, cast_frozen),
+                         **info}
     peft_config = get_peft_config(model_args) if init_adapter is None else None
     if peft_config is not None and excluded is not None:
         peft_config.exclude_modules = excluded
@@ -204,8 +206,16 @@ def build_trainer(train_args: TrainArguments, sft_config, model_args):
         trainer.add_callback(private_wandb_callback(run_dir, {"precision": precision.as_dict()}))
     info = {"train samples": len(train), "owner turns": n_owner_turns, "base model": model_path,
             "precision": precision.as_dict(), "supervised-only LM head": lm_head_note is None,
-            "frozen weights in bf16": frozen_bf16}
+            "frozen weights in bf16": frozen_bf16, "lean bf16 step": _lean_step(trainer, cast_frozen)}
     return trainer, info
+
+
+def _lean_step(trainer, cpu_bf16: bool) -> str | None:
+    """Under CPU bf16 autocast, each activation is cast once (simme_common/bf16_step.py); what changed, or None."""
+    if not cpu_bf16:
+        return None
+    model = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
+    return lean_bf16_step(model).summary() or None
 
 
 def main(train_args: TrainArguments, sft_config, model_args):

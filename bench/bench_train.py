@@ -13,7 +13,8 @@ callback), so it is the steady rate a real run has after its first step.
 Both sides train the default model (SmolLM2-135M-Instruct) with the recipe's LoRA config on the same samples,
 built by 03_train.build_trainer. The baseline is `SFTConfig` and `ModelConfig` with their defaults (bf16
 autocast, gradient checkpointing, sdpa attention, random batches padded to the longest sample, TRL's LM head on
-every position, frozen weights re-cast to bf16 by autocast on every forward, glibc's malloc), plus
+every position, frozen weights re-cast to bf16 by autocast on every forward, autocast casting each op's inputs
+itself rather than each activation once (simme_common/bf16_step.py), glibc's malloc), plus
 `use_cpu=True`, without which the defaults refuse to start on a CPU-only machine. The recipe's workers re-run
 themselves on its allocator (mimalloc where installed), as 03 does.
 Tokens are the non-padding tokens TRL counts; the GEMM floor is 4 x params x tokens/s (forward 2P + input-gradient
@@ -43,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
 
 import simme_common as sc  # noqa: E402
+from simme_common.bf16_step import LeanStep  # noqa: E402
 
 ROOT = benchlib.ROOT
 RECIPE = ROOT / "configs" / "cpu_demo.yaml"
@@ -50,7 +52,8 @@ PROJECT, BASELINE = "project (cpu_demo.yaml)", "SFTTrainer defaults"
 ONE_THREAD = "project, 1 torch thread"  # what accelerate launch without --cpu would leave (OMP_NUM_THREADS=1)
 SDPA = "project, sdpa attention"  # the recipe with torch's default attention instead of eager
 SYSTEM_MALLOC = "project, system allocator"  # the recipe on glibc's malloc instead of mimalloc
-RECIPE_SIDE = (PROJECT, ONE_THREAD, SDPA, SYSTEM_MALLOC)
+PLAIN_AUTOCAST = "project, autocast's own casts"  # the recipe without simme_common/bf16_step.py
+RECIPE_SIDE = (PROJECT, ONE_THREAD, SDPA, SYSTEM_MALLOC, PLAIN_AUTOCAST)
 
 
 def chitchat_samples(out_dir: Path, n: int) -> Path:
@@ -103,6 +106,7 @@ def variant_configs(stage, input_dir: Path, out_dir: Path, quick: bool, rounds: 
         variants[ONE_THREAD] = lambda: recipe
         variants[SDPA] = lambda: recipe
         variants[SYSTEM_MALLOC] = lambda: recipe
+        variants[PLAIN_AUTOCAST] = lambda: recipe
         variants["defaults + fp32"] = lambda: SFTConfig(**defaults, bf16=False)
         variants["defaults + fp32 + no checkpointing"] = lambda: SFTConfig(**defaults, bf16=False, activation_checkpointing=False)
         variants["defaults + fp32 + no ckpt + length-grouped"] = lambda: SFTConfig(
@@ -123,7 +127,9 @@ def worker(name: str, input_dir: Path, out_dir: Path, quick: bool, rounds: int) 
         train_args.num_threads = 1
     elif name == SDPA:
         model_args.attn_implementation = "sdpa"
-    elif name not in RECIPE_SIDE:  # ModelConfig's default dtype and attention (sdpa), and TRL's LM head on every position
+    if name == PLAIN_AUTOCAST or name not in RECIPE_SIDE:
+        stage.lean_bf16_step = lambda model: LeanStep()  # autocast casts each op's inputs itself
+    if name not in RECIPE_SIDE:  # ModelConfig's default dtype and attention (sdpa), and TRL's LM head on every position
         from trl import ModelConfig
 
         for field in ("dtype", "attn_implementation"):

@@ -223,6 +223,10 @@ def test_dtype_auto_sets_the_trainers_autocast_from_this_cpus_flags(tiny_model_d
     # under autocast the frozen base weights are stored as autocast casts them (tests/test_precision.py)
     frozen = sum(p.numel() for n, p in trainer.model.named_parameters() if "base_layer" in n)
     assert info["frozen weights in bf16"] == (frozen if native else 0) and frozen > 0
+    # and each activation is cast once (tests/test_bf16_step.py): norms, LoRA layers (2 tiny layers x 7), attention
+    assert info["lean bf16 step"] == ("4 norm outputs cast once, 14 LoRA layers fused"
+                                      + (", attention in bf16" if model_args.attn_implementation == "eager" else "")
+                                      if native else None)
 
 
 def test_bad_input_gives_one_sentence(tiny_model_dir, prepared_dir, tmp_path, capsys):
