@@ -7,14 +7,14 @@ python bench/bench_train.py --quick    # 2 rounds of 1 step on 2 x 64-token chit
 
 Each variant runs in its own worker process (accelerate's state is per process) and trains one `train()`, paused
 between rounds so the variants take turns on the cores. The first round (train() setup, the optimizer's state, the
-allocator's first growth) is untimed; tokens/s is timed inside the optimizer steps of the later rounds (a
-callback), so it is the steady rate a real run has after its first step.
+allocator's first growth, the recipe's torch.compile of its decoder layers) is untimed; tokens/s is timed inside the
+optimizer steps of the later rounds (a callback), so it is the steady rate a real run has after its first step.
 
 Both sides train the default model (SmolLM2-135M-Instruct) with the recipe's LoRA config on the same samples,
 built by 03_train.build_trainer. The baseline is `SFTConfig` and `ModelConfig` with their defaults (bf16
 autocast, gradient checkpointing, sdpa attention, random batches padded to the longest sample, TRL's LM head on
 every position, frozen weights re-cast to bf16 by autocast on every forward, autocast casting each op's inputs
-itself rather than each activation once (simme_common/bf16_step.py), glibc's malloc), plus
+itself rather than each activation once (simme_common/bf16_step.py), uncompiled layers, glibc's malloc), plus
 `use_cpu=True`, without which the defaults refuse to start on a CPU-only machine. The recipe's workers re-run
 themselves on its allocator (mimalloc where installed), as 03 does.
 Tokens are the non-padding tokens TRL counts; the GEMM floor is 4 x params x tokens/s (forward 2P + input-gradient
@@ -53,7 +53,8 @@ ONE_THREAD = "project, 1 torch thread"  # what accelerate launch without --cpu w
 SDPA = "project, sdpa attention"  # the recipe with torch's default attention instead of eager
 SYSTEM_MALLOC = "project, system allocator"  # the recipe on glibc's malloc instead of mimalloc
 PLAIN_AUTOCAST = "project, autocast's own casts"  # the recipe without simme_common/bf16_step.py
-RECIPE_SIDE = (PROJECT, ONE_THREAD, SDPA, SYSTEM_MALLOC, PLAIN_AUTOCAST)
+NOT_COMPILED = "project, not compiled"  # the recipe with --compile_layers false
+RECIPE_SIDE = (PROJECT, ONE_THREAD, SDPA, SYSTEM_MALLOC, PLAIN_AUTOCAST, NOT_COMPILED)
 
 
 def chitchat_samples(out_dir: Path, n: int) -> Path:
@@ -107,6 +108,7 @@ def variant_configs(stage, input_dir: Path, out_dir: Path, quick: bool, rounds: 
         variants[SDPA] = lambda: recipe
         variants[SYSTEM_MALLOC] = lambda: recipe
         variants[PLAIN_AUTOCAST] = lambda: recipe
+        variants[NOT_COMPILED] = lambda: recipe
         variants["defaults + fp32"] = lambda: SFTConfig(**defaults, bf16=False)
         variants["defaults + fp32 + no checkpointing"] = lambda: SFTConfig(**defaults, bf16=False, activation_checkpointing=False)
         variants["defaults + fp32 + no ckpt + length-grouped"] = lambda: SFTConfig(
@@ -127,6 +129,8 @@ def worker(name: str, input_dir: Path, out_dir: Path, quick: bool, rounds: int) 
         train_args.num_threads = 1
     elif name == SDPA:
         model_args.attn_implementation = "sdpa"
+    if quick or name == NOT_COMPILED or name not in RECIPE_SIDE:  # quick: 2 x 1 step would be all compiling
+        train_args.compile_layers = False
     if name == PLAIN_AUTOCAST or name not in RECIPE_SIDE:
         stage.lean_bf16_step = lambda model: LeanStep()  # autocast casts each op's inputs itself
     if name not in RECIPE_SIDE:  # ModelConfig's default dtype and attention (sdpa), and TRL's LM head on every position

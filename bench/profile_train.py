@@ -3,7 +3,7 @@
 python bench/profile_train.py                                   # the recipe, 6 steps, ops by self CPU time
 python bench/profile_train.py -- --attn_implementation sdpa     # any 03 flag after `--` (here: the default attention)
 python bench/profile_train.py --shapes --rows 40                # ops split by input shapes
-python bench/profile_train.py --no_profile --compile_layers     # plain step times; regional torch.compile
+python bench/profile_train.py --no_profile -- --compile_layers false   # plain step times, layers not compiled
 
 Trains `configs/cpu_demo.yaml` on the bundled sample (data/01_prepared; run `make pipeline` or 01 first) through
 03_train.build_trainer, so the trainer, LoRA, precision and LM-head patch are the recipe's. Prints the step times
@@ -33,7 +33,6 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=30, help="rows of the profiler table")
     parser.add_argument("--shapes", action="store_true", help="group the table by input shapes")
     parser.add_argument("--no_profile", action="store_true", help="step times only (no profiler overhead)")
-    parser.add_argument("--compile_layers", action="store_true", help="torch.compile each decoder layer first")
     parser.add_argument("train_args", nargs="*", help="03 flags, after `--`")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -48,10 +47,6 @@ def main() -> int:
     trainer, info = stage.build_trainer(train_args, sft_config, model_args)
     timer = benchlib.step_timer()
     trainer.add_callback(timer)
-    if args.compile_layers:  # one compiled block shared by every layer (same code, weights as inputs)
-        causal_lm = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
-        for layer in causal_lm.model.layers:
-            layer.compile(dynamic=True)
     if args.no_profile:
         trainer.train()
         table = None

@@ -1,5 +1,6 @@
 """The lean CPU bf16 step trains what plain autocast trains: same loss and gradients up to bf16 rounding (no further
-from fp32 than autocast is), the model's own forwards where it does not apply, and back to them on remove().
+from fp32 than autocast is), the model's own forwards where it does not apply, and back to them on remove(); its
+compiled layers (03's --compile_layers) train what its eager ones do.
 
 Run: .venv/bin/python -m pytest -q tests/test_bf16_step.py
 """
@@ -139,3 +140,38 @@ def test_other_architectures_are_left_alone():
     model = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=100))
     step = lean_bf16_step(model)
     assert step.summary() == "" and not step.norms and not step.lora_layers and step.attention is None
+
+
+def test_compiled_layers_train_what_the_eager_layers_train():
+    """03's --compile_layers: the same loss and LoRA gradients as the lean eager step, at two sequence lengths (the
+    lengths are dynamic: one compile serves both)."""
+    from simme_common.training import compile_decoder_layers
+
+    model, batch = _lora_llama()
+    lean_bf16_step(model.get_base_model())
+    shorter = {k: v[:, :20] for k, v in batch.items()}
+    eager = [_run(model, b) for b in (batch, shorter)]
+    assert compile_decoder_layers(model.get_base_model()) == "2 decoder layers compiled"
+    compiled = [_run(model, b) for b in (batch, shorter)]
+    for (loss, logits, grads), (want_loss, want_logits, want_grads) in zip(compiled, eager):
+        assert abs(loss - want_loss) < 0.01 * want_loss
+        assert grads.keys() == want_grads.keys()
+        assert all(_relative_error(grads[n], want_grads[n]) < 0.05 for n in grads), "gradients"
+
+
+def test_without_a_cpp_compiler_the_layers_stay_uncompiled(monkeypatch):
+    """Inductor on CPU builds C++: where no compiler is found, 03 says so and trains the layers as they are."""
+    from torch._inductor import config
+    from torch._inductor.cpp_builder import cpp_compiler_search
+
+    from simme_common.training import compile_decoder_layers
+
+    monkeypatch.setattr(config.cpp, "cxx", ("/nonexistent/c++",))
+    cpp_compiler_search.cache_clear()
+    try:
+        model, _ = _lora_llama()
+        note = compile_decoder_layers(model.get_base_model())
+    finally:
+        cpp_compiler_search.cache_clear()
+    assert note.startswith("not compiled") and "C++ compiler" in note
+    assert all(layer._compiled_call_impl is None for layer in model.get_base_model().model.layers)
