@@ -55,6 +55,7 @@ SYSTEM_MALLOC = "project, system allocator"  # the recipe on glibc's malloc inst
 PLAIN_AUTOCAST = "project, autocast's own casts"  # the recipe without simme_common/bf16_step.py
 NOT_COMPILED = "project, not compiled"  # the recipe with --compile_layers false
 RECIPE_SIDE = (PROJECT, ONE_THREAD, SDPA, SYSTEM_MALLOC, PLAIN_AUTOCAST, NOT_COMPILED)
+PAIR_ONLY = (PLAIN_AUTOCAST, NOT_COMPILED)  # through --pair --also only: 8 workers already fill 24 GB in the full run
 
 
 def chitchat_samples(out_dir: Path, n: int) -> Path:
@@ -317,7 +318,7 @@ def main() -> int:
     names = list(variant_configs(sc.load_script(ROOT / "03_train.py"), input_dir, tmp, args.quick)[2])
     if unknown := [name for name in args.also if name not in names]:
         parser.error(f"--also: no variant named {unknown}; variants: {names}")
-    names = [PROJECT, BASELINE, *args.also] if args.pair else names
+    names = [PROJECT, BASELINE, *args.also] if args.pair else [name for name in names if name not in PAIR_ONLY]
     info, rounds, gflops = race(names, input_dir, tmp, args.quick, args.reps or (2 if args.quick else 3))
     result = {"input": "bundled sample" if input_dir == sample else "chitchat samples", **summarize(info, rounds, gflops)}
     benchlib.write_result("train", result, args.quick, args.out_dir)
