@@ -10,7 +10,7 @@ Autocast casts every op's inputs on their own, so one activation is cast many ti
 sum into one in-place matmul. The values differ from plain autocast's by bf16 rounding only (the LoRA sum is rounded
 once instead of twice; gradients of a tensor read by several projections are summed in bf16): in
 tests/test_bf16_step.py the loss, logits and LoRA gradients stay as close to an fp32 reference as autocast's.
-On the 2-core AMX Xeon it made cpu_demo's steps ~1.25x faster (docs/train.md, Efficiency). Only Llama-family
+On the 2-core AMX Xeon it made cpu_demo's uncompiled steps 1.22x faster (docs/train.md, Efficiency). Only Llama-family
 layouts are changed (their norms feed projections only); other models, DoRA and other LoRA variants, dropout,
 merged or disabled adapters keep their own forwards.
 """
