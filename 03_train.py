@@ -57,11 +57,13 @@ class TrainArguments:
                 "to the steps that fit (measured after a few steps and re-planned at 25/50/75 percent of the plan, "
                 "never past max_steps), so a slower machine trains fewer steps, not a cut-off schedule. "
                 "Default: no budget."})
-    compile_layers: bool = field(default=False, metadata={
-        "help": "torch.compile each decoder layer in SFT runs (one compiled block shared by all): on 2 CPU cores "
-                "cpu_demo's steps ran 1.33x faster after ~1 min of compiling in the first step (~13 s once Inductor's "
-                "cache holds it), so it pays from ~130 steps on. On CPU it needs a C++ compiler (g++ / clang++); "
-                "without one the layers train uncompiled, with a note."})
+    compile_layers: str = field(default="false", metadata={
+        "help": "torch.compile each decoder layer in SFT runs (one compiled block shared by all): true, false, or "
+                "auto (where the CPU trains in bf16). On 2 CPU cores cpu_demo's bf16 steps ran 1.33x faster after ~1 "
+                "min of compiling in the first step (~13 s once Inductor's cache holds it), paying from ~130 steps "
+                "on; fp32 steps 1.12x, from ~80 steps on: more than a 10-minute budget fits on a CPU without native "
+                "bf16. On CPU it needs a C++ compiler (g++ / clang++); without one the layers train uncompiled, with "
+                "a note."})
     allocator: str = sc.allocator_field()
 
 
@@ -204,7 +206,7 @@ def build_trainer(train_args: TrainArguments, sft_config, model_args):
     if attention_note and state.is_main_process:
         print(f"note: {attention_note}", file=sys.stderr)
     lean_step = _lean_step(trainer, cast_frozen)  # before compiling: the compiled layers trace the lean forwards
-    compiled = compile_decoder_layers(causal_lm) if train_args.compile_layers else None
+    compiled = compile_decoder_layers(causal_lm) if _compiles(train_args.compile_layers, cast_frozen) else None
     if compiled and compiled.startswith("not") and state.is_main_process:
         print(f"note: {compiled}", file=sys.stderr)
     if "wandb" in (sft_config.report_to or []):
@@ -217,6 +219,14 @@ def build_trainer(train_args: TrainArguments, sft_config, model_args):
             "precision": precision.as_dict(), "supervised-only LM head": lm_head_note is None,
             "frozen weights in bf16": frozen_bf16, "lean bf16 step": lean_step, "compiled layers": compiled}
     return trainer, info
+
+
+def _compiles(choice, cpu_bf16: bool) -> bool:
+    """--compile_layers true / false / auto (compile where the CPU trains in bf16); YAML may give a bool."""
+    choice = str(choice).lower()
+    if choice not in ("true", "false", "auto"):
+        raise sc.UserError(f"--compile_layers is true, false or auto, got {choice!r}")
+    return choice == "true" or (choice == "auto" and cpu_bf16)
 
 
 def _lean_step(trainer, cpu_bf16: bool) -> str | None:

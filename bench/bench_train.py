@@ -131,7 +131,7 @@ def worker(name: str, input_dir: Path, out_dir: Path, quick: bool, rounds: int) 
     elif name == SDPA:
         model_args.attn_implementation = "sdpa"
     if quick or name == NOT_COMPILED or name not in RECIPE_SIDE:  # quick: 2 x 1 step would be all compiling
-        train_args.compile_layers = False
+        train_args.compile_layers = "false"
     if name == PLAIN_AUTOCAST or name not in RECIPE_SIDE:
         stage.lean_bf16_step = lambda model: LeanStep()  # autocast casts each op's inputs itself
     if name not in RECIPE_SIDE:  # ModelConfig's default dtype and attention (sdpa), and TRL's LM head on every position

@@ -229,6 +229,21 @@ def test_dtype_auto_sets_the_trainers_autocast_from_this_cpus_flags(tiny_model_d
                                       if native else None)
 
 
+@pytest.mark.parametrize(("choice", "cpu_bf16", "compiles"), [
+    ("true", False, True), ("false", True, False), ("auto", True, True), ("auto", False, False),
+    (True, False, True), ("AUTO", True, True),  # a YAML bool, any casing
+])
+def test_compile_layers_auto_compiles_where_the_cpu_trains_in_bf16(choice, cpu_bf16, compiles):
+    """The CPU recipes' `compile_layers: auto`: compiled bf16 steps pay back within the demo's budget, fp32 ones
+    (CPUs without native bf16, ~4x slower) do not (docs/train.md, Efficiency 11)."""
+    assert train03._compiles(choice, cpu_bf16) is compiles
+
+
+def test_compile_layers_refuses_other_values():
+    with pytest.raises(sc.UserError, match="true, false or auto"):
+        train03._compiles("yes", True)
+
+
 def test_bad_input_gives_one_sentence(tiny_model_dir, prepared_dir, tmp_path, capsys):
     base = ["--config", SMOKE, "--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path / "out")]
     assert "run 01_prepare.py" in user_error(base + ["--input_dir", str(tmp_path / "missing")], capsys)
