@@ -139,8 +139,9 @@ def build_trainer(train_args: TrainArguments, sft_config, model_args):
         precision = apply_cpu_precision(model_args, sft_config)  # dtype auto: bf16 autocast where the CPU has it
         if model_args.load_in_8bit or model_args.load_in_4bit:
             print("note: bitsandbytes on CPU is slower than plain fp32 or bf16 autocast", file=sys.stderr)
-    # CPU autocast would re-cast every frozen weight to bf16 on every forward: they are stored as it casts them
-    cast_frozen = precision.bf16_autocast and not has_gpu
+    # Under CPU bf16 autocast the frozen weights are stored as autocast casts them (it would re-cast them on every
+    # forward), each activation is cast once (bf16_step) and `--compile_layers auto` compiles
+    cpu_bf16 = precision.bf16_autocast and not has_gpu
 
     # --- data: 01's conversational samples; only the messages column is needed ------------------------------
     data = sc.load_prepared_dataset(train_args.input_dir)
@@ -171,10 +172,10 @@ def build_trainer(train_args: TrainArguments, sft_config, model_args):
         trainer, info = sc.build_preference_run(train_args.preference_data, train_args.preference_loss,
                                                 train_args.preference_beta, train_args.self_play, model, tokenizer,
                                                 data["train"], sft_config)
-        frozen_bf16 = frozen_linears_to_bf16(trainer.model) if cast_frozen else 0
+        frozen_bf16 = frozen_linears_to_bf16(trainer.model) if cpu_bf16 else 0
         return trainer, {"train samples": len(train), "base model": model_path, "precision": precision.as_dict(),
-                         "frozen weights in bf16": frozen_bf16, "lean bf16 step": _lean_step(trainer, cast_frozen),
-                         **info}
+                         "frozen weights in bf16": frozen_bf16,
+                         "lean bf16 step": _lean_step(_causal_lm(trainer), cpu_bf16), **info}
     peft_config = get_peft_config(model_args) if init_adapter is None else None
     if peft_config is not None and excluded is not None:
         peft_config.exclude_modules = excluded
@@ -194,9 +195,9 @@ def build_trainer(train_args: TrainArguments, sft_config, model_args):
             trainer.optimizer = sc.loraplus_optimizer(trainer.model, sft_config, train_args.loraplus_lr_ratio)
         except ValueError as err:
             raise sc.UserError(str(err)) from None
-    frozen_bf16 = frozen_linears_to_bf16(trainer.model) if cast_frozen else 0
+    frozen_bf16 = frozen_linears_to_bf16(trainer.model) if cpu_bf16 else 0
     # TRL's fused LM head scores every position on CPUs; only the owner's (labelled) positions are trained
-    causal_lm = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
+    causal_lm = _causal_lm(trainer)
     lm_head_note = compact_lm_head(causal_lm)
     if lm_head_note and state.is_main_process:
         print(f"note: {lm_head_note}", file=sys.stderr)
@@ -205,8 +206,8 @@ def build_trainer(train_args: TrainArguments, sft_config, model_args):
         causal_lm.config, sft_config.per_device_train_batch_size, sft_config.max_length or 1024)
     if attention_note and state.is_main_process:
         print(f"note: {attention_note}", file=sys.stderr)
-    lean_step = _lean_step(trainer, cast_frozen)  # before compiling: the compiled layers trace the lean forwards
-    compiled = compile_decoder_layers(causal_lm) if _compiles(train_args.compile_layers, cast_frozen) else None
+    lean_step = _lean_step(causal_lm, cpu_bf16)  # before compiling: the compiled layers trace the lean forwards
+    compiled = compile_decoder_layers(causal_lm) if _compiles(train_args.compile_layers, cpu_bf16) else None
     if compiled and compiled.startswith("not") and state.is_main_process:
         print(f"note: {compiled}", file=sys.stderr)
     if "wandb" in (sft_config.report_to or []):
@@ -229,12 +230,14 @@ def _compiles(choice, cpu_bf16: bool) -> bool:
     return choice == "true" or (choice == "auto" and cpu_bf16)
 
 
-def _lean_step(trainer, cpu_bf16: bool) -> str | None:
+def _causal_lm(trainer):
+    """The transformers model inside the trainer's (PEFT's base model when wrapped)."""
+    return trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
+
+
+def _lean_step(causal_lm, cpu_bf16: bool) -> str | None:
     """Under CPU bf16 autocast, each activation is cast once (simme_common/bf16_step.py); what changed, or None."""
-    if not cpu_bf16:
-        return None
-    model = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
-    return lean_bf16_step(model).summary() or None
+    return (lean_bf16_step(causal_lm).summary() or None) if cpu_bf16 else None
 
 
 def main(train_args: TrainArguments, sft_config, model_args):
