@@ -7,9 +7,11 @@ python bench/ablate_train.py --only recipe,lr_1e-3 # named variants
 Each variant is one `python 03_train.py --config configs/cpu_demo.yaml <overrides>` run (its own process, like
 `make pipeline`), on data/01_prepared or a dataset derived from it (whole sessions, newest sessions weighted).
 It is judged on the **validation** split, never on test: perplexity of the owner's turns (04's
-`eval_example` + `score_and_generate`, owner tokens only) and, with --replies > 0, the length similarity of
-sampled replies to the owner's train-split turns (04's style metric). The table (Markdown, for docs/train.md)
-lists twin/base perplexity, training seconds and trained tokens, so a variant that buys fidelity with time shows.
+`eval_example` + `score_and_generate`, owner tokens only), with --replies > 0 the length similarity of
+sampled replies to the owner's train-split turns (04's style metric), and with --hits_contexts > 0 04's Hits@1
+(the real reply ranked against 19 owner replies to other validation contexts). The table (Markdown, for
+docs/train.md) lists twin/base perplexity, training seconds and trained tokens, so a variant that buys fidelity
+with time shows.
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ VARIANTS: dict[str, tuple[str, str | None]] = {
     "steps_64_batch_8": ("--max_steps 64", None),
     "steps_128_batch_8": ("--max_steps 128", None),
     "steps_320_batch_4": ("--max_steps 320 --per_device_train_batch_size 4", None),
+    # what the compiled AMX recipe trains in its 9.9 minutes (max_train_minutes cuts a slower CPU's run to what fits)
+    "steps_400_batch_8": ("--max_steps 400", None),
+    "steps_400_batch_8_all_turns": ("--max_steps 400 --assistant_only_loss false", None),
     "lr_1e-3": ("--learning_rate 1e-3", None),
     "lr_3e-3": ("--learning_rate 3e-3", None),
     "adam_beta2_0.99": ("--adam_beta2 0.99", None),  # a shorter second-moment memory for a short run
@@ -131,9 +136,11 @@ def load_judge(input_dir: Path, n_val: int, seed: int) -> dict:
     return {"validation": val, "owner_turns": owner_turns}
 
 
-def judge(model_dir: Path | None, judge_data: dict, replies: int, seed: int) -> dict:
-    """Validation perplexity of the owner's turns and (replies > 0) the length similarity of sampled replies."""
+def judge(model_dir: Path | None, judge_data: dict, replies: int, seed: int, hits_contexts: int = 0) -> dict:
+    """Validation perplexity of the owner's turns, (replies > 0) the length similarity of sampled replies and
+    (hits_contexts > 0) Hits@1 over that many contexts whose real reply has text, as 04 ranks them."""
     from simme_common.eval_generation import eval_example, perplexity_from_nll, score_and_generate
+    from simme_common.metrics_model import hits_at_1
 
     base = sc.resolve_base_model(None)
     is_adapter = model_dir is not None and (model_dir / "adapter_config.json").exists()
@@ -146,7 +153,12 @@ def judge(model_dir: Path | None, judge_data: dict, replies: int, seed: int) -> 
     examples = [eval_example(tokenizer, m, 384, 512) for m in judge_data["validation"]]
     generate = [i < replies for i in range(len(examples))]
     nll, generated = score_and_generate(model, tokenizer, examples, generate, batch_size=16, seed=seed)
-    result = {"ppl": perplexity_from_nll(nll), "length_similarity": None}
+    result = {"ppl": perplexity_from_nll(nll), "length_similarity": None, "hits_at_1": None}
+    if hits_contexts:
+        kept = [i for i, m in enumerate(judge_data["validation"]) if sc.split_target(m)[1].strip() != sc.SILENT_REPLY]
+        hits, _ = hits_at_1(model, [examples[i]["prompt_ids"] for i in kept], [examples[i]["target_ids"] for i in kept],
+                            seed, hits_contexts)
+        result["hits_at_1"] = sum(hits) / len(hits) if hits else None
     if replies:
         from simme_common.metrics_style import owner_profile, reply_features, style_stats  # 04's style metric
 
@@ -159,16 +171,18 @@ def judge(model_dir: Path | None, judge_data: dict, replies: int, seed: int) -> 
 def table(rows: list[dict], base: dict) -> str:
     """The Markdown table docs/train.md includes."""
     lines = [f"Base model: validation perplexity {base['ppl']:.2f}" +
-             (f", length similarity {base['length_similarity']:.2f}" if base["length_similarity"] is not None else ""),
-             "", "| variant | overrides | twin/base ppl | length sim. | train s | trained tokens | train loss |",
-             "|---|---|---|---|---|---|---|"]
+             (f", length similarity {base['length_similarity']:.2f}" if base["length_similarity"] is not None else "") +
+             (f", Hits@1 {base['hits_at_1']:.3f}" if base.get("hits_at_1") is not None else ""),
+             "", "| variant | overrides | twin/base ppl | length sim. | Hits@1 | train s | trained tokens | train loss |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: r.get("ppl", float("inf"))):
         if "error" in r:  # a failed variant stays in the table, not silently dropped
-            lines.append(f"| {r['variant']} | `{r['overrides'] or '(recipe)'}` | failed: {r['error']} | | | | |")
+            lines.append(f"| {r['variant']} | `{r['overrides'] or '(recipe)'}` | failed: {r['error']} | | | | | |")
             continue
         sim = f"{r['length_similarity']:.2f}" if r["length_similarity"] is not None else "–"
+        hits = f"{r['hits_at_1']:.3f}" if r.get("hits_at_1") is not None else "–"
         loss = f"{r['train_loss']:.3f}" if r["train_loss"] is not None else "–"
-        lines.append(f"| {r['variant']} | `{r['overrides'] or '(recipe)'}` | {r['ppl'] / base['ppl']:.3f} | {sim} | "
+        lines.append(f"| {r['variant']} | `{r['overrides'] or '(recipe)'}` | {r['ppl'] / base['ppl']:.3f} | {sim} | {hits} | "
                      f"{r['train_s']:.0f} | {int(r['tokens']):,} | {loss} |")
     return "\n".join(lines)
 
@@ -181,6 +195,8 @@ def main() -> int:
     parser.add_argument("--input_dir", type=Path, default=ROOT / sc.PREPARED_DIR, help="01_prepare's output")
     parser.add_argument("--val_samples", type=int, default=None, help="validation samples judged (default 256, quick 32)")
     parser.add_argument("--replies", type=int, default=None, help="of which sampled for length similarity (64, quick 0)")
+    parser.add_argument("--hits_contexts", type=int, default=None,
+                        help="validation contexts ranked for Hits@1 (default 200, quick 0; 0 skips it)")
     parser.add_argument("--max_steps", type=int, default=None, help="override every variant's steps (quick: 8)")
     parser.add_argument("--seed", type=int, default=42)
     benchlib.add_out_dir_arg(parser)
@@ -195,11 +211,12 @@ def main() -> int:
     n_val = args.val_samples or (16 if args.quick else 256)
     limit = 256 if args.quick else None
     replies = args.replies if args.replies is not None else (0 if args.quick else 64)
+    hits_contexts = args.hits_contexts if args.hits_contexts is not None else (0 if args.quick else 200)
     steps = args.max_steps or (8 if args.quick else None)
     extra = ["--max_steps", str(steps)] if steps else []
 
     judge_data = load_judge(args.input_dir, n_val, args.seed)
-    base = judge(None, judge_data, replies, args.seed)
+    base = judge(None, judge_data, replies, args.seed, hits_contexts)
     rows = []
     with tempfile.TemporaryDirectory(prefix="ablate_train_") as tmp:
         for name in names:
@@ -213,11 +230,12 @@ def main() -> int:
                 print(err, file=sys.stderr, flush=True)
                 rows.append({"variant": name, "overrides": overrides, "error": "03_train.py exited with an error"})
             else:
-                rows.append({"variant": name, "overrides": overrides, **trained, **judge(out, judge_data, replies, args.seed)})
+                rows.append({"variant": name, "overrides": overrides, **trained, **judge(out, judge_data, replies, args.seed, hits_contexts)})
                 print(f"{name}: validation ppl {rows[-1]['ppl']:.2f} (base {base['ppl']:.2f}), "
                       f"{trained['train_s']:.0f} s", flush=True)
             markdown = table(rows, base)
-            result = {"variants": rows, "base": base, "val_samples": n_val, "replies": replies, "max_steps": steps,
+            result = {"variants": rows, "base": base, "val_samples": n_val, "replies": replies, "hits_contexts": hits_contexts,
+                      "max_steps": steps,
                       "train_subset": limit, "load_avg_1m": os.getloadavg()[0], "table_md": markdown}
             # rewritten after every variant: an interrupted run keeps what it measured
             benchlib.write_result("ablate_train", result, args.quick, args.out_dir, echo=False)

@@ -36,13 +36,13 @@ def test_ablation_table_keeps_a_failed_variant_as_a_row():
     sys.path.insert(0, str(ROOT / "bench"))
     import ablate_train
 
-    base = {"ppl": 60.0, "length_similarity": 0.4}
+    base = {"ppl": 60.0, "length_similarity": 0.4, "hits_at_1": 0.125}
     rows = [
         {"variant": "full_finetune", "overrides": "--use_peft false", "error": "03_train.py exited with an error"},
         {"variant": "recipe", "overrides": "", "ppl": 42.0, "length_similarity": 0.8, "train_s": 150.0,
-         "tokens": 42336, "train_loss": 3.6},
+         "tokens": 42336, "train_loss": 3.6, "hits_at_1": 0.15},
     ]
     lines = ablate_train.table(rows, base).splitlines()
-    assert lines[0] == "Base model: validation perplexity 60.00, length similarity 0.40"
-    assert lines[4].startswith("| recipe | `(recipe)` | 0.700 | 0.80 | 150 | 42,336 | 3.600 |")
-    assert lines[5] == "| full_finetune | `--use_peft false` | failed: 03_train.py exited with an error | | | | |"
+    assert lines[0] == "Base model: validation perplexity 60.00, length similarity 0.40, Hits@1 0.125"
+    assert lines[4].startswith("| recipe | `(recipe)` | 0.700 | 0.80 | 0.150 | 150 | 42,336 | 3.600 |")
+    assert lines[5] == "| full_finetune | `--use_peft false` | failed: 03_train.py exited with an error | | | | | |"
