@@ -15,7 +15,7 @@ from .chat_format import (
     training_chat_template, end_of_turn_token, ensure_training_template, split_target, chat_token_ids,
     stop_token_ids, untempered_token_ids, trim_context,
 )
-from .sampling import SAMPLE_TOP_K, untempered_stop_logits, sample_next, stop_processors, llama_sampling
+from .sampling import SAMPLE_TOP_K, untempered_stop_logits, sample_next, stop_processors, llama_sampler
 from .eval_generation import (
     eval_example, score_and_generate, perplexity_from_nll, generate_replies,
 )
@@ -214,7 +214,7 @@ __all__ = [
     'process_peak_memory_mb', 'load_script', 'split_sessions', 'group_bursts', 'pack_windows', 'silent_cut_points',
     'render_lengths', 'truncate_to_tokens', 'split_by_time', 'TABLE_HEADER', 'scorecard_rows',
     'metric_docs_markdown', 'scorecard_markdown', 'write_metric_docs', 'is_chat_id', 'section_list', 'ChatSelection',
-    'looks_like_hub_id', 'allowed_adapter_dir', 'needs_hub', 'SAMPLE_TOP_K', 'untempered_stop_logits', 'sample_next', 'stop_processors', 'llama_sampling', 'TwinBusy', 'common_prefix_len',
+    'looks_like_hub_id', 'allowed_adapter_dir', 'needs_hub', 'SAMPLE_TOP_K', 'untempered_stop_logits', 'sample_next', 'stop_processors', 'llama_sampler', 'TwinBusy', 'common_prefix_len',
     'snapshot_seq', 'restore_seq', 'BatchDecoder', 'auto_temperature', 'SILENT_NOTE', 'message_text',
     'flatten_history', 'expand_turns', 'parse_auth', 'build_app_messages', 'CONTROL_TOKEN_RE', 'ZERO_WIDTH_SPACE',
     'neutralize_control_tokens', 'clip_text', 'clip_number', 'cap_history', 'public_message', 'LoginThrottle',

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-# Sampled replies keep the 64 likeliest tokens before top-p, in the app (both llama.cpp paths) and in 04's sampler
-# alike: top-p over the whole 49k vocabulary sorts it for every token and row (10 ms measured, as long as a decode step
+# Sampled replies keep the 64 likeliest tokens before top-p, in the app (transformers and both llama.cpp paths) and
+# in 04's sampler alike: top-p over the whole 49k vocabulary sorts it for every token and row (10 ms measured, as long as a decode step
 # of a 135M model on CPU; 0.3 ms with this cut), and the nucleus of a chat model at these temperatures lies far inside it.
 SAMPLE_TOP_K = 64
 
@@ -75,11 +75,42 @@ class UntemperedStop:
         return untempered_stop_logits(scores, self.temperature, self.stop_ids).to(scores.dtype)
 
 
-def llama_sampling(settings: dict[str, Any], stop_ids: list[int]) -> dict[str, Any]:
-    """llama-cpp-python's sampler arguments for a request's settings, the same for `Llama.generate` and
-    `Llama._init_sampler`: greedy at temperature 0, else top-k `SAMPLE_TOP_K`, top-p, temperature and the untempered
-    stop (its custom sampler runs first in the chain, on the whole vocabulary in token-id order)."""
-    greedy = settings["temperature"] <= 0
-    return dict(top_k=SAMPLE_TOP_K if not greedy else 1, top_p=1.0 if greedy else settings["top_p"], min_p=0.0,
-                temp=0.0 if greedy else settings["temperature"], repeat_penalty=settings["repetition_penalty"],
-                logits_processor=stop_processors(settings, stop_ids) or None)
+def llama_sampler(llama, settings: dict[str, Any], stop_ids: list[int], history: list[int], seed: int):
+    """A llama-cpp-python sampler chain for a request's settings that draws as transformers' `generate` and 04's
+    `sample_next` do: the repetition penalty over every token so far (`history`, the prompt included), the untempered
+    stop, top-k `SAMPLE_TOP_K`, temperature, top-p on the tempered probabilities, a draw seeded by `seed`; greedy at
+    temperature 0. llama-cpp-python's own chain (`Llama._init_sampler`) takes top-p before temperature, which keeps
+    a wider nucleus at temperatures below 1, and penalizes only the last 64 generated tokens."""
+    import ctypes
+
+    import numpy as np
+    from llama_cpp import _internals
+
+    chain = _internals.LlamaSampler()
+    penalty = float(settings["repetition_penalty"])
+    if penalty != 1.0:
+        chain.add_penalties(llama.n_vocab(), llama.n_ctx(), penalty, 0.0, 0.0)
+    processors = stop_processors(settings, stop_ids)
+    if processors:
+        row = np.dtype([("id", np.intc), ("logit", np.single), ("p", np.single)], align=True)
+
+        # The penalty changes logits in place: the candidates are still the whole vocabulary in token-id order,
+        # the layout the processors read.
+        def apply(candidates):
+            size, data = candidates.contents.size, candidates.contents.data
+            view = np.recarray((size,), dtype=row, buf=(type(data.contents) * size).from_address(ctypes.addressof(data.contents)))
+            for processor in processors:
+                view.logit[:] = processor(None, view.logit)
+
+        chain.add_custom(apply)
+    if settings["temperature"] <= 0:
+        chain.add_greedy()
+    else:
+        chain.add_top_k(SAMPLE_TOP_K)
+        chain.add_temp(float(settings["temperature"]))
+        chain.add_top_p(float(settings["top_p"]), 1)
+        chain.add_dist(int(seed))
+    if penalty != 1.0:
+        for token in history:
+            chain.accept(int(token))
+    return chain

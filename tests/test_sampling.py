@@ -121,31 +121,82 @@ twin = sc.load_twin(sys.argv[1], None, backend="llama.cpp", quantization="f32",
 llama = twin.llama
 n_vocab = llama.n_vocab()
 stop = twin.stop_ids[0]
-other = next(t for t in range(n_vocab) if t not in twin.stop_ids)
-logits = np.full(n_vocab, -30.0, dtype=np.single)
-logits[stop], logits[other] = 1.0, 2.0
-rates = {}
-for untempered in (False, True):
-    settings = dict(temperature=0.5, top_p=1.0, repetition_penalty=1.0, untempered_stop=untempered)
-    llama.set_seed(0)
-    chain = llama._init_sampler(**sc.llama_sampling(settings, twin.untempered_ids))
+others = [t for t in range(n_vocab) if t not in twin.untempered_ids][:4]
+
+
+def draws(chain, logits, n=4000):
     arr = LlamaTokenDataArray(n_vocab=n_vocab)
-    hits = 0
-    for _ in range(4000):
+    counts = {}
+    for _ in range(n):
         arr.copy_logits(logits)
         llama_cpp.llama_sampler_apply(chain.sampler, ctypes.byref(arr.candidates))
-        hits += int(arr.candidates_data.id[arr.candidates.selected]) == stop
-    rates[str(untempered)] = hits / 4000
+        token = int(arr.candidates_data.id[arr.candidates.selected])
+        counts[token] = counts.get(token, 0) + 1
+    return {str(t): c / n for t, c in counts.items()}
+
+
+out = {"stop": stop, "others": others}
+logits = np.full(n_vocab, -30.0, dtype=np.single)
+logits[stop], logits[others[0]] = 1.0, 2.0
+for untempered in (False, True):
+    settings = dict(temperature=0.5, top_p=1.0, repetition_penalty=1.0, untempered_stop=untempered)
+    out[f"stop_rate_{untempered}"] = draws(sc.llama_sampler(llama, settings, twin.untempered_ids, [], 0), logits).get(str(stop), 0.0)
+# Where the order matters: a nucleus that is 4 tokens wide at temperature 1 and 2 at 0.5, a penalty on two tokens
+# of the history (the stop among them).
+logits = np.full(n_vocab, -30.0, dtype=np.single)
+logits[stop] = 1.0
+for t, z in zip(others, (2.0, 1.5, 1.0, 0.5)):
+    logits[t] = z
+settings = dict(temperature=0.5, top_p=0.8, repetition_penalty=1.3, untempered_stop=True)
+history = [stop, others[1], stop]
+out["ours"] = draws(sc.llama_sampler(llama, settings, twin.untempered_ids, history, 0), logits)
+llama.set_seed(0)
+own = llama._init_sampler(top_k=sc.SAMPLE_TOP_K, top_p=0.8, min_p=0.0, temp=0.5, repeat_penalty=1.3,
+                          logits_processor=sc.stop_processors(settings, twin.untempered_ids))
+for t in history:
+    own.accept(t)
+out["llama_cpp_python"] = draws(own, logits)
+out["logits"] = {str(t): float(logits[t]) for t in [stop, *others]}
+out["n_vocab"], out["history"], out["untempered"] = n_vocab, history, twin.untempered_ids
 twin.close()
-print(json.dumps(rates))
+print(json.dumps(out))
 """
 
 
+def _transformers_probs(child: dict, settings: dict):
+    """The next-token distribution transformers' generate draws from for the child's logits and history: its
+    repetition penalty, the app's logits processors, then temperature, top-k and top-p (generate's order)."""
+    import torch
+    from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    row = torch.full((1, child["n_vocab"]), -30.0)
+    for t, z in child["logits"].items():
+        row[0, int(t)] = z
+    ids = torch.tensor([child["history"]])
+    chain = LogitsProcessorList([RepetitionPenaltyLogitsProcessor(settings["repetition_penalty"]),
+                                 *sc.stop_processors(settings, child["untempered"]),
+                                 TemperatureLogitsWarper(settings["temperature"]), TopKLogitsWarper(sc.SAMPLE_TOP_K),
+                                 TopPLogitsWarper(settings["top_p"])])
+    return chain(ids, row).softmax(-1)[0]
+
+
 @pytest.mark.llama_cpp
-def test_llama_cpp_sampler_chain_of_the_app_draws_the_stop_at_its_temperature_1_rate(tiny_model_dir, tmp_path):
-    """Both llama.cpp paths of the app build their sampler from `llama_sampling`; its chain (the custom sampler
-    first, then top-k, top-p, temperature, draw) stops at the raw rate with the untempered stop, the tempered without."""
+def test_llama_cpp_sampler_chain_of_the_app_draws_as_transformers_generate(tiny_model_dir, tmp_path):
+    """Both llama.cpp paths of the app build their sampler with `llama_sampler`: it stops at the raw rate with the
+    untempered stop and the tempered one without, and with a penalty, a history and top-p < 1 its draws follow the
+    distribution of transformers' generate (penalty over the history, untempered stop, temperature, top-k, top-p).
+    llama-cpp-python's own chain (top-p before temperature, only generated tokens penalized) does not."""
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install llama-cpp-python)")
-    rates = run_llama_child(CHAIN, tmp_path / "cache", args=[str(tiny_model_dir)])
-    assert rates["False"] == pytest.approx(P_STOP_T05, abs=0.025)
-    assert rates["True"] == pytest.approx(P_STOP_T1, abs=0.025)
+    child = run_llama_child(CHAIN, tmp_path / "cache", args=[str(tiny_model_dir)])
+    assert child["stop_rate_False"] == pytest.approx(P_STOP_T05, abs=0.025)
+    assert child["stop_rate_True"] == pytest.approx(P_STOP_T1, abs=0.025)
+    expected = _transformers_probs(child, dict(temperature=0.5, top_p=0.8, repetition_penalty=1.3, untempered_stop=True))
+    tokens = [child["stop"], *child["others"]]
+    assert (expected[tokens] > 0.02).sum() >= 3  # the stop and two tokens in the nucleus: the comparison has teeth
+
+    def distance(freqs):  # total variation between the draws and the expected distribution
+        return 0.5 * sum(abs(freqs.get(str(t), 0.0) - float(expected[t])) for t in tokens) + \
+            0.5 * sum(f for t, f in freqs.items() if int(t) not in tokens)
+
+    assert distance(child["ours"]) < 0.03, (child["ours"], expected[tokens].tolist())
+    assert distance(child["llama_cpp_python"]) > 0.06, (child["llama_cpp_python"], expected[tokens].tolist())

@@ -10,7 +10,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..sampling import llama_sampling
+from ..sampling import llama_sampler
 from ..runtime import UserError
 
 
@@ -199,10 +199,10 @@ class BatchDecoder:
         self.twin.stats["prefix_tokens_reused"] += keep
         slot.request, slot.n_new = request, 0
         settings = request.settings
-        # The one-at-a-time path's sampler (llama-cpp-python's chain), seeded per request: a fixed seed would give
-        # every unseeded request the same sample.
-        self.llama.set_seed(int(settings["seed"]) if settings["seed"] is not None else random.randrange(2**31))
-        slot.sampler = self.llama._init_sampler(**llama_sampling(settings, self.twin.untempered_ids))
+        # The one-at-a-time path's sampler, seeded per request: a fixed seed would give every unseeded request the
+        # same sample.
+        seed = int(settings["seed"]) if settings["seed"] is not None else random.randrange(2**31)
+        slot.sampler = llama_sampler(self.llama, settings, self.twin.untempered_ids, ids, seed)
         rest = ids[keep:]
         for start in range(0, len(rest), self.llama.n_batch):  # llama.eval's batches
             chunk = rest[start:start + self.llama.n_batch]

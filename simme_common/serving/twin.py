@@ -9,7 +9,7 @@ import threading
 from typing import Any
 
 from ..chat_format import chat_token_ids, stop_token_ids, untempered_token_ids
-from ..sampling import llama_sampling, stop_processors
+from ..sampling import SAMPLE_TOP_K, llama_sampler, stop_processors
 from .batch_decoder import BatchDecoder, common_prefix_len, restore_seq, snapshot_seq
 from .llama_cpp import llama_prompt_logits, nll_of_logits
 from .model_thread import ModelThread
@@ -316,7 +316,7 @@ class TwinModel:
         config = GenerationConfig(
             max_new_tokens=settings["max_new_tokens"], do_sample=not greedy,
             temperature=None if greedy else settings["temperature"], top_p=None if greedy else settings["top_p"],
-            top_k=None, repetition_penalty=settings["repetition_penalty"],
+            top_k=None if greedy else SAMPLE_TOP_K, repetition_penalty=settings["repetition_penalty"],
             eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id, return_dict_in_generate=True,
         )
         if settings["seed"] is not None:
@@ -352,17 +352,23 @@ class TwinModel:
             if best is not None and n >= live + 16 and self._restore_llama(*best):
                 live = n
             self.stats["prefix_tokens_reused"] += live
-        # llama.cpp samples with its own seed: a fixed one would give every unseeded request the same sample.
-        llama.set_seed(int(settings["seed"]) if settings["seed"] is not None else random.randrange(2**31))
+        # Seeded per request: a fixed seed would give every unseeded request the same sample.
+        seed = int(settings["seed"]) if settings["seed"] is not None else random.randrange(2**31)
+        chain = llama_sampler(llama, settings, self.untempered_ids, ids, seed)
+        # Llama.generate builds llama-cpp-python's own chain here, whose order differs from transformers'
+        llama._init_sampler = lambda **_: chain
         stop_ids = set(self.stop_ids)
         n = 0
-        for token in llama.generate(ids, reset=True, **llama_sampling(settings, self.untempered_ids)):
-            if token in stop_ids or stop.is_set():
-                break
-            put(int(token))
-            n += 1
-            if n >= settings["max_new_tokens"]:
-                break
+        try:
+            for token in llama.generate(ids, reset=True):
+                if token in stop_ids or stop.is_set():
+                    break
+                put(int(token))
+                n += 1
+                if n >= settings["max_new_tokens"]:
+                    break
+        finally:
+            del llama._init_sampler
         if self.prefix_cache and llama.n_tokens >= 16:
             self._snapshot_llama()
 
