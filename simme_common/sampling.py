@@ -75,13 +75,15 @@ class UntemperedStop:
         return untempered_stop_logits(scores, self.temperature, self.stop_ids).to(scores.dtype)
 
 
-def llama_sampler(llama, settings: dict[str, Any], stop_ids: list[int], history: list[int], seed: int):
+def llama_sampler(llama, settings: dict[str, Any], stop_ids: list[int], history: list[int]):
     """A llama-cpp-python sampler chain for a request's settings that draws as transformers' `generate` and 04's
     `sample_next` do: the repetition penalty over every token so far (`history`, the prompt included), the untempered
-    stop, top-k `SAMPLE_TOP_K`, temperature, top-p on the tempered probabilities, a draw seeded by `seed`; greedy at
-    temperature 0. llama-cpp-python's own chain (`Llama._init_sampler`) takes top-p before temperature, which keeps
-    a wider nucleus at temperatures below 1, and penalizes only the last 64 generated tokens."""
+    stop, top-k `SAMPLE_TOP_K`, temperature, top-p on the tempered probabilities, a draw seeded by settings["seed"]
+    (random when None: a fixed seed would give every unseeded request the same sample); greedy at temperature 0.
+    llama-cpp-python's own chain (`Llama._init_sampler`) takes top-p before temperature, which keeps a wider nucleus
+    at temperatures below 1, and penalizes only the last 64 generated tokens."""
     import ctypes
+    import random
 
     import numpy as np
     from llama_cpp import _internals
@@ -109,7 +111,7 @@ def llama_sampler(llama, settings: dict[str, Any], stop_ids: list[int], history:
         chain.add_top_k(SAMPLE_TOP_K)
         chain.add_temp(float(settings["temperature"]))
         chain.add_top_p(float(settings["top_p"]), 1)
-        chain.add_dist(int(seed))
+        chain.add_dist(int(settings["seed"]) if settings["seed"] is not None else random.randrange(2**31))
     if penalty != 1.0:
         for token in history:
             chain.accept(int(token))

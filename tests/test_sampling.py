@@ -140,7 +140,7 @@ logits = np.full(n_vocab, -30.0, dtype=np.single)
 logits[stop], logits[others[0]] = 1.0, 2.0
 for untempered in (False, True):
     settings = dict(temperature=0.5, top_p=1.0, repetition_penalty=1.0, untempered_stop=untempered)
-    out[f"stop_rate_{untempered}"] = draws(sc.llama_sampler(llama, settings, twin.untempered_ids, [], 0), logits).get(str(stop), 0.0)
+    out[f"stop_rate_{untempered}"] = draws(sc.llama_sampler(llama, {**settings, "seed": 0}, twin.untempered_ids, []), logits).get(str(stop), 0.0)
 # Where the order matters: a nucleus that is 4 tokens wide at temperature 1 and 2 at 0.5, a penalty on two tokens
 # of the history (the stop among them).
 logits = np.full(n_vocab, -30.0, dtype=np.single)
@@ -149,7 +149,7 @@ for t, z in zip(others, (2.0, 1.5, 1.0, 0.5)):
     logits[t] = z
 settings = dict(temperature=0.5, top_p=0.8, repetition_penalty=1.3, untempered_stop=True)
 history = [stop, others[1], stop]
-out["ours"] = draws(sc.llama_sampler(llama, settings, twin.untempered_ids, history, 0), logits)
+out["ours"] = draws(sc.llama_sampler(llama, {**settings, "seed": 0}, twin.untempered_ids, history), logits)
 llama.set_seed(0)
 own = llama._init_sampler(top_k=sc.SAMPLE_TOP_K, top_p=0.8, min_p=0.0, temp=0.5, repeat_penalty=1.3,
                           logits_processor=sc.stop_processors(settings, twin.untempered_ids))

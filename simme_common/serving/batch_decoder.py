@@ -4,7 +4,6 @@ sequence with its own KV cells, sampler and stream of tokens."""
 from __future__ import annotations
 
 import ctypes
-import random
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -198,11 +197,7 @@ class BatchDecoder:
         del slot.tokens[keep:]
         self.twin.stats["prefix_tokens_reused"] += keep
         slot.request, slot.n_new = request, 0
-        settings = request.settings
-        # The one-at-a-time path's sampler, seeded per request: a fixed seed would give every unseeded request the
-        # same sample.
-        seed = int(settings["seed"]) if settings["seed"] is not None else random.randrange(2**31)
-        slot.sampler = llama_sampler(self.llama, settings, self.twin.untempered_ids, ids, seed)
+        slot.sampler = llama_sampler(self.llama, request.settings, self.twin.untempered_ids, ids)  # as one at a time
         rest = ids[keep:]
         for start in range(0, len(rest), self.llama.n_batch):  # llama.eval's batches
             chunk = rest[start:start + self.llama.n_batch]

@@ -343,8 +343,6 @@ class TwinModel:
         (one sequence, ~23 KB per token for SmolLM2) of the last `prefix_slots` chats let interleaved users each
         continue their own chat instead of evicting one another.
         """
-        import random
-
         llama = self.llama
         if self.prefix_cache:
             live = min(common_prefix_len(llama._input_ids.tolist(), ids), len(ids) - 1)
@@ -352,9 +350,7 @@ class TwinModel:
             if best is not None and n >= live + 16 and self._restore_llama(*best):
                 live = n
             self.stats["prefix_tokens_reused"] += live
-        # Seeded per request: a fixed seed would give every unseeded request the same sample.
-        seed = int(settings["seed"]) if settings["seed"] is not None else random.randrange(2**31)
-        chain = llama_sampler(llama, settings, self.untempered_ids, ids, seed)
+        chain = llama_sampler(llama, settings, self.untempered_ids, ids)
         # Llama.generate builds llama-cpp-python's own chain here, whose order differs from transformers'
         llama._init_sampler = lambda **_: chain
         stop_ids = set(self.stop_ids)
