@@ -158,7 +158,7 @@ def judge(model_dir: Path | None, judge_data: dict, replies: int, seed: int, hit
         kept = [i for i, m in enumerate(judge_data["validation"]) if sc.split_target(m)[1].strip() != sc.SILENT_REPLY]
         hits, _ = hits_at_1(model, [examples[i]["prompt_ids"] for i in kept], [examples[i]["target_ids"] for i in kept],
                             seed, hits_contexts)
-        result["hits_at_1"] = sum(hits) / len(hits) if hits else None
+        result["hits_at_1"] = sc.mean_of(hits)
     if replies:
         from simme_common.metrics_style import owner_profile, reply_features, style_stats  # 04's style metric
 
