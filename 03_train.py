@@ -207,9 +207,9 @@ def build_trainer(train_args: TrainArguments, sft_config, model_args):
     if attention_note and state.is_main_process:
         print(f"note: {attention_note}", file=sys.stderr)
     lean_step = _lean_step(causal_lm, cpu_bf16)  # before compiling: the compiled layers trace the lean forwards
-    compiled = compile_decoder_layers(causal_lm) if _compiles(train_args.compile_layers, cpu_bf16) else None
-    if compiled and compiled.startswith("not") and state.is_main_process:
-        print(f"note: {compiled}", file=sys.stderr)
+    compiled, compile_text = compile_decoder_layers(causal_lm) if _compiles(train_args.compile_layers, cpu_bf16) else (False, None)
+    if compile_text and not compiled and state.is_main_process:
+        print(f"note: {compile_text}", file=sys.stderr)
     if "wandb" in (sft_config.report_to or []):
         from transformers.integrations import WandbCallback
 
@@ -218,7 +218,7 @@ def build_trainer(train_args: TrainArguments, sft_config, model_args):
         trainer.add_callback(private_wandb_callback(run_dir, {"precision": precision.as_dict()}))
     info = {"train samples": len(train), "owner turns": n_owner_turns, "base model": model_path,
             "precision": precision.as_dict(), "supervised-only LM head": lm_head_note is None,
-            "frozen weights in bf16": frozen_bf16, "lean bf16 step": lean_step, "compiled layers": compiled}
+            "frozen weights in bf16": frozen_bf16, "lean bf16 step": lean_step, "compiled layers": compile_text}
     return trainer, info
 
 

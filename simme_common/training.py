@@ -20,23 +20,23 @@ def trained_segments(input_ids: list[int], labels: list[int], tokenizer) -> list
     return [tokenizer.decode(r) for r in runs]
 
 
-def compile_decoder_layers(causal_lm) -> str:
+def compile_decoder_layers(causal_lm) -> tuple[bool, str]:
     """torch.compile each decoder layer of `causal_lm` in place (regional compilation: the layers share one compiled
-    block, with sequence lengths dynamic, so the first step compiles once for every length); what was done, or why
-    not. On CPU, Inductor writes and builds C++: without a compiler the layers stay uncompiled."""
+    block, with sequence lengths dynamic, so the first step compiles once for every length): (whether it did, what
+    was done or why not). On CPU, Inductor writes and builds C++: without a compiler the layers stay uncompiled."""
     layers = getattr(getattr(causal_lm, "model", None), "layers", None)
     if layers is None:
-        return f"not compiled: {type(causal_lm).__name__} has no model.layers"
+        return False, f"not compiled: {type(causal_lm).__name__} has no model.layers"
     if causal_lm.device.type == "cpu":
         from torch._inductor.cpp_builder import get_cpp_compiler
 
         try:
             get_cpp_compiler()
         except (RuntimeError, OSError) as err:  # InvalidCxxCompiler is a RuntimeError
-            return f"not compiled: torch.compile on CPU needs a C++ compiler ({type(err).__name__}); install g++ or clang++"
+            return False, f"not compiled: torch.compile on CPU needs a C++ compiler ({type(err).__name__}); install g++ or clang++"
     for layer in layers:
         layer.compile(dynamic=True)
-    return f"{len(layers)} decoder layers compiled"
+    return True, f"{len(layers)} decoder layers compiled"
 
 
 def device_option_problem(sft_config, model_args, has_gpu: bool) -> str | None:

@@ -151,7 +151,7 @@ def test_compiled_layers_train_what_the_eager_layers_train():
     lean_bf16_step(model.get_base_model())
     shorter = {k: v[:, :20] for k, v in batch.items()}
     eager = [_run(model, b) for b in (batch, shorter)]
-    assert compile_decoder_layers(model.get_base_model()) == "2 decoder layers compiled"
+    assert compile_decoder_layers(model.get_base_model()) == (True, "2 decoder layers compiled")
     compiled = [_run(model, b) for b in (batch, shorter)]
     for (loss, logits, grads), (want_loss, want_logits, want_grads) in zip(compiled, eager):
         assert abs(loss - want_loss) < 0.01 * want_loss
@@ -170,8 +170,8 @@ def test_without_a_cpp_compiler_the_layers_stay_uncompiled(monkeypatch):
     cpp_compiler_search.cache_clear()
     try:
         model, _ = _lora_llama()
-        note = compile_decoder_layers(model.get_base_model())
+        compiled, note = compile_decoder_layers(model.get_base_model())
     finally:
         cpp_compiler_search.cache_clear()
-    assert note.startswith("not compiled") and "C++ compiler" in note
+    assert not compiled and note.startswith("not compiled") and "C++ compiler" in note
     assert all(layer._compiled_call_impl is None for layer in model.get_base_model().model.layers)
