@@ -21,6 +21,7 @@ from pathlib import Path
 import simme_common as sc
 from simme_common.bf16_step import lean_bf16_step
 from simme_common.precision import Precision, apply_cpu_precision, frozen_linears_to_bf16
+from simme_common.reply_ranking import add_reply_ranking
 from simme_common.supervised_loss import compact_lm_head
 from simme_common.training import compile_decoder_layers, private_wandb_callback, wandb_run_dir
 
@@ -64,6 +65,10 @@ class TrainArguments:
                 "on; fp32 steps 1.12x, from ~80 steps on: more than a 10-minute budget fits on a CPU without native "
                 "bf16. On CPU it needs a C++ compiler (g++ / clang++); without one the layers train uncompiled, with "
                 "a note."})
+    reply_ranking_weight: float = field(default=0.0, metadata={
+        "help": "Weight of a context-fit term beside the LM loss: each sample's real last owner reply must score "
+                "higher after its context than another sample's reply does (in-batch distractor, 04's Hits@1 "
+                "score). ~2x the cost of a step. Default 0: LM loss only."})
     allocator: str = sc.allocator_field()
 
 
@@ -130,6 +135,10 @@ def build_trainer(train_args: TrainArguments, sft_config, model_args):
     if train_args.preference_data and train_args.loraplus_lr_ratio is not None:
         raise sc.UserError("--loraplus_lr_ratio sets the SFT optimizer; --preference_data trains with TRL's DPO/KTO "
                            "optimizer, drop one of them")
+    if not train_args.reply_ranking_weight >= 0:  # NaN too
+        raise sc.UserError(f"--reply_ranking_weight must be 0 or above, got {train_args.reply_ranking_weight}")
+    if train_args.preference_data and train_args.reply_ranking_weight:
+        raise sc.UserError("--reply_ranking_weight adds to the SFT loss; --preference_data trains with DPO/KTO, drop one of them")
     if sft_config.hub_token:
         raise sc.UserError("--hub_token would be saved in logs and shell history; set HF_TOKEN in the environment instead")
     if has_gpu:
@@ -201,6 +210,10 @@ def build_trainer(train_args: TrainArguments, sft_config, model_args):
     lm_head_note = compact_lm_head(causal_lm)
     if lm_head_note and state.is_main_process:
         print(f"note: {lm_head_note}", file=sys.stderr)
+    if train_args.reply_ranking_weight:
+        if lm_head_note:
+            raise sc.UserError(f"--reply_ranking_weight needs the supervised-only LM head, and this model can't use it: {lm_head_note}")
+        add_reply_ranking(trainer, causal_lm, train_args.reply_ranking_weight)
     # without a max_length (no truncation) the estimate assumes TRL's default of 1,024 tokens
     attention_note = None if model_args.attn_implementation != "eager" else sc.eager_attention_note(
         causal_lm.config, sft_config.per_device_train_batch_size, sft_config.max_length or 1024)
@@ -219,6 +232,8 @@ def build_trainer(train_args: TrainArguments, sft_config, model_args):
     info = {"train samples": len(train), "owner turns": n_owner_turns, "base model": model_path,
             "precision": precision.as_dict(), "supervised-only LM head": lm_head_note is None,
             "frozen weights in bf16": frozen_bf16, "lean bf16 step": lean_step, "compiled layers": compile_text}
+    if train_args.reply_ranking_weight:
+        info["reply ranking weight"] = train_args.reply_ranking_weight
     return trainer, info
 
 

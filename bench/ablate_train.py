@@ -69,6 +69,9 @@ VARIANTS: dict[str, tuple[str, str | None]] = {
     "whole_sessions": ("--max_length 1024 --per_device_train_batch_size 1 --max_steps 256 --attn_implementation sdpa",
                        "sessions"),
     "newest_25pct_x2": ("", "newest"),
+    # the real last reply ranked above an in-batch one after its context, beside the LM loss (~2x a step)
+    "reply_ranking_1": ("--reply_ranking_weight 1", None),
+    "reply_ranking_3": ("--reply_ranking_weight 3", None),
 }
 QUICK = ("recipe", "lr_1e-3")
 

@@ -154,6 +154,9 @@ def compact_lm_head(model) -> str | None:
         token_log_probs, entropy, is_top1, mask = supervised_log_probs(hidden, shifted, lm_head)
         # Scattered back to [B, T-1] with zeros elsewhere, the shape and convention of TRL's output
         log_probs = token_log_probs.new_zeros(mask.shape).masked_scatter(mask, token_log_probs)
+        hook = getattr(self, "_simme_after_forward", None)  # reply_ranking's extra term reads this batch's scores
+        if hook is not None:
+            hook(self, kwargs, kwargs.get("input_ids", args[0] if args else None), log_probs, mask)
         denominator = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
         return FusedCausalLMOutput(
             loss=-log_probs.sum() / denominator,
