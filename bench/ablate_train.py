@@ -70,6 +70,7 @@ VARIANTS: dict[str, tuple[str, str | None]] = {
                        "sessions"),
     "newest_25pct_x2": ("", "newest"),
     # the real last reply ranked above an in-batch one after its context, beside the LM loss (~2x a step)
+    "reply_ranking_0.3": ("--reply_ranking_weight 0.3", None),
     "reply_ranking_1": ("--reply_ranking_weight 1", None),
     "reply_ranking_3": ("--reply_ranking_weight 3", None),
 }
