@@ -21,7 +21,7 @@ from pathlib import Path
 import simme_common as sc
 from simme_common.bf16_step import lean_bf16_step
 from simme_common.precision import Precision, apply_cpu_precision, frozen_linears_to_bf16
-from simme_common.reply_ranking import add_reply_ranking
+from simme_common.reply_ranking import add_reply_ranking, reply_ranking_problem
 from simme_common.supervised_loss import compact_lm_head
 from simme_common.training import compile_decoder_layers, private_wandb_callback, wandb_run_dir
 
@@ -129,16 +129,13 @@ def build_trainer(train_args: TrainArguments, sft_config, model_args):
 
     state = PartialState()
     has_gpu = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
-    problem = sc.device_option_problem(sft_config, model_args, has_gpu)
+    problem = sc.device_option_problem(sft_config, model_args, has_gpu) or reply_ranking_problem(
+        train_args.reply_ranking_weight, sft_config.per_device_train_batch_size, bool(train_args.preference_data))
     if problem:
         raise sc.UserError(problem)
     if train_args.preference_data and train_args.loraplus_lr_ratio is not None:
         raise sc.UserError("--loraplus_lr_ratio sets the SFT optimizer; --preference_data trains with TRL's DPO/KTO "
                            "optimizer, drop one of them")
-    if not train_args.reply_ranking_weight >= 0:  # NaN too
-        raise sc.UserError(f"--reply_ranking_weight must be 0 or above, got {train_args.reply_ranking_weight}")
-    if train_args.preference_data and train_args.reply_ranking_weight:
-        raise sc.UserError("--reply_ranking_weight adds to the SFT loss; --preference_data trains with DPO/KTO, drop one of them")
     if sft_config.hub_token:
         raise sc.UserError("--hub_token would be saved in logs and shell history; set HF_TOKEN in the environment instead")
     if has_gpu:
@@ -211,9 +208,7 @@ def build_trainer(train_args: TrainArguments, sft_config, model_args):
     if lm_head_note and state.is_main_process:
         print(f"note: {lm_head_note}", file=sys.stderr)
     if train_args.reply_ranking_weight:
-        if lm_head_note:
-            raise sc.UserError(f"--reply_ranking_weight needs the supervised-only LM head, and this model can't use it: {lm_head_note}")
-        add_reply_ranking(trainer, causal_lm, train_args.reply_ranking_weight)
+        add_reply_ranking(trainer, causal_lm, train_args.reply_ranking_weight, lm_head_note)
     # without a max_length (no truncation) the estimate assumes TRL's default of 1,024 tokens
     attention_note = None if model_args.attn_implementation != "eager" else sc.eager_attention_note(
         causal_lm.config, sft_config.per_device_train_batch_size, sft_config.max_length or 1024)

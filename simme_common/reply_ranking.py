@@ -91,11 +91,26 @@ def ranking_term(causal_lm, input_ids, log_probs, mask, forward_kwargs):
     return torch.nn.functional.softplus(-margin).mean(), float((margin > 0).float().mean())
 
 
-def add_reply_ranking(trainer, causal_lm, weight: float) -> None:
-    """Train `trainer` (an SFTTrainer whose `causal_lm` forward is `compact_lm_head`'s) on LM loss + `weight` x the
-    ranking term; logs reply_rank_loss and reply_rank_accuracy (share of pairs the real reply wins) beside loss."""
-    if not weight > 0:  # NaN too
-        raise ValueError(f"--reply_ranking_weight must be above 0 to rank replies, got {weight}")
+def reply_ranking_problem(weight: float, batch_size: int, preference_run: bool) -> str | None:
+    """One sentence on a --reply_ranking_weight that can't work with the other options (None when it can)."""
+    if not weight >= 0:  # NaN too
+        return f"--reply_ranking_weight must be 0 or above, got {weight}"
+    if weight and batch_size < 2:
+        return ("--reply_ranking_weight borrows each sample's distractor reply from another sample of its batch: "
+                "it needs --per_device_train_batch_size 2 or more")
+    if weight and preference_run:
+        return "--reply_ranking_weight adds to the SFT loss; --preference_data trains with DPO/KTO, drop one of them"
+    return None
+
+
+def add_reply_ranking(trainer, causal_lm, weight: float, lm_head_note: str | None) -> None:
+    """Train `trainer` (an SFTTrainer whose `causal_lm` forward is `compact_lm_head`'s; `lm_head_note` is what that
+    returned) on LM loss + `weight` x the ranking term; logs reply_rank_loss and reply_rank_accuracy (share of pairs
+    the real reply wins) beside the loss."""
+    from .runtime import UserError
+
+    if lm_head_note:
+        raise UserError(f"--reply_ranking_weight needs the supervised-only LM head, which this model can't use ({lm_head_note})")
     state: dict = {}
 
     def after_forward(model, kwargs, input_ids, log_probs, mask):

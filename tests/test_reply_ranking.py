@@ -124,3 +124,15 @@ def test_training_with_reply_ranking_logs_the_term_and_moves_lora(tiny_model_dir
     for bad in ("-1", "nan"):
         assert "--reply_ranking_weight must be 0 or above" in user_error(
             base + ["--output_dir", str(tmp_path / "x"), "--reply_ranking_weight", bad], capsys)
+    assert "--per_device_train_batch_size 2 or more" in user_error(
+        base + ["--output_dir", str(tmp_path / "x"), "--reply_ranking_weight", "1", "--per_device_train_batch_size", "1"], capsys)
+
+
+def test_reply_ranking_problems_name_the_conflicting_option():
+    from simme_common.reply_ranking import reply_ranking_problem
+
+    assert reply_ranking_problem(0.0, 1, True) is None  # off: nothing to check
+    assert reply_ranking_problem(0.3, 8, False) is None
+    assert "--preference_data" in reply_ranking_problem(1.0, 8, True)
+    assert "2 or more" in reply_ranking_problem(1.0, 1, False)
+    assert "0 or above" in reply_ranking_problem(float("nan"), 8, False)
