@@ -148,6 +148,7 @@ def build_trainer(train_args: TrainArguments, sft_config, model_args):
     # Under CPU bf16 autocast the frozen weights are stored as autocast casts them (it would re-cast them on every
     # forward), each activation is cast once (bf16_step) and `--compile_layers auto` compiles
     cpu_bf16 = precision.bf16_autocast and not has_gpu
+    compiles = _compiles(train_args.compile_layers, cpu_bf16)  # checked here: preference runs are never compiled
 
     # --- data: 01's conversational samples; only the messages column is needed ------------------------------
     data = sc.load_prepared_dataset(train_args.input_dir)
@@ -215,7 +216,7 @@ def build_trainer(train_args: TrainArguments, sft_config, model_args):
     if attention_note and state.is_main_process:
         print(f"note: {attention_note}", file=sys.stderr)
     lean_step = _lean_step(causal_lm, cpu_bf16)  # before compiling: the compiled layers trace the lean forwards
-    compiled, compile_text = compile_decoder_layers(causal_lm) if _compiles(train_args.compile_layers, cpu_bf16) else (False, None)
+    compiled, compile_text = compile_decoder_layers(causal_lm) if compiles else (False, None)
     if compile_text and not compiled and state.is_main_process:
         print(f"note: {compile_text}", file=sys.stderr)
     if "wandb" in (sft_config.report_to or []):

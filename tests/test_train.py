@@ -269,6 +269,9 @@ def test_bad_input_gives_one_sentence(tiny_model_dir, prepared_dir, tmp_path, ca
             base + ["--input_dir", str(prepared_dir), "--lora_top_layers", bad], capsys)
     assert "needs --use_peft true" in user_error(
         base + ["--input_dir", str(prepared_dir), "--lora_top_layers", "1", "--use_peft", "false"], capsys)
+    # preference runs are never compiled, but a misspelt value is still refused
+    assert "true, false or auto" in user_error(
+        base + ["--input_dir", str(prepared_dir), "--compile_layers", "yes", "--preference_data", str(tmp_path)], capsys)
 
 
 def test_cli_reports_missing_dataset_without_traceback(tmp_path):
