@@ -127,7 +127,7 @@ def add_reply_ranking(trainer, causal_lm, weight: float, lm_head_note: str | Non
         if term is None:
             return result
         loss, accuracy = term
-        self._metrics["train"]["reply_rank_loss"].append(float(loss))
+        self._metrics["train"]["reply_rank_loss"].append(loss.item())
         self._metrics["train"]["reply_rank_accuracy"].append(accuracy)
         # The LM loss is already divided over the accumulated micro-batches' tokens; this per-batch mean is too
         steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
