@@ -19,16 +19,9 @@ def last_reply_spans(mask) -> list[tuple[int, int] | None]:
 
     Shifted position p predicts token p + 1, so the run's tokens are input_ids[start + 1:end + 1] and its context
     is input_ids[:start + 1] (the reply's header included)."""
-    spans: list[tuple[int, int] | None] = []
-    for row in mask.tolist():
-        end = len(row)
-        while end and not row[end - 1]:
-            end -= 1
-        start = end
-        while start and row[start - 1]:
-            start -= 1
-        spans.append((start, end) if end else None)
-    return spans
+    from .training import trained_runs
+
+    return [runs[-1] if (runs := trained_runs(row)) else None for row in mask.tolist()]
 
 
 def distractor_pairs(input_ids, spans) -> list[tuple[int, int]]:

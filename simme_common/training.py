@@ -6,18 +6,19 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def trained_runs(trained: list[bool]) -> list[tuple[int, int]]:
+    """(start, end) of each run of consecutive True flags, in order."""
+    runs: list[tuple[int, int]] = []
+    for k, on in enumerate(trained):
+        if on:
+            start = runs.pop()[0] if runs and runs[-1][1] == k else k
+            runs.append((start, k + 1))
+    return runs
+
+
 def trained_segments(input_ids: list[int], labels: list[int], tokenizer) -> list[str]:
     """Decoded runs of consecutive trained tokens (label != -100): one string per owner turn when masking is right."""
-    runs: list[list[int]] = []
-    prev = False
-    for tok, lab in zip(input_ids, labels):
-        on = lab != -100
-        if on and not prev:
-            runs.append([])
-        if on:
-            runs[-1].append(tok)
-        prev = on
-    return [tokenizer.decode(r) for r in runs]
+    return [tokenizer.decode(input_ids[s:e]) for s, e in trained_runs([lab != -100 for lab in labels])]
 
 
 def compile_decoder_layers(causal_lm) -> tuple[bool, str]:
